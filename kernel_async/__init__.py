@@ -1,0 +1,86 @@
+"""kernel_async: the asyncio-first Python SDK for the Kernel API's invocations.
+
+```python
+from kernel_async import AsyncKernel
+
+async with AsyncKernel() as kernel:
+    inv = await kernel.invocations.run("my-app", "analyze", payload={"url": "..."})
+    print(inv.status, inv.output_as())
+```
+"""
+
+from ._client import NOT_GIVEN, AsyncKernel, NotGiven, Timeout
+from ._pagination import AsyncPaginator
+from ._retry import RetryMiddleware, RetryPolicy
+from ._streaming import EventStream
+from ._version import __version__
+from .errors import (
+    APIConnectionError,
+    APIResponseValidationError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    ConflictError,
+    InternalServerError,
+    KernelError,
+    NotFoundError,
+    PermissionDeniedError,
+    RateLimitError,
+    UnprocessableEntityError,
+)
+from .models import (
+    TERMINAL_STATUSES,
+    Error,
+    ErrorDetail,
+    ErrorEvent,
+    Invocation,
+    InvocationEvent,
+    InvocationStateEvent,
+    InvocationStatus,
+    InvocationUpdateRequest,
+    InvokeResponse,
+    LogEvent,
+    Page,
+    SSEHeartbeatEvent,
+    UnknownEvent,
+)
+
+__all__ = [
+    "NOT_GIVEN",
+    "TERMINAL_STATUSES",
+    "APIConnectionError",
+    "APIResponseValidationError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AsyncKernel",
+    "AsyncPaginator",
+    "AuthenticationError",
+    "BadRequestError",
+    "ConflictError",
+    "Error",
+    "ErrorDetail",
+    "ErrorEvent",
+    "EventStream",
+    "InternalServerError",
+    "Invocation",
+    "InvocationEvent",
+    "InvocationStateEvent",
+    "InvocationStatus",
+    "InvocationUpdateRequest",
+    "InvokeResponse",
+    "KernelError",
+    "LogEvent",
+    "NotFoundError",
+    "NotGiven",
+    "Page",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "RetryMiddleware",
+    "RetryPolicy",
+    "SSEHeartbeatEvent",
+    "Timeout",
+    "UnknownEvent",
+    "UnprocessableEntityError",
+    "__version__",
+]

@@ -1,0 +1,284 @@
+"""Retries: the policy, its pure maths (backoff, Retry-After), and the aiohttp middleware.
+
+The middleware is the one retry layer of the SDK. It runs around each attempt of a request
+(inside aiohttp's redirect loop), reads the body of non-streaming responses so a connection
+dropped mid-body is retried too, and converts transport failures into `APIConnectionError`
+/ `APITimeoutError` when it gives up. That conversion also stops aiohttp's own silent
+"retry an idempotent request once after a disconnect", so attempts stay bounded by the policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import random
+import re
+import time
+from collections.abc import Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass, field, replace
+from datetime import timezone
+
+import aiohttp
+from aiohttp import ClientHandlerType, ClientRequest, ClientResponse
+
+from .errors import APIConnectionError, APITimeoutError
+
+__all__ = ["RetryMiddleware", "RetryPolicy", "backoff_delay", "parse_retry_after"]
+
+logger = logging.getLogger("kernel_async")
+
+#: Header carrying how many times this request has been retried (``0`` on the first try).
+RETRY_COUNT_HEADER = "X-Kernel-Retry-Count"
+
+# Monotonic deadline of the current call (loop time), set by the client for the duration of
+# one call so the middleware does not sleep past it. ``None``: no deadline.
+current_deadline: ContextVar[float | None] = ContextVar("kernel_async_deadline", default=None)
+
+# Indirection so tests can observe the waits without sleeping.
+sleep = asyncio.sleep
+
+_NUMBER = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*\Z")
+_random = random.Random()
+_RETRY_COUNTS = tuple(str(i) for i in range(64))
+
+
+def parse_retry_after(
+    retry_after: str | None, retry_after_ms: str | None = None, *, now: float | None = None
+) -> float | None:
+    """Seconds to wait as the server asked, or ``None`` when it did not say (validly).
+
+    ``retry_after_ms`` (milliseconds, non-standard) wins over ``retry_after``, which may be
+    integer or decimal seconds or an HTTP-date (``now`` is the Unix time to measure it
+    from). Negative, non-numeric, non-finite and malformed values give ``None``; a date in
+    the past gives ``0.0``. Pure: no I/O, no clock unless ``now`` is omitted.
+    """
+    if retry_after_ms is not None and (m := _NUMBER.match(retry_after_ms)):
+        return float(m.group(1)) / 1000.0
+    if retry_after is None:
+        return None
+    if m := _NUMBER.match(retry_after):
+        return float(m.group(1))
+    try:
+        when = email.utils.parsedate_to_datetime(retry_after)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:  # "-0000" means UTC with unknown local zone
+        when = when.replace(tzinfo=timezone.utc)
+    try:
+        delta = when.timestamp() - (time.time() if now is None else now)
+    except (OverflowError, ValueError, OSError):
+        return None
+    return max(0.0, delta)
+
+
+def retry_after_from_headers(headers: Mapping[str, str]) -> float | None:
+    """`parse_retry_after` applied to a response's (case-insensitive) headers."""
+    return parse_retry_after(headers.get("Retry-After"), headers.get("retry-after-ms"))
+
+
+def backoff_delay(
+    retry: int, *, initial: float, maximum: float, jitter: float, rand: float
+) -> float:
+    """Exponential backoff with jitter, for the ``retry``-th retry (0-based).
+
+    The base is ``min(initial * 2**retry, maximum)``; jitter takes up to ``jitter`` of it
+    off, so the result lies in ``[base * (1 - jitter), base]`` for ``rand`` in ``[0, 1)``.
+    """
+    base = min(initial * 2.0 ** min(retry, 64), maximum)
+    return base * (1.0 - jitter * rand)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How failed requests are retried.
+
+    Retried: connection errors and the statuses in `retry_statuses`, unless the server says
+    otherwise with ``x-should-retry: true|false``. ``POST /invocations`` is retried only when
+    the server cannot have started the invocation: the connection was never made, or the
+    status is in `create_retry_statuses` (429, 503). A timeout, 500, 502 or 504 on create is
+    raised, never retried, so a retry never starts a second invocation.
+
+    Waits follow ``Retry-After`` / ``retry-after-ms`` when the server sends them, else
+    exponential backoff with jitter capped at `max_delay`. A ``Retry-After`` longer than
+    `max_retry_after` is not slept: the error is raised (`RateLimitError.retry_after` says
+    how long the server asked for).
+    """
+
+    max_retries: int = 2
+    """Retries after the first attempt (0 disables retrying)."""
+    initial_delay: float = 0.5
+    """Backoff before the first retry, in seconds."""
+    max_delay: float = 8.0
+    """Longest backoff between two attempts, in seconds."""
+    max_retry_after: float = 60.0
+    """Longest ``Retry-After`` the policy will sleep; longer ones raise at once."""
+    jitter: float = 0.25
+    """Fraction of the backoff that is randomized away (0 for none)."""
+    retry_statuses: frozenset[int] = field(default=frozenset({408, 409, 429, 500, 502, 503, 504}))
+    """Statuses retried for idempotent requests (everything but create)."""
+    create_retry_statuses: frozenset[int] = field(default=frozenset({429, 503}))
+    """Statuses after which ``POST /invocations`` is retried: the server has not started it."""
+
+    def __post_init__(self) -> None:
+        if self.max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
+        if self.initial_delay < 0 or self.max_delay < 0 or self.max_retry_after < 0:
+            raise ValueError("retry delays must be >= 0")
+        if not 0.0 <= self.jitter <= 1.0:
+            raise ValueError(f"jitter must be between 0 and 1, got {self.jitter}")
+
+    def with_max_retries(self, max_retries: int) -> RetryPolicy:
+        """A copy of this policy with another `max_retries`."""
+        return replace(self, max_retries=max_retries)
+
+    def backoff(self, retry: int) -> float:
+        """The jittered backoff before the ``retry``-th retry (0-based)."""
+        return backoff_delay(
+            retry,
+            initial=self.initial_delay,
+            maximum=self.max_delay,
+            jitter=self.jitter,
+            rand=_random.random(),
+        )
+
+    def should_retry_status(
+        self, status: int, headers: Mapping[str, str], *, idempotent: bool
+    ) -> bool:
+        """Whether a response with this status may be retried."""
+        override = headers.get("x-should-retry")
+        if override == "true":
+            return True
+        if override == "false":
+            return False
+        if idempotent:
+            return status in self.retry_statuses
+        return status in self.create_retry_statuses
+
+    def should_retry_exception(self, exc: BaseException, *, idempotent: bool) -> bool:
+        """Whether a transport failure may be retried.
+
+        A connection that was never made (refused, DNS) is always safe to retry; anything
+        after the request may have been sent (reset, disconnect, timeout) only when the
+        request is idempotent. TLS certificate errors are never retried.
+        """
+        if isinstance(exc, aiohttp.ClientSSLError):
+            return False
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            return True
+        if idempotent:
+            return isinstance(exc, (aiohttp.ClientError, asyncio.TimeoutError, OSError))
+        return False
+
+    def delay_for(self, retry: int, headers: Mapping[str, str]) -> tuple[float, float | None]:
+        """``(seconds to wait, Retry-After the server asked for or None)``."""
+        retry_after = retry_after_from_headers(headers)
+        if retry_after is not None and retry_after <= self.max_retry_after:
+            return retry_after, retry_after
+        return self.backoff(retry), retry_after
+
+
+def transport_error(exc: BaseException, method: str, url: str) -> APIConnectionError:
+    """The kernel_async error for a transport failure (timeouts become APITimeoutError)."""
+    if isinstance(exc, APIConnectionError):
+        return exc
+    if isinstance(exc, asyncio.TimeoutError):
+        return APITimeoutError(f"Request timed out: {method} {url}", method=method, url=url)
+    detail = str(exc) or type(exc).__name__
+    return APIConnectionError(
+        f"Connection error on {method} {url}: {detail}", method=method, url=url
+    )
+
+
+def is_transport_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is a transport failure (as opposed to a bug or a bad argument)."""
+    return isinstance(exc, (aiohttp.ClientError, asyncio.TimeoutError, OSError)) and not (
+        isinstance(exc, (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError))
+    )
+
+
+class RetryMiddleware:
+    """An aiohttp client middleware applying a `RetryPolicy` to each request.
+
+    The client installs it on every request it makes (first, so the user's own middlewares
+    run once per attempt). It can also be put on any ``aiohttp.ClientSession`` directly::
+
+        session = aiohttp.ClientSession(middlewares=[RetryMiddleware(RetryPolicy())])
+
+    Only ``POST`` is treated as non-idempotent; see `RetryPolicy` for what that means.
+    """
+
+    __slots__ = ("policy",)
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        self.policy = policy
+
+    def __repr__(self) -> str:
+        return f"RetryMiddleware({self.policy!r})"
+
+    async def __call__(self, req: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
+        policy = self.policy
+        idempotent = req.method != "POST"
+        # Streams hand the open response to their reader; everything else is read here, so
+        # that a body cut off mid-way is a retryable failure like any other.
+        read_body = req.headers.get("Accept") != "text/event-stream"
+        retries = 0
+        while True:
+            req.headers[RETRY_COUNT_HEADER] = (
+                _RETRY_COUNTS[retries] if retries < 64 else str(retries)
+            )
+            try:
+                resp = await handler(req)
+                if read_body:
+                    try:
+                        await resp.read()
+                    except BaseException:
+                        resp.close()
+                        raise
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not is_transport_error(exc):
+                    raise
+                error = transport_error(exc, req.method, str(req.url))
+                if retries >= policy.max_retries or not policy.should_retry_exception(
+                    exc, idempotent=idempotent
+                ):
+                    raise error from exc
+                delay = policy.backoff(retries)
+                if _past_deadline(delay):
+                    raise error from exc
+                reason = str(error)
+            else:
+                status = resp.status
+                if status < 400:
+                    return resp
+                headers = resp.headers
+                if retries >= policy.max_retries or not policy.should_retry_status(
+                    status, headers, idempotent=idempotent
+                ):
+                    return resp
+                delay, retry_after = policy.delay_for(retries, headers)
+                if retry_after is not None and retry_after > policy.max_retry_after:
+                    return resp
+                if _past_deadline(delay):
+                    return resp
+                resp.release()
+                reason = f"HTTP {status}"
+            retries += 1
+            logger.info(
+                "Retrying %s %s in %.2fs (retry %d of %d) after %s",
+                req.method,
+                req.url.path,
+                delay,
+                retries,
+                policy.max_retries,
+                reason,
+            )
+            await sleep(delay)
+
+
+def _past_deadline(delay: float) -> bool:
+    deadline = current_deadline.get()
+    return deadline is not None and asyncio.get_running_loop().time() + delay >= deadline

@@ -1,0 +1,402 @@
+"""EventStream: the ``follow()`` connection, its decoding, resume and idle watchdog."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from datetime import datetime, timedelta, timezone
+from types import TracebackType
+from typing import TYPE_CHECKING, Final
+
+import aiohttp
+import msgspec
+from aiohttp import ClientResponse, ClientTimeout
+from yarl import URL
+
+from . import _retry
+from ._retry import is_transport_error, retry_after_from_headers, transport_error
+from ._sse import DEFAULT_MAX_LINE_SIZE, SSEDecoder, SSELimitError
+from .errors import (
+    APIConnectionError,
+    APIResponseValidationError,
+    APIStatusError,
+    make_status_error,
+)
+from .models import (
+    KNOWN_EVENT_TAGS,
+    Invocation,
+    InvocationEvent,
+    InvocationStateEvent,
+    SSEHeartbeatEvent,
+    UnknownEvent,
+    event_decoder,
+    event_tag_decoder,
+)
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+    from ._client import AsyncKernel
+
+__all__ = ["DEFAULT_IDLE_TIMEOUT", "EventStream", "decode_event", "format_since"]
+
+logger = logging.getLogger("kernel_async")
+
+#: Seconds without a byte (heartbeats count) after which a stream is considered dead and
+#: resumed. The API sends heartbeats well within this.
+DEFAULT_IDLE_TIMEOUT: Final = 60.0
+_CONNECT_TIMEOUT: Final = 30.0
+_ONE_MICROSECOND: Final = timedelta(microseconds=1)
+
+
+def format_since(since: str | datetime | timedelta) -> str:
+    """The ``since`` query value: a str as is, a datetime as RFC 3339, a timedelta as a
+    duration (``"90s"``, ``"1.5s"``).
+
+    Raises ``ValueError`` for a naive datetime (its zone would be a guess), a timedelta that
+    is not positive, or an empty string.
+    """
+    if isinstance(since, str):
+        if not since.strip():
+            raise ValueError("since must not be empty")
+        return since
+    if isinstance(since, datetime):
+        if since.tzinfo is None or since.utcoffset() is None:
+            raise ValueError(
+                "since must be a timezone-aware datetime (e.g. datetime.now(timezone.utc))"
+            )
+        return since.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if isinstance(since, timedelta):
+        seconds = since.total_seconds()
+        if seconds <= 0:
+            raise ValueError(f"since must be a positive duration, got {since!r}")
+        if seconds == int(seconds):
+            return f"{int(seconds)}s"
+        return f"{since // _ONE_MICROSECOND}us"
+    raise TypeError(f"since must be a str, datetime or timedelta, not {type(since).__name__}")
+
+
+def decode_event(data: bytes) -> InvocationEvent:
+    """Decode one SSE ``data`` payload into its typed event.
+
+    An unknown ``event`` tag gives `UnknownEvent`; anything that is not a valid event of a
+    known type raises `APIResponseValidationError` carrying the raw data.
+    """
+    try:
+        return event_decoder.decode(data)
+    except msgspec.ValidationError as exc:
+        try:
+            tag = event_tag_decoder.decode(data).event
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            tag = None
+        if tag is not None and tag not in KNOWN_EVENT_TAGS:
+            return UnknownEvent(event=tag, data=data)
+        raise APIResponseValidationError(
+            f"an invocation event did not match the API schema: {exc}", body=data
+        ) from exc
+    except msgspec.DecodeError as exc:
+        raise APIResponseValidationError(
+            f"an invocation event is not valid JSON: {exc}", body=data
+        ) from exc
+
+
+class EventStream:
+    """The live events of one invocation: an async iterator and an async context manager.
+
+    ```python
+    async with kernel.invocations.follow(inv.id) as events:
+        async for event in events:
+            match event:
+                case LogEvent(message=line):
+                    print(line)
+                case InvocationStateEvent(invocation=inv) if inv.is_terminal:
+                    print("done:", inv.status)
+    ```
+
+    * It ends right after the `InvocationStateEvent` whose status is terminal, even if the
+      server keeps the connection open.
+    * Heartbeats are yielded only when asked for with ``heartbeats=True``.
+    * A dropped connection, a stream that ends early, or ``idle_timeout`` seconds without a
+      byte is resumed with ``since`` just before the last delivered event; events already
+      delivered are not delivered again. Attempts that make no progress count against the
+      client's `RetryPolicy`; when it gives up, `APIConnectionError` is raised.
+    * Leaving early (``break``, an exception, cancellation) closes the connection at once
+      with ``async with`` or `aclose`; a plain ``async for`` closes it when the stream is
+      garbage-collected, which CPython does as soon as the loop is left.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_at_boundary",
+        "_boundary",
+        "_client",
+        "_closed",
+        "_decoder",
+        "_done",
+        "_failures",
+        "_heartbeats",
+        "_id",
+        "_idle_timeout",
+        "_last_state",
+        "_max_line_size",
+        "_path_url",
+        "_progress",
+        "_queue",
+        "_replay",
+        "_resp",
+        "_since",
+    )
+
+    def __init__(
+        self,
+        client: AsyncKernel,
+        invocation_id: str,
+        path_url: URL,
+        *,
+        since: str | None,
+        heartbeats: bool,
+        idle_timeout: float,
+        max_line_size: int = DEFAULT_MAX_LINE_SIZE,
+    ) -> None:
+        self._client = client
+        self._id = invocation_id
+        self._path_url = path_url
+        self._since = since
+        self._heartbeats = heartbeats
+        self._idle_timeout = idle_timeout
+        self._max_line_size = max_line_size
+        self._resp: ClientResponse | None = None
+        self._decoder = SSEDecoder(max_line_size)
+        self._queue: deque[InvocationEvent] = deque()
+        self._done = False
+        self._closed = False
+        self._failures = 0
+        self._progress = False
+        # Resume bookkeeping: the newest delivered timestamp, the raw data of the events
+        # delivered at exactly that timestamp, and (after a resume) those not yet replayed.
+        self._boundary: datetime | None = None
+        self._at_boundary: list[bytes] = []
+        self._replay: list[bytes] = []
+        self._last_state: Invocation | None = None
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("open" if self._resp is not None else "idle")
+        return f"<EventStream invocation={self._id!r} {state}>"
+
+    @property
+    def invocation_id(self) -> str:
+        """The invocation this stream follows."""
+        return self._id
+
+    @property
+    def last_state(self) -> Invocation | None:
+        """The invocation as of the latest `InvocationStateEvent` seen, if any."""
+        return self._last_state
+
+    # --- protocol ----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        if self._resp is None and not self._done:
+            await self._connect_with_retries()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> InvocationEvent:
+        queue = self._queue
+        while not queue:
+            if self._done:
+                self._close_response()
+                raise StopAsyncIteration
+            try:
+                await self._fill()
+            except BaseException:
+                self._closed = self._done = True
+                self._close_response()
+                raise
+        return queue.popleft()
+
+    async def aclose(self) -> None:
+        """Close the connection now. Iterating afterwards ends at once."""
+        self._closed = self._done = True
+        self._queue.clear()
+        self._close_response()
+
+    def __del__(self) -> None:
+        resp = self._resp
+        if resp is not None:
+            resp.close()
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _close_response(self) -> None:
+        resp, self._resp = self._resp, None
+        if resp is not None:
+            resp.close()
+
+    async def _fill(self) -> None:
+        """Read until at least one event is queued, the stream is done, or it must resume."""
+        if self._resp is None:
+            await self._connect_with_retries()
+            return
+        resp = self._resp
+        try:
+            chunk = await resp.content.readany()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if not is_transport_error(exc):
+                raise
+            await self._resume(exc)
+            return
+        if not chunk:  # the server ended the stream before a terminal state
+            await self._resume(None)
+            return
+        try:
+            messages = self._decoder.feed(chunk)
+        except SSELimitError as exc:
+            raise APIResponseValidationError(str(exc), body=chunk[:1024]) from exc
+        for message in messages:
+            if message.data:
+                self._accept(decode_event(message.data), message.data)
+                if self._done:
+                    self._close_response()
+                    return
+
+    def _accept(self, event: InvocationEvent, data: bytes) -> None:
+        self._progress = True
+        if isinstance(event, SSEHeartbeatEvent):
+            if self._heartbeats:
+                self._queue.append(event)
+            return
+        if isinstance(event, UnknownEvent):
+            self._queue.append(event)
+            return
+        ts = event.timestamp
+        boundary = self._boundary
+        if boundary is not None and ts <= boundary:
+            if ts < boundary:
+                return  # replayed after a resume: delivered before
+            replay = self._replay
+            if data in replay:
+                replay.remove(data)  # the replay of an event delivered at the boundary
+                return
+            self._at_boundary.append(data)
+        else:
+            self._boundary = ts
+            self._at_boundary = [data]
+        if isinstance(event, InvocationStateEvent):
+            self._last_state = event.invocation
+            if event.invocation.is_terminal:
+                self._done = True
+        self._queue.append(event)
+
+    async def _resume(self, cause: BaseException | None) -> None:
+        """The connection ended without a terminal state: reconnect, or give up."""
+        self._close_response()
+        if self._progress:
+            self._failures = 0
+        policy = self._client.retry
+        if self._failures >= policy.max_retries:
+            reason = "ended" if cause is None else f"failed ({cause})"
+            raise APIConnectionError(
+                f"the event stream of invocation {self._id} {reason} and could not be "
+                f"resumed after {self._failures} attempt(s)",
+                method="GET",
+                url=str(self._path_url),
+            ) from cause
+        delay = policy.backoff(self._failures)
+        logger.info(
+            "Event stream of %s %s; resuming in %.2fs",
+            self._id,
+            "ended early" if cause is None else f"dropped ({type(cause).__name__})",
+            delay,
+        )
+        self._failures += 1
+        await _retry.sleep(delay)
+        await self._connect_with_retries()
+
+    async def _connect_with_retries(self) -> None:
+        policy = self._client.retry
+        while True:
+            try:
+                await self._connect()
+                return
+            except APIStatusError as exc:
+                if self._failures >= policy.max_retries or not policy.should_retry_status(
+                    exc.status, exc.headers, idempotent=True
+                ):
+                    raise
+                delay, retry_after = policy.delay_for(self._failures, exc.headers)
+                if retry_after is not None and retry_after > policy.max_retry_after:
+                    raise
+            except APIConnectionError as exc:
+                cause = exc.__cause__
+                if self._failures >= policy.max_retries or (
+                    cause is not None and not policy.should_retry_exception(cause, idempotent=True)
+                ):
+                    raise
+                delay = policy.backoff(self._failures)
+            self._failures += 1
+            await _retry.sleep(delay)
+
+    def _query(self) -> dict[str, str] | None:
+        boundary = self._boundary
+        if boundary is not None:
+            # The API has nanoseconds; we have microseconds (rounded). Step back one so the
+            # boundary event is replayed, then drop what was already delivered.
+            return {"since": format_since(boundary - _ONE_MICROSECOND)}
+        if self._since is not None:
+            return {"since": self._since}
+        return None
+
+    async def _connect(self) -> None:
+        self._replay = list(self._at_boundary)
+        self._progress = False
+        self._decoder = SSEDecoder(self._max_line_size)
+        timeout = ClientTimeout(
+            total=None, sock_connect=_CONNECT_TIMEOUT, sock_read=self._idle_timeout
+        )
+        resp = await self._client._open_stream(self._path_url, self._query(), timeout)
+        if resp.status >= 400:
+            try:
+                body = await resp.read()
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                raise transport_error(exc, "GET", str(resp.url)) from exc
+            finally:
+                resp.close()
+            raise make_status_error(
+                resp.status,
+                body,
+                resp.headers,
+                reason=resp.reason,
+                method="GET",
+                url=str(resp.url),
+                retry_after=retry_after_from_headers(resp.headers) if resp.status == 429 else None,
+            )
+        content_type = resp.headers.get("Content-Type", "")
+        if not content_type.startswith("text/event-stream"):
+            body = b""
+            try:
+                body = await resp.content.read(1024)
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                pass
+            finally:
+                resp.close()
+            raise APIResponseValidationError(
+                f"expected an event stream, got Content-Type {content_type!r}",
+                body=body,
+                status=resp.status,
+                headers=resp.headers,
+            )
+        self._resp = resp

@@ -1,0 +1,170 @@
+"""Wire helpers of the emulator: nanosecond timestamps, durations, JSON bodies."""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import datetime, timezone
+from typing import Any, Final
+
+import msgspec
+
+__all__ = [
+    "CreateBody",
+    "ErrorBody",
+    "UpdateBody",
+    "WireInvocation",
+    "format_ns",
+    "parse_duration_ns",
+    "parse_since_ns",
+]
+
+
+class ErrorDetailBody(msgspec.Struct, omit_defaults=True):
+    code: str | None = None
+    message: str | None = None
+
+
+class ErrorBody(msgspec.Struct, omit_defaults=True):
+    code: str
+    message: str
+    details: list[ErrorDetailBody] | None = None
+    inner_error: ErrorDetailBody | None = None
+
+
+class WireInvocation(msgspec.Struct, omit_defaults=True):
+    id: str
+    app_name: str
+    version: str
+    action_name: str
+    started_at: str
+    status: str
+    payload: str | None = None
+    output: str | None = None
+    finished_at: str | None = None
+    status_reason: str | None = None
+
+
+class WireInvokeResponse(msgspec.Struct, omit_defaults=True):
+    id: str
+    action_name: str
+    status: str
+    status_reason: str | None = None
+    output: str | None = None
+
+
+class CreateBody(msgspec.Struct, forbid_unknown_fields=False):
+    app_name: str
+    action_name: str
+    version: str = "latest"
+    payload: str | None = None
+    async_: bool = msgspec.field(default=False, name="async")
+    async_timeout_seconds: int | None = None
+
+
+class UpdateBody(msgspec.Struct):
+    status: str
+    output: str | None = None
+
+
+class LogWire(msgspec.Struct, tag_field="event", tag="log"):
+    timestamp: str
+    message: str
+
+
+class StateWire(msgspec.Struct, tag_field="event", tag="invocation_state"):
+    timestamp: str
+    invocation: WireInvocation
+
+
+class HeartbeatWire(msgspec.Struct, tag_field="event", tag="sse_heartbeat"):
+    timestamp: str
+
+
+class ErrorEventWire(msgspec.Struct, tag_field="event", tag="error"):
+    timestamp: str
+    error: ErrorBody
+
+
+encode: Final = msgspec.json.Encoder().encode
+create_decoder: Final = msgspec.json.Decoder(CreateBody)
+update_decoder: Final = msgspec.json.Decoder(UpdateBody)
+
+_last_ns = 0
+
+
+def now_ns() -> int:
+    """Wall-clock nanoseconds, strictly increasing within the process."""
+    global _last_ns
+    ns = time.time_ns()
+    if ns <= _last_ns:
+        ns = _last_ns + 1
+    _last_ns = ns
+    return ns
+
+
+def format_ns(ns: int) -> str:
+    """RFC 3339 with nanoseconds, UTC: ``2025-06-20T12:00:00.123456789Z``."""
+    seconds, frac = divmod(ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{frac:09d}Z"
+
+
+_UNITS: Final = {
+    "ns": 1,
+    "us": 1_000,
+    "µs": 1_000,
+    "μs": 1_000,
+    "ms": 1_000_000,
+    "s": 1_000_000_000,
+    "m": 60_000_000_000,
+    "h": 3_600_000_000_000,
+}
+_DURATION: Final = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_RFC3339: Final = re.compile(
+    r"(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})\Z"
+)
+
+
+def parse_duration_ns(text: str) -> int | None:
+    """A Go-style duration (``5m``, ``1h30m``, ``1.5s``, ``300ms``) in ns, or None."""
+    pos, total = 0, 0.0
+    if not text:
+        return None
+    for m in _DURATION.finditer(text):
+        if m.start() != pos:
+            return None
+        total += float(m.group(1)) * _UNITS[m.group(2)]
+        pos = m.end()
+    return int(total) if pos == len(text) else None
+
+
+def parse_since_ns(text: str, now: int | None = None) -> int | None:
+    """``since`` as RFC 3339 (nanoseconds kept) or a duration before now, in Unix ns."""
+    m = _RFC3339.match(text)
+    if m:
+        date, clock, frac, zone = m.groups()
+        tz = "+00:00" if zone in ("Z", "z") else zone
+        try:
+            dt = datetime.fromisoformat(f"{date}T{clock}{tz}")
+        except ValueError:
+            return None
+        base = int(dt.astimezone(timezone.utc).timestamp()) * 1_000_000_000
+        return base + int((frac or "0").ljust(9, "0"))
+    duration = parse_duration_ns(text)
+    if duration is None:
+        return None
+    return (now if now is not None else time.time_ns()) - duration
+
+
+def error_body(code: str, message: str, *details: str) -> bytes:
+    return encode(
+        ErrorBody(
+            code=code,
+            message=message,
+            details=[ErrorDetailBody(code="invalid_input", message=d) for d in details] or None,
+        )
+    )
+
+
+def json_string(value: Any) -> str:
+    return encode(value).decode()

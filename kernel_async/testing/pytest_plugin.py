@@ -1,0 +1,57 @@
+"""pytest fixtures for testing code that uses kernel_async, registered through ``pytest11``.
+
+Installed with the package, so a test suite can use them with no setup (pytest-asyncio is
+needed for async tests; the fixtures are async)::
+
+    async def test_my_agent(kernel_emulator, kernel_client):
+        @kernel_emulator.action("my-app", "analyze")
+        def analyze(ctx, payload):
+            ctx.log("working")
+            return {"ok": True}
+
+        inv = await kernel_client.invocations.run("my-app", "analyze")
+        assert inv.output_as() == {"ok": True}
+
+``kernel_emulator`` is a running `KernelEmulator` on 127.0.0.1 (a fresh one per test);
+``kernel_client`` is an `AsyncKernel` pointed at it with retries' backoff shortened so
+injected faults do not slow tests down. Both are closed after the test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from .._client import AsyncKernel
+    from .emulator import KernelEmulator
+
+__all__ = ["kernel_client", "kernel_emulator"]
+
+try:
+    import pytest_asyncio
+
+    _fixture = pytest_asyncio.fixture
+except ImportError:  # pragma: no cover - without pytest-asyncio, async fixtures cannot run
+    _fixture = pytest.fixture  # type: ignore[assignment]
+
+
+@_fixture
+async def kernel_emulator() -> AsyncIterator[KernelEmulator]:
+    """A running `KernelEmulator` for this test."""
+    from .emulator import KernelEmulator
+
+    async with KernelEmulator() as emulator:
+        yield emulator
+
+
+@_fixture
+async def kernel_client(kernel_emulator: KernelEmulator) -> AsyncIterator[AsyncKernel]:
+    """An `AsyncKernel` connected to ``kernel_emulator``, with short retry backoff."""
+    from .._retry import RetryPolicy
+
+    policy = RetryPolicy(max_retries=3, initial_delay=0.01, max_delay=0.1, max_retry_after=5)
+    async with kernel_emulator.client(retry=policy) as client:
+        yield client

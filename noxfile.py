@@ -1,0 +1,57 @@
+"""Developer tasks. ``nox`` runs lint, typecheck and tests; the rest are opt-in."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+nox.options.error_on_missing_interpreters = False
+
+PYTHON = ["3.11"]
+NO_TESTS_COLLECTED = 5
+
+
+def _pytest(session: nox.Session, *args: str, allow_empty: bool = False) -> None:
+    """Run pytest; collecting no test at all is a failure unless ``allow_empty``."""
+    codes = [0, NO_TESTS_COLLECTED] if allow_empty else [0]
+    try:
+        session.run("pytest", *args, *session.posargs, success_codes=codes)
+    except nox.command.CommandFailed:
+        session.error("pytest failed (exit 5 would mean it collected no tests)")
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """The test suite, against the emulator and local aiohttp servers (no network)."""
+    session.install("-e", ".[test,cli]")
+    _pytest(session, "-m", "not slow and not official_sdk", "-p", "no:cacheprovider")
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict over the package, tests, examples and benchmarks."""
+    session.install("-e", ".[typecheck,test,cli]")
+    session.run("mypy")
+
+
+@nox.session(python=PYTHON)
+def official_sdk(session: nox.Session) -> None:
+    """The official `kernel` SDK against our emulator: proof the emulator speaks the API."""
+    session.install("-e", ".[test]", "kernel")
+    _pytest(session, "-m", "official_sdk", "-p", "no:cacheprovider")
+
+
+@nox.session(python=PYTHON)
+def slow(session: nox.Session) -> None:
+    """The longer tests left out of the default run."""
+    session.install("-e", ".[test,cli]")
+    _pytest(session, "-m", "slow", "-p", "no:cacheprovider", allow_empty=True)
