@@ -134,6 +134,7 @@ class EventStream:
         "_closed",
         "_decoder",
         "_done",
+        "_failed",
         "_failures",
         "_heartbeats",
         "_id",
@@ -172,6 +173,7 @@ class EventStream:
         self._done = False
         self._closed = False
         self._failures = 0
+        self._failed: APIResponseValidationError | None = None
         self._progress = False
         # Resume bookkeeping: the newest delivered timestamp, the raw data of the events
         # delivered at exactly that timestamp, and (after a resume) those not yet replayed.
@@ -215,6 +217,11 @@ class EventStream:
     async def __anext__(self) -> InvocationEvent:
         queue = self._queue
         while not queue:
+            if self._failed is not None:  # raised once what came before it was delivered
+                error, self._failed = self._failed, None
+                self._closed = self._done = True
+                self._close_response()
+                raise error
             if self._done:
                 self._close_response()
                 raise StopAsyncIteration
@@ -268,7 +275,13 @@ class EventStream:
             raise APIResponseValidationError(str(exc), body=chunk[:1024]) from exc
         for message in messages:
             if message.data:
-                self._accept(decode_event(message.data), message.data)
+                try:
+                    event = decode_event(message.data)
+                except APIResponseValidationError as exc:
+                    # Deliver what came before the bad event, then raise.
+                    self._failed = exc
+                    return
+                self._accept(event, message.data)
                 if self._done:
                     self._close_response()
                     return

@@ -15,8 +15,7 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from kernel_async import AsyncKernel, RetryPolicy
-from kernel_async import _retry
+from kernel_async import AsyncKernel, RetryPolicy, _retry
 
 API_KEY = "sk_test_9f8e7d6c5b4a"
 
@@ -78,7 +77,13 @@ async def make_server() -> AsyncIterator[ServerFactory]:
         app = web.Application(middlewares=[record])
         for method, path, handler in routes:
             app.router.add_route(method, path, handler)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.1)
+        runner = web.AppRunner(
+            app,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=0.1,
+            handler_cancellation=True,
+        )
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
@@ -116,9 +121,7 @@ def json_response(
     body: bytes | str, status: int = 200, headers: dict[str, str] | None = None
 ) -> web.Response:
     raw = body.encode() if isinstance(body, str) else body
-    return web.Response(
-        status=status, body=raw, content_type="application/json", headers=headers
-    )
+    return web.Response(status=status, body=raw, content_type="application/json", headers=headers)
 
 
 INVOCATION_JSON = (

@@ -56,9 +56,7 @@ async def test_create_sends_a_str_payload_as_is_and_omits_defaults(
     make_server: ServerFactory,
 ) -> None:
     async def handler(_: web.Request) -> web.Response:
-        return json_response(
-            '{"id":"i","action_name":"a","status":"succeeded","output":"[1,2]"}'
-        )
+        return json_response('{"id":"i","action_name":"a","status":"succeeded","output":"[1,2]"}')
 
     server = await make_server([("POST", "/invocations", handler)])
     async with server.client() as kernel:
@@ -100,7 +98,9 @@ async def test_path_parameters_are_quoted_into_one_segment(
     make_server: ServerFactory, id: str, raw: str
 ) -> None:
     async def handler(request: web.Request) -> web.Response:
-        return json_response(INVOCATION_JSON.replace('"inv_1"', json.dumps(request.match_info["id"])))
+        return json_response(
+            INVOCATION_JSON.replace('"inv_1"', json.dumps(request.match_info["id"]))
+        )
 
     server = await make_server([("GET", "/invocations/{id}", handler)])
     async with server.client() as kernel:
@@ -161,8 +161,14 @@ async def test_list_sends_filters_and_pagination(make_server: ServerFactory) -> 
         (lambda k: k.invocations.retrieve(".."), ValueError),
         (lambda k: k.invocations.create("", "a"), ValueError),
         (lambda k: k.invocations.create("app", ""), ValueError),
-        (lambda k: k.invocations.create("app", "a", async_=True, async_timeout_seconds=9), ValueError),
-        (lambda k: k.invocations.create("app", "a", async_=True, async_timeout_seconds=3601), ValueError),
+        (
+            lambda k: k.invocations.create("app", "a", async_=True, async_timeout_seconds=9),
+            ValueError,
+        ),
+        (
+            lambda k: k.invocations.create("app", "a", async_=True, async_timeout_seconds=3601),
+            ValueError,
+        ),
         (lambda k: k.invocations.create("app", "a", async_timeout_seconds=60), ValueError),
         (lambda k: k.invocations.create("app", "a", payload=object()), TypeError),
         (lambda k: k.invocations.update("x", status="running"), ValueError),
