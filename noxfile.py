@@ -55,3 +55,10 @@ def slow(session: nox.Session) -> None:
     """The longer tests left out of the default run."""
     session.install("-e", ".[test,cli]")
     _pytest(session, "-m", "slow", "-p", "no:cacheprovider", allow_empty=True)
+
+
+@nox.session(python=PYTHON)
+def conformance(session: nox.Session) -> None:
+    """schemathesis against `kernel-async serve`, with the API's OpenAPI spec."""
+    session.install("-e", ".", "schemathesis>=4", "pyyaml")
+    session.run("python", "tests/conformance/run_schemathesis.py", *session.posargs)

@@ -54,12 +54,15 @@ class WireInvokeResponse(msgspec.Struct, omit_defaults=True):
 
 
 class CreateBody(msgspec.Struct, forbid_unknown_fields=False):
+    """A missing name is a 400; an empty one names no app (404), as the SDK never sends."""
+
     app_name: str
     action_name: str
     version: str = "latest"
     payload: str | None = None
     async_: bool = msgspec.field(default=False, name="async")
-    async_timeout_seconds: int | None = None
+    # JSON Schema's "integer" admits 600.0; the emulator does too.
+    async_timeout_seconds: int | float | None = None
 
 
 class UpdateBody(msgspec.Struct):

@@ -332,10 +332,9 @@ class KernelEmulator:
         try:
             response = await handler(request)
         except web.HTTPException as exc:
-            code = "not_found" if exc.status == 404 else "bad_request"
-            if exc.status == 405:
-                code = "method_not_allowed"
-            return _error(exc.status, code, exc.reason)
+            code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "bad_request")
+            headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+            return _error(exc.status, code, exc.reason, headers=headers)
         if rule is not None:
             return await self._inject(request, rule)
         return response
@@ -369,13 +368,9 @@ class KernelEmulator:
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             return _error(400, "bad_request", "Invalid request body", str(exc))
         problems = []
-        for name in ("app_name", "action_name", "version"):
-            if not getattr(body, name):
-                problems.append(f"{name} is required")
-        if body.async_timeout_seconds is not None and not (
-            10 <= body.async_timeout_seconds <= 3600
-        ):
-            problems.append("async_timeout_seconds must be between 10 and 3600")
+        timeout = body.async_timeout_seconds
+        if timeout is not None and not (float(timeout).is_integer() and 10 <= timeout <= 3600):
+            problems.append("async_timeout_seconds must be an integer between 10 and 3600")
         payload_value: Any = None
         if body.payload is not None:
             try:
@@ -466,7 +461,7 @@ class KernelEmulator:
         if status is not None and status not in _STATUSES:
             problems.append("status must be one of queued, running, succeeded, failed")
         since_ns = None
-        if "since" in q:
+        if q.get("since"):
             since_ns = wire.parse_since_ns(q["since"])
             if since_ns is None:
                 problems.append("since must be an RFC 3339 timestamp or a duration like 5m")
@@ -503,7 +498,7 @@ class KernelEmulator:
         if inv is None:
             return _not_found(request.match_info["id"])
         since_ns = 0
-        if "since" in request.query:
+        if request.query.get("since"):
             parsed = wire.parse_since_ns(request.query["since"])
             if parsed is None:
                 return _error(
