@@ -62,3 +62,14 @@ def conformance(session: nox.Session) -> None:
     """schemathesis against `kernel-async serve`, with the API's OpenAPI spec."""
     session.install("-e", ".", "schemathesis>=4", "pyyaml")
     session.run("python", "tests/conformance/run_schemathesis.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Benchmarks: kernel_async vs the official SDK, aiohttp-sse-client and the raw floor.
+
+    Writes benchmarks/results/latest.json and docs/benchmarks.md. ``-- --quick`` for a
+    smoke run with tiny counts.
+    """
+    session.install("-e", ".[bench]")
+    session.run("python", "-m", "benchmarks.run", *session.posargs)

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import Final
 
+import msgspec
+
 __all__ = ["DEFAULT_MAX_LINE_SIZE", "SSEDecoder", "SSELimitError", "SSEMessage"]
 
 DEFAULT_MAX_LINE_SIZE: Final = 16 * 1024 * 1024
@@ -28,29 +30,15 @@ class SSELimitError(ValueError):
     """A line, or an event's data, grew past the decoder's size limit."""
 
 
-class SSEMessage:
+class SSEMessage(msgspec.Struct, gc=False):
     """One dispatched event: its type (``"message"`` by default), data, and last event id."""
 
-    __slots__ = ("data", "event", "id")
-
-    def __init__(self, event: str, data: bytes, id: str | None) -> None:
-        self.event = event
-        """The ``event`` field, or ``"message"`` when the event had none."""
-        self.data = data
-        """The ``data`` lines joined with ``\\n``."""
-        self.id = id
-        """The last event id seen so far in the stream (``id`` persists across events)."""
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, SSEMessage):
-            return NotImplemented
-        return (self.event, self.data, self.id) == (other.event, other.data, other.id)
-
-    def __hash__(self) -> int:
-        return hash((self.event, self.data, self.id))
-
-    def __repr__(self) -> str:
-        return f"SSEMessage(event={self.event!r}, data={self.data!r}, id={self.id!r})"
+    event: str
+    """The ``event`` field, or ``"message"`` when the event had none."""
+    data: bytes
+    """The ``data`` lines joined with ``\\n``."""
+    id: str | None
+    """The last event id seen so far in the stream (``id`` persists across events)."""
 
 
 class SSEDecoder:
@@ -122,21 +110,49 @@ class SSEDecoder:
         if b"\r" in chunk:
             self._pending_cr = chunk[-1:] == b"\r"
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        if b"\n" not in chunk:
+        end = chunk.rfind(b"\n")
+        if end < 0:
             self._add_partial(chunk)
             return []
-        lines = chunk.split(b"\n")
-        rest = lines.pop()
+        rest = chunk[end + 1 :]
+        body = chunk[: end + 1]  # whole lines, ending in LF
         if self._partial:
-            self._add_partial(lines[0])
-            lines[0] = b"".join(self._partial)
+            if self._partial_size + chunk.find(b"\n") > self.max_line_size:
+                self._too_long()
+            self._partial.append(body)
+            body = b"".join(self._partial)
             self._partial = []
             self._partial_size = 0
-        elif len(lines[0]) > self.max_line_size:
-            self._too_long()
         messages: list[SSEMessage] = []
-        for line in lines:
-            self._line(line, messages)
+        # Complete events are separated by blank lines. The common one, a single
+        # "data: ..." line, is emitted directly; anything else goes line by line.
+        blocks = body.split(b"\n\n")
+        last = blocks.pop()
+        # When every complete event is one line (newlines = 2 per event), and no event was
+        # half-built by earlier lines, each "data: ..." event is emitted directly.
+        if (
+            not self._data
+            and not self._event
+            and body.count(b"\n") == 2 * len(blocks) + last.count(b"\n")
+        ):
+            append = messages.append
+            last_id = self._last_id
+            limit = self.max_line_size
+            for block in blocks:
+                if block.startswith(b"data: ") and len(block) <= limit:
+                    append(SSEMessage("message", block[6:], last_id))
+                else:
+                    self._line(block, messages)
+                    self._line(b"", messages)
+                    last_id = self._last_id
+        else:
+            for block in blocks:
+                for line in block.split(b"\n"):
+                    self._line(line, messages)
+                self._line(b"", messages)
+        if last:
+            for line in last[:-1].split(b"\n"):
+                self._line(line, messages)
         if rest:
             self._add_partial(rest)
         return messages
@@ -155,6 +171,8 @@ class SSEDecoder:
         raise SSELimitError(f"an SSE line is longer than the {self.max_line_size}-byte limit")
 
     def _line(self, line: bytes, messages: list[SSEMessage]) -> None:
+        if len(line) > self.max_line_size:
+            self._too_long()
         if not line:  # a blank line dispatches the event
             if self._data:
                 event = self._event.decode("utf-8", "replace") if self._event else "message"

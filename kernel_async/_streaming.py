@@ -16,7 +16,7 @@ from yarl import URL
 
 from . import _retry
 from ._retry import is_transport_error, retry_after_from_headers, transport_error
-from ._sse import DEFAULT_MAX_LINE_SIZE, SSEDecoder, SSELimitError
+from ._sse import DEFAULT_MAX_LINE_SIZE, SSEDecoder, SSELimitError, SSEMessage
 from .errors import (
     APIConnectionError,
     APIResponseValidationError,
@@ -25,9 +25,11 @@ from .errors import (
 )
 from .models import (
     KNOWN_EVENT_TAGS,
+    ErrorEvent,
     Invocation,
     InvocationEvent,
     InvocationStateEvent,
+    LogEvent,
     SSEHeartbeatEvent,
     UnknownEvent,
     event_decoder,
@@ -216,6 +218,8 @@ class EventStream:
 
     async def __anext__(self) -> InvocationEvent:
         queue = self._queue
+        if queue:
+            return queue.popleft()
         while not queue:
             if self._failed is not None:  # raised once what came before it was delivered
                 error, self._failed = self._failed, None
@@ -273,46 +277,61 @@ class EventStream:
             messages = self._decoder.feed(chunk)
         except SSELimitError as exc:
             raise APIResponseValidationError(str(exc), body=chunk[:1024]) from exc
-        for message in messages:
-            if message.data:
-                try:
-                    event = decode_event(message.data)
-                except APIResponseValidationError as exc:
-                    # Deliver what came before the bad event, then raise.
-                    self._failed = exc
-                    return
-                self._accept(event, message.data)
-                if self._done:
-                    self._close_response()
-                    return
+        self._deliver(messages)
 
-    def _accept(self, event: InvocationEvent, data: bytes) -> None:
-        self._progress = True
-        if isinstance(event, SSEHeartbeatEvent):
-            if self._heartbeats:
-                self._queue.append(event)
-            return
-        if isinstance(event, UnknownEvent):
-            self._queue.append(event)
-            return
-        ts = event.timestamp
+    def _deliver(self, messages: list[SSEMessage]) -> None:
+        """Decode and queue events; drop replays of what was delivered before a resume.
+
+        This is the per-event hot path, so it is written inline. The resume bookkeeping is
+        the newest delivered timestamp (``_boundary``) and the raw data of the events
+        delivered at exactly that timestamp (``_at_boundary``); after a resume, events older
+        than the boundary are replays, and so are those at the boundary whose data is still
+        in ``_replay`` (a multiset, consumed as it matches).
+        """
+        decode = event_decoder.decode
+        queue = self._queue
         boundary = self._boundary
-        if boundary is not None and ts <= boundary:
-            if ts < boundary:
-                return  # replayed after a resume: delivered before
-            replay = self._replay
-            if data in replay:
-                replay.remove(data)  # the replay of an event delivered at the boundary
-                return
-            self._at_boundary.append(data)
-        else:
-            self._boundary = ts
-            self._at_boundary = [data]
-        if isinstance(event, InvocationStateEvent):
-            self._last_state = event.invocation
-            if event.invocation.is_terminal:
-                self._done = True
-        self._queue.append(event)
+        try:
+            for message in messages:
+                data = message.data
+                if not data:
+                    continue
+                try:
+                    event: InvocationEvent = decode(data)
+                except (msgspec.ValidationError, msgspec.DecodeError):
+                    try:
+                        event = decode_event(data)  # an unknown type, or a real error
+                    except APIResponseValidationError as exc:
+                        self._failed = exc  # what came before it is delivered first
+                        return
+                self._progress = True
+                if type(event) is LogEvent or isinstance(event, (InvocationStateEvent, ErrorEvent)):
+                    ts = event.timestamp
+                    if boundary is not None and ts <= boundary:
+                        if ts < boundary:
+                            continue  # replayed after a resume: delivered before
+                        replay = self._replay
+                        if data in replay:
+                            replay.remove(data)  # a replay of an event at the boundary
+                            continue
+                        self._at_boundary.append(data)
+                    else:
+                        boundary = ts
+                        self._at_boundary = [data]
+                    queue.append(event)
+                    if type(event) is InvocationStateEvent:
+                        self._last_state = event.invocation
+                        if event.invocation.is_terminal:
+                            self._done = True
+                            self._close_response()
+                            return
+                elif type(event) is SSEHeartbeatEvent:
+                    if self._heartbeats:
+                        queue.append(event)
+                else:
+                    queue.append(event)  # UnknownEvent
+        finally:
+            self._boundary = boundary
 
     async def _resume(self, cause: BaseException | None) -> None:
         """The connection ended without a terminal state: reconnect, or give up."""

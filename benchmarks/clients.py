@@ -1,0 +1,279 @@
+"""The clients compared, each doing the same operations against the canned server.
+
+* ``kernel_async``: this SDK, default configuration (retry middleware on).
+* ``floor``: plain aiohttp + msgspec, no SDK layer: the least a client can do. It decodes
+  into the same Structs, so the difference is the SDK's own overhead.
+* ``official``: the official `kernel` SDK (httpx + pydantic), retries off.
+* ``sse_client``: aiohttp-sse-client for the event stream, decoding each event with msgspec.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import aiohttp
+import msgspec
+
+from kernel_async import AsyncKernel
+from kernel_async.models import (
+    InvocationStateEvent,
+    event_decoder,
+    invocation_decoder,
+    invocation_list_decoder,
+    invoke_response_decoder,
+)
+
+API_KEY = "sk_bench_0123456789"
+ID = "rr33xuugxj9h0bkf1rdt2bet"
+PAYLOAD = '{"data":"example input"}'
+MAX_CONNECTIONS = 2000
+
+
+class Client:
+    """The operations every client implements (those it cannot do raise NotImplemented)."""
+
+    name = "base"
+    operations: frozenset[str] = frozenset()
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        pass
+
+    async def retrieve(self) -> None:
+        raise NotImplementedError
+
+    async def create(self) -> None:
+        raise NotImplementedError
+
+    async def list100(self) -> int:
+        raise NotImplementedError
+
+    async def follow(self) -> int:
+        raise NotImplementedError
+
+    async def hold(self) -> Any:
+        """Open a stream, read its first event, and return something to close later."""
+        raise NotImplementedError
+
+    async def release(self, held: Any) -> None:
+        raise NotImplementedError
+
+
+ALL_OPS = frozenset({"retrieve", "create", "list100", "follow", "hold"})
+
+
+class KernelAsyncClient(Client):
+    name = "kernel_async"
+    operations = ALL_OPS
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.kernel = AsyncKernel(API_KEY, base_url=url, connection_limit=MAX_CONNECTIONS)
+
+    async def close(self) -> None:
+        await self.kernel.aclose()
+
+    async def retrieve(self) -> None:
+        await self.kernel.invocations.retrieve(ID)
+
+    async def create(self) -> None:
+        await self.kernel.invocations.create("my-app", "analyze", payload=PAYLOAD, async_=True)
+
+    async def list100(self) -> int:
+        page = await self.kernel.invocations.list(limit=100)
+        return len(page.items)
+
+    async def follow(self) -> int:
+        count = 0
+        async for _ in self.kernel.invocations.follow(ID):
+            count += 1
+        return count
+
+    async def hold(self) -> Any:
+        stream = self.kernel.invocations.follow("hold")
+        await stream.__aenter__()
+        await stream.__anext__()
+        return stream
+
+    async def release(self, held: Any) -> None:
+        await held.aclose()
+
+
+class FloorClient(Client):
+    """aiohttp + msgspec, written as directly as possible."""
+
+    name = "floor"
+    operations = ALL_OPS
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS),
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+        self.headers = {"Authorization": f"Bearer {API_KEY}", "Accept": "application/json"}
+        self.json_headers = {**self.headers, "Content-Type": "application/json"}
+        self.body = msgspec.json.encode(
+            {
+                "app_name": "my-app",
+                "action_name": "analyze",
+                "version": "latest",
+                "payload": PAYLOAD,
+                "async": True,
+            }
+        )
+
+    async def close(self) -> None:
+        await self.session.close()
+
+    async def retrieve(self) -> None:
+        async with self.session.get(f"{self.url}/invocations/{ID}", headers=self.headers) as r:
+            invocation_decoder.decode(await r.read())
+
+    async def create(self) -> None:
+        async with self.session.post(
+            f"{self.url}/invocations", data=self.body, headers=self.json_headers
+        ) as r:
+            invoke_response_decoder.decode(await r.read())
+
+    async def list100(self) -> int:
+        async with self.session.get(
+            f"{self.url}/invocations", params={"limit": "100"}, headers=self.headers
+        ) as r:
+            items = invocation_list_decoder.decode(await r.read())
+            r.headers.get("X-Has-More")
+            return len(items)
+
+    async def follow(self) -> int:
+        count = 0
+        async with self.session.get(
+            f"{self.url}/invocations/{ID}/events", headers=self.headers
+        ) as r:
+            buffer = b""
+            async for chunk in r.content.iter_any():
+                buffer += chunk
+                *frames, buffer = buffer.split(b"\n\n")
+                for frame in frames:
+                    if frame.startswith(b"data: "):
+                        event = event_decoder.decode(frame[6:])
+                        count += 1
+                        if isinstance(event, InvocationStateEvent):
+                            return count
+        return count
+
+    async def hold(self) -> Any:
+        response = await self.session.get(
+            f"{self.url}/invocations/hold/events", headers=self.headers
+        )
+        await response.content.readany()
+        return response
+
+    async def release(self, held: Any) -> None:
+        held.close()
+
+
+class OfficialClient(Client):
+    """The official `kernel` SDK, retries off."""
+
+    name = "official"
+    operations = ALL_OPS
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        import httpx
+        import kernel
+
+        self.client = kernel.AsyncKernel(
+            api_key=API_KEY,
+            base_url=url,
+            max_retries=0,
+            http_client=kernel.DefaultAsyncHttpxClient(
+                limits=httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=100)
+            ),
+        )
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    async def retrieve(self) -> None:
+        await self.client.invocations.retrieve(ID)
+
+    async def create(self) -> None:
+        await self.client.invocations.create(
+            app_name="my-app", action_name="analyze", version="latest", payload=PAYLOAD, async_=True
+        )
+
+    async def list100(self) -> int:
+        page = await self.client.invocations.list(limit=100)
+        return len(page.items)
+
+    async def follow(self) -> int:
+        count = 0
+        stream = await self.client.invocations.follow(ID)
+        async for _ in stream:
+            count += 1
+        return count
+
+    async def hold(self) -> Any:
+        stream = await self.client.invocations.follow("hold")
+        await stream.__anext__()
+        return stream
+
+    async def release(self, held: Any) -> None:
+        await held.close()
+
+
+class SSEClientClient(Client):
+    """aiohttp-sse-client (follow only), each event decoded with msgspec."""
+
+    name = "sse_client"
+    operations = frozenset({"follow", "hold"})
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS))
+        self.headers = {"Authorization": f"Bearer {API_KEY}"}
+
+    async def close(self) -> None:
+        await self.session.close()
+
+    def _source(self, id: str) -> Any:
+        from aiohttp_sse_client import client as sse_client
+
+        return sse_client.EventSource(
+            f"{self.url}/invocations/{id}/events", session=self.session, headers=self.headers
+        )
+
+    async def follow(self) -> int:
+        count = 0
+        async with self._source(ID) as source:
+            async for message in source:
+                event = event_decoder.decode(message.data)
+                count += 1
+                if isinstance(event, InvocationStateEvent):
+                    break
+        return count
+
+    async def hold(self) -> Any:
+        source = self._source("hold")
+        await source.__aenter__()
+        await source.__anext__()
+        return source
+
+    async def release(self, held: Any) -> None:
+        with contextlib.suppress(Exception):
+            await held.__aexit__(None, None, None)
+
+
+CLIENTS: dict[str, type[Client]] = {
+    c.name: c for c in (KernelAsyncClient, FloorClient, OfficialClient, SSEClientClient)
+}

@@ -1,0 +1,26 @@
+"""Shared by the examples: a client for the real API if KERNEL_API_KEY is set, else an
+embedded emulator with the demo actions (so every example runs with no account)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from kernel_async import AsyncKernel
+from kernel_async.testing import KernelEmulator
+from kernel_async.testing.demo import install_demo_actions
+
+
+@asynccontextmanager
+async def kernel_client(**options: object) -> AsyncIterator[AsyncKernel]:
+    """Yield an AsyncKernel: the real API when configured, the emulator otherwise."""
+    if os.environ.get("KERNEL_API_KEY"):
+        async with AsyncKernel(**options) as kernel:  # type: ignore[arg-type]
+            yield kernel
+        return
+    emulator = KernelEmulator(heartbeat_interval=1.0)
+    install_demo_actions(emulator)
+    emulator.faults.chaos(rate_limit=0.05, retry_after=0.05, seed=1)  # a little weather
+    async with emulator, emulator.client(**options) as kernel:
+        yield kernel

@@ -1,0 +1,41 @@
+"""The benchmark harness keeps working: a tiny run of our client and the floor.
+
+Timings are never asserted; only that every case ran and produced numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_benchmark_quick_run(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.run",
+            "--quick",
+            "--clients",
+            "kernel_async,floor",
+            "--out",
+            str(tmp_path),
+            "--no-docs",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads((tmp_path / "latest.json").read_text())
+    assert report["quick"] is True
+    for case in ("retrieve_c1", "retrieve_c50", "create_c50", "list100", "follow_10k"):
+        for client in ("kernel_async", "floor"):
+            assert report["results"][case][client]["cpu_us"] > 0
+    assert report["results"]["streams_1000"]["kernel_async"]["unit"] == "stream"
