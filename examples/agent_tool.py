@@ -18,7 +18,7 @@ from kernel_async import APITimeoutError, AsyncKernel
 try:
     from examples._emulator import kernel_client
 except ImportError:  # run as a script from the examples folder
-    from _emulator import kernel_client  # type: ignore[no-redef]
+    from _emulator import kernel_client  # type: ignore[no-redef,import-not-found]
 
 
 async def summarize_tool(kernel: AsyncKernel, text: str, *, deadline: float) -> dict[str, Any]:

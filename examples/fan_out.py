@@ -19,7 +19,7 @@ from kernel_async import AsyncKernel, Invocation, RetryPolicy
 try:
     from examples._emulator import kernel_client
 except ImportError:  # run as a script from the examples folder
-    from _emulator import kernel_client  # type: ignore[no-redef]
+    from _emulator import kernel_client  # type: ignore[no-redef,import-not-found]
 
 N = 200
 CONCURRENCY = 50
