@@ -73,3 +73,25 @@ def bench(session: nox.Session) -> None:
     """
     session.install("-e", ".[bench]")
     session.run("python", "-m", "benchmarks.run", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """Build the documentation site in strict mode (broken links fail)."""
+    session.install("-e", ".[docs]")
+    session.run("mkdocs", "build", "--strict", "--site-dir", "site", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def chaos(session: nox.Session) -> None:
+    """The reliability suite at 5x its default size (500 invocations, 5,000 cancellations)."""
+    session.install("-e", ".[test]")
+    session.env["KERNEL_ASYNC_CHAOS_SCALE"] = session.posargs[0] if session.posargs else "5"
+    _pytest(session, "tests/reliability", "-p", "no:cacheprovider", "-rA")
+
+
+@nox.session(python=["3.10", "3.12", "3.13"])
+def compat(session: nox.Session) -> None:
+    """The test suite on the other supported Pythons (skipped where not installed)."""
+    session.install("-e", ".[test,cli]")
+    _pytest(session, "-m", "not slow and not official_sdk", "-p", "no:cacheprovider", "-q")

@@ -240,6 +240,7 @@ class AsyncKernel:
         # Streams resume on their own (counting against the same policy), so their
         # connection attempts get a middleware that only maps errors: one retry layer.
         self._stream_middleware = RetryMiddleware(retry.with_max_retries(0))
+        self._chains: tuple[tuple[ClientMiddlewareType, ...], ...] | None = None
         self.invocations = Invocations(self)
 
     # --- configuration ---------------------------------------------------------------------
@@ -337,11 +338,20 @@ class AsyncKernel:
         return transport.get()
 
     def _middlewares(self, stream: bool) -> tuple[ClientMiddlewareType, ...]:
-        own = self._stream_middleware if stream else self._middleware
-        session_mws: Sequence[ClientMiddlewareType] = getattr(
-            self._transport.session, "_middlewares", ()
-        )
-        return (own, *self._user_middlewares, *session_mws)
+        """Ours first (so the rest run once per attempt), then the user's, then those of a
+        session the user passed in (aiohttp replaces session middlewares with per-request
+        ones, so they are carried over here). Built once per client."""
+        chains = self._chains
+        if chains is None:
+            session_mws: Sequence[ClientMiddlewareType] = getattr(
+                self._transport.session, "_middlewares", ()
+            )
+            rest = (*self._user_middlewares, *session_mws)
+            chains = self._chains = (
+                (self._middleware, *rest),
+                (self._stream_middleware, *rest),
+            )
+        return chains[1] if stream else chains[0]
 
     async def _send(
         self,

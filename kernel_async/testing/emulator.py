@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 import msgspec
 from aiohttp import web
 
+from ..models import Invocation
 from . import _wire as wire
 from .faults import Faults
 
@@ -274,6 +275,13 @@ class KernelEmulator:
 
     # --- state helpers for tests ---------------------------------------------------------------
 
+    def snapshot(self) -> list[Invocation]:
+        """Every invocation held, oldest first, as the API would report them."""
+        return [
+            msgspec.json.decode(wire.encode(inv.wire()), type=Invocation)
+            for inv in self._invocations.values()
+        ]
+
     def invocation_ids(self) -> list[str]:
         """Ids of the invocations held, oldest first."""
         return list(self._invocations)
@@ -515,12 +523,12 @@ class KernelEmulator:
                 "X-SSE-Content-Type": "application/json",
             }
         )
-        await response.prepare(request)
         self._streams.add(response)
         try:
+            await response.prepare(request)
             await self._stream(request, response, inv, since_ns, self.faults.take_cut())
-        except (ConnectionResetError, asyncio.CancelledError):
-            pass
+        except ConnectionResetError:
+            pass  # the client went away: nothing to send it
         finally:
             self._streams.discard(response)
         return response

@@ -188,6 +188,7 @@ class Faults:
     # --- used by the emulator ----------------------------------------------------------------
 
     def take(self, method: str, path: str) -> _Rule | None:
+        """The fault to inject into this request, if any (consumes a scripted one)."""
         for i, rule in enumerate(self._rules):
             if rule.matches(method, path):
                 if rule.times is not None:
@@ -205,11 +206,13 @@ class Faults:
         return None
 
     def delay(self) -> float:
+        """Seconds to wait before answering this request."""
         chaos = self._chaos
         extra = chaos.rng.uniform(*chaos.latency) if chaos is not None else 0.0
         return self.latency_seconds + extra
 
     def take_cut(self) -> int | None:
+        """After how many events to cut this stream, or None to leave it whole."""
         if self._cuts:
             return self._cuts.pop(0)
         chaos = self._chaos
