@@ -134,6 +134,17 @@ def fmt(x: float | None, digits: int = 2) -> str:
     return "—" if x is None else f"{x:.{digits}f}"
 
 
+def table_head(title: str, clients: list[str]) -> list[str]:
+    """A titled markdown table with a column per client."""
+    return [
+        "",
+        title,
+        "",
+        "| case | " + " | ".join(clients) + " |",
+        "|---|" + "---:|" * len(clients),
+    ]
+
+
 def render(
     results: dict[str, dict[str, dict[str, Any]]], info: dict[str, Any], clients: list[str]
 ) -> str:
@@ -172,13 +183,7 @@ def render(
             + " | ".join(fmt(cpu[c], 1) for c in clients)
             + f" | {fmt(over_floor)} | {fmt(official_over, 1)} | {verdict} |"
         )
-    lines += [
-        "",
-        "Peak RSS of the client process (MB), and memory per open stream:",
-        "",
-        "| case | " + " | ".join(clients) + " |",
-        "|---|" + "---:|" * len(clients),
-    ]
+    lines += table_head("Peak RSS of the client process (MB), and memory per open stream:", clients)
     for case, by_client in results.items():
         cells = []
         for c in clients:
@@ -188,13 +193,10 @@ def render(
                 cell += f" ({r['rss_per_stream_kb']:.0f} KB/stream)"
             cells.append(cell)
         lines.append(f"| {CASE_TITLES[case]} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
+    lines += table_head(
         "Wall time per operation (µs) for reference; with one core per side it mostly tracks CPU:",
-        "",
-        "| case | " + " | ".join(clients) + " |",
-        "|---|" + "---:|" * len(clients),
-    ]
+        clients,
+    )
     for case, by_client in results.items():
         lines.append(
             f"| {CASE_TITLES[case]} | "
