@@ -87,9 +87,16 @@ def decode_event(data: bytes) -> InvocationEvent:
     """
     try:
         return event_decoder.decode(data)
-    except msgspec.ValidationError as exc:
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        return _undecodable(data, exc)
+
+
+def _undecodable(data: bytes, exc: msgspec.ValidationError | msgspec.DecodeError) -> UnknownEvent:
+    """What ``data`` is when the event decoder rejected it with ``exc``: an event of a type
+    this SDK does not know, or else a validation error."""
+    if isinstance(exc, msgspec.ValidationError):
         try:
-            tag = event_tag_decoder.decode(data).event
+            tag: str | None = event_tag_decoder.decode(data).event
         except (msgspec.ValidationError, msgspec.DecodeError):
             tag = None
         if tag is not None and tag not in KNOWN_EVENT_TAGS:
@@ -97,10 +104,9 @@ def decode_event(data: bytes) -> InvocationEvent:
         raise APIResponseValidationError(
             f"an invocation event did not match the API schema: {exc}", body=data
         ) from exc
-    except msgspec.DecodeError as exc:
-        raise APIResponseValidationError(
-            f"an invocation event is not valid JSON: {exc}", body=data
-        ) from exc
+    raise APIResponseValidationError(
+        f"an invocation event is not valid JSON: {exc}", body=data
+    ) from exc
 
 
 class EventStream:
@@ -298,11 +304,11 @@ class EventStream:
                     continue
                 try:
                     event: InvocationEvent = decode(data)
-                except (msgspec.ValidationError, msgspec.DecodeError):
+                except (msgspec.ValidationError, msgspec.DecodeError) as exc:
                     try:
-                        event = decode_event(data)  # an unknown type, or a real error
-                    except APIResponseValidationError as exc:
-                        self._failed = exc  # what came before it is delivered first
+                        event = _undecodable(data, exc)  # an unknown type, or a real error
+                    except APIResponseValidationError as error:
+                        self._failed = error  # what came before it is delivered first
                         return
                 self._progress = True
                 if type(event) is LogEvent or isinstance(event, (InvocationStateEvent, ErrorEvent)):

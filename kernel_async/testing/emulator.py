@@ -187,7 +187,6 @@ class KernelEmulator:
         self._invocations: OrderedDict[str, _Invocation] = OrderedDict()
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
-        self._streams: set[web.StreamResponse] = set()
         self._auth = f"Bearer {self.api_key}"
         self.app = self._make_app()
         """The ``aiohttp.web.Application`` (to mount or run elsewhere)."""
@@ -468,11 +467,9 @@ class KernelEmulator:
         status = q.get("status")
         if status is not None and status not in _STATUSES:
             problems.append("status must be one of queued, running, succeeded, failed")
-        since_ns = None
-        if q.get("since"):
-            since_ns = wire.parse_since_ns(q["since"])
-            if since_ns is None:
-                problems.append("since must be an RFC 3339 timestamp or a duration like 5m")
+        since_ns, since_problem = _since_param(q.get("since"))
+        if since_problem:
+            problems.append(since_problem)
         if problems:
             return _error(400, "bad_request", "Invalid query parameters", *problems)
         assert limit is not None
@@ -505,17 +502,9 @@ class KernelEmulator:
         inv = self._invocations.get(request.match_info["id"])
         if inv is None:
             return _not_found(request.match_info["id"])
-        since_ns = 0
-        if request.query.get("since"):
-            parsed = wire.parse_since_ns(request.query["since"])
-            if parsed is None:
-                return _error(
-                    400,
-                    "bad_request",
-                    "Invalid query parameters",
-                    "since must be an RFC 3339 timestamp or a duration like 5m",
-                )
-            since_ns = parsed
+        since_ns, since_problem = _since_param(request.query.get("since"))
+        if since_problem:
+            return _error(400, "bad_request", "Invalid query parameters", since_problem)
         response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream",
@@ -523,14 +512,11 @@ class KernelEmulator:
                 "X-SSE-Content-Type": "application/json",
             }
         )
-        self._streams.add(response)
         try:
             await response.prepare(request)
-            await self._stream(request, response, inv, since_ns, self.faults.take_cut())
+            await self._stream(request, response, inv, since_ns or 0, self.faults.take_cut())
         except ConnectionResetError:
             pass  # the client went away: nothing to send it
-        finally:
-            self._streams.discard(response)
         return response
 
     async def _stream(
@@ -654,6 +640,16 @@ def _abort(request: web.Request) -> None:
     transport = request.transport
     if transport is not None:
         transport.abort()
+
+
+def _since_param(value: str | None) -> tuple[int | None, str | None]:
+    """``since`` in Unix ns (None when absent or empty), or the problem with it."""
+    if not value:
+        return None, None
+    since_ns = wire.parse_since_ns(value)
+    if since_ns is None:
+        return None, "since must be an RFC 3339 timestamp or a duration like 5m"
+    return since_ns, None
 
 
 def _int_param(value: str | None, default: int) -> int | None:
