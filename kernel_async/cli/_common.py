@@ -1,0 +1,118 @@
+"""What every CLI command shares: exit codes, the client, payloads, Ctrl-C, event printing."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+from collections.abc import Awaitable
+from datetime import datetime
+from typing import Any, TypeVar
+
+import msgspec
+
+from .._client import AsyncKernel
+from ..models import (
+    ErrorEvent,
+    Invocation,
+    InvocationStateEvent,
+    LogEvent,
+    SSEHeartbeatEvent,
+    UnknownEvent,
+)
+from ._output import Output
+
+T = TypeVar("T")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class Interrupted(Exception):
+    """Ctrl-C (SIGINT) arrived while a command was waiting on the API."""
+
+
+def client(args: argparse.Namespace) -> AsyncKernel:
+    return AsyncKernel(api_key=args.api_key, base_url=args.base_url)
+
+
+def payload_arg(text: str | None) -> str | None:
+    """--payload: inline JSON, or @file with JSON in it. Validated before sending."""
+    if text is None:
+        return None
+    if text.startswith("@"):
+        try:
+            with open(text[1:], encoding="utf-8") as f:
+                text = f.read()
+        except OSError as exc:
+            raise ValueError(f"cannot read payload file: {exc}") from exc
+    try:
+        msgspec.json.decode(text)
+    except msgspec.DecodeError as exc:
+        raise ValueError(f"--payload is not valid JSON: {exc}") from exc
+    return text
+
+
+async def interruptible(awaitable: Awaitable[T]) -> T:
+    """Await, but turn SIGINT into `Interrupted` (after cancelling the work cleanly)."""
+    loop = asyncio.get_running_loop()
+    work = asyncio.ensure_future(awaitable)
+    stop = asyncio.Event()
+    try:
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+    except (NotImplementedError, RuntimeError):  # pragma: no cover - not on this platform
+        return await work
+    waiter = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({work, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+        waiter.cancel()
+    if work.done():
+        return work.result()
+    work.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await work
+    raise Interrupted
+
+
+def clock(when: datetime) -> str:
+    return when.strftime("%H:%M:%S.%f")[:-3]
+
+
+def print_event(out: Output, event: Any) -> None:
+    if isinstance(event, LogEvent):
+        out.line(f"{clock(event.timestamp)}  {event.message}")
+    elif isinstance(event, InvocationStateEvent):
+        inv = event.invocation
+        style = {"succeeded": "green", "failed": "red"}.get(inv.status, "cyan")
+        reason = f" ({inv.status_reason})" if inv.status_reason else ""
+        out.line(f"{clock(event.timestamp)}  [{inv.status}]{reason}", style=style)
+    elif isinstance(event, ErrorEvent):
+        out.line(
+            f"{clock(event.timestamp)}  error {event.error.code}: {event.error.message}", "red"
+        )
+    elif isinstance(event, SSEHeartbeatEvent):
+        out.line(f"{clock(event.timestamp)}  ♥", style="dim")
+    elif isinstance(event, UnknownEvent):
+        out.line(f"{event.event}: {event.data.decode(errors='replace')}", style="dim")
+
+
+async def follow_printing(
+    out: Output, kernel: AsyncKernel, id: str, since: str | None = None, heartbeats: bool = False
+) -> Invocation | None:
+    final: Invocation | None = None
+    async with kernel.invocations.follow(id, since=since, heartbeats=heartbeats) as events:
+        async for event in events:
+            print_event(out, event)
+            if isinstance(event, InvocationStateEvent):
+                final = event.invocation
+    return final
+
+
+def finish(out: Output, inv: Invocation | None) -> int:
+    if inv is None:
+        return EXIT_FAILED
+    if inv.output is not None:
+        out.line(inv.output)
+    return EXIT_OK if inv.status == "succeeded" else EXIT_FAILED
