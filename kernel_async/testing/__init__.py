@@ -15,5 +15,14 @@ With pytest, the plugin (installed with the package) gives the ``kernel_emulator
 
 from .emulator import ActionContext, KernelEmulator, RecordedRequest
 from .faults import Faults, FaultStats
+from .quotas import Quotas, QuotaStats
 
-__all__ = ["ActionContext", "FaultStats", "Faults", "KernelEmulator", "RecordedRequest"]
+__all__ = [
+    "ActionContext",
+    "FaultStats",
+    "Faults",
+    "KernelEmulator",
+    "QuotaStats",
+    "Quotas",
+    "RecordedRequest",
+]

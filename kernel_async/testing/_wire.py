@@ -171,3 +171,8 @@ def error_body(code: str, message: str, *details: str) -> bytes:
 
 def json_string(value: Any) -> str:
     return encode(value).decode()
+
+
+def number(value: float) -> str:
+    """A header value in seconds: ``2`` or ``0.25``."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))

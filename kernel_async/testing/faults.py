@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from ._wire import number
+
 __all__ = ["Faults", "FaultStats"]
 
 
@@ -96,10 +98,10 @@ class Faults:
         headers: dict[str, str] = {}
         if retry_after is not None:
             headers["Retry-After"] = (
-                retry_after if isinstance(retry_after, str) else _number(retry_after)
+                retry_after if isinstance(retry_after, str) else number(retry_after)
             )
         if retry_after_ms is not None:
-            headers["retry-after-ms"] = _number(retry_after_ms)
+            headers["retry-after-ms"] = number(retry_after_ms)
         self._rules.append(_Rule("status", times, 429, headers, method=method, path=path))
 
     def fail(
@@ -200,7 +202,7 @@ class Faults:
         if chaos is not None:
             roll = chaos.rng.random()
             if roll < chaos.rate_limit:
-                return _Rule("status", 1, 429, {"Retry-After": _number(chaos.retry_after)})
+                return _Rule("status", 1, 429, {"Retry-After": number(chaos.retry_after)})
             if roll < chaos.rate_limit + chaos.error:
                 return _Rule("status", 1, chaos.rng.choice(chaos.error_statuses))
         return None
@@ -231,7 +233,3 @@ class _Chaos:
     retry_after: float
     max_cut_after: int
     error_statuses: tuple[int, ...]
-
-
-def _number(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
