@@ -10,6 +10,7 @@ async with AsyncKernel() as kernel:
 """
 
 from ._client import NOT_GIVEN, AsyncKernel, NotGiven, Timeout
+from ._limits import AppLimitStats, Limits, LimitStats
 from ._pagination import AsyncPaginator
 from ._retry import RetryMiddleware, RetryPolicy
 from ._streaming import EventStream
@@ -53,6 +54,7 @@ __all__ = [
     "APIResponseValidationError",
     "APIStatusError",
     "APITimeoutError",
+    "AppLimitStats",
     "AsyncKernel",
     "AsyncPaginator",
     "AuthenticationError",
@@ -70,6 +72,8 @@ __all__ = [
     "InvocationUpdateRequest",
     "InvokeResponse",
     "KernelError",
+    "LimitStats",
+    "Limits",
     "LogEvent",
     "NotFoundError",
     "NotGiven",

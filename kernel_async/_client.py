@@ -15,16 +15,25 @@ from aiohttp import ClientMiddlewareType, ClientResponse, ClientSession, ClientT
 from multidict import CIMultiDictProxy
 from yarl import URL
 
+from ._backpressure import Backpressure
+from ._limits import Limits, LimitStats, classify_429
 from ._retry import (
     RetryMiddleware,
     RetryPolicy,
+    admission_managed,
     current_deadline,
     is_transport_error,
     retry_after_from_headers,
     transport_error,
 )
 from ._version import __version__
-from .errors import APIResponseValidationError, KernelError, make_status_error
+from .errors import (
+    APIResponseValidationError,
+    KernelError,
+    RateLimitError,
+    make_status_error,
+)
+from .models import InvokeResponse, invoke_response_decoder
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -92,12 +101,22 @@ class _Transport:
     when the user passed the session in.
     """
 
-    __slots__ = ("closed", "connection_limit", "loop", "owns_session", "session")
+    __slots__ = (
+        "backpressure",
+        "closed",
+        "connection_limit",
+        "loop",
+        "owns_session",
+        "session",
+    )
 
-    def __init__(self, session: ClientSession | None, connection_limit: int) -> None:
+    def __init__(
+        self, session: ClientSession | None, connection_limit: int, backpressure: Backpressure
+    ) -> None:
         self.session = session
         self.owns_session = session is None
         self.connection_limit = connection_limit
+        self.backpressure = backpressure
         self.closed = False
         self.loop: asyncio.AbstractEventLoop | None = None
 
@@ -132,6 +151,7 @@ class _Transport:
 
     async def aclose(self) -> None:
         self.closed = True
+        self.backpressure.close(KernelError("the AsyncKernel client was closed"))
         session, self.session = self.session, None
         if session is not None and self.owns_session and not session.closed:
             await session.close()
@@ -161,6 +181,9 @@ class AsyncKernel:
             middleware.
         default_headers: Headers sent with every request.
         connection_limit: Most simultaneous connections of the client's own session.
+        limits: Caps on this client's running invocations (see `Limits`). Without it the
+            client learns each app's limit from the service's 429s; either way, creates
+            beyond the limit wait in a queue instead of failing.
 
     Raises:
         KernelError: No API key was given or found in ``KERNEL_API_KEY``, or ``base_url``
@@ -182,19 +205,25 @@ class AsyncKernel:
         middlewares: Sequence[ClientMiddlewareType] = (),
         default_headers: Mapping[str, str] | None = None,
         connection_limit: int = 100,
+        limits: Limits | None = None,
     ) -> None:
         if connection_limit < 0:
             raise ValueError(f"connection_limit must be >= 0, got {connection_limit}")
+        policy = retry if retry is not None else RetryPolicy(max_retries=max_retries)
+        self._transport = _Transport(
+            session,
+            connection_limit,
+            Backpressure(limits if limits is not None else Limits(), policy.initial_delay),
+        )
+        self._owns_transport = True
         self._configure(
             api_key=api_key,
             base_url=base_url,
             timeout=timeout,
-            retry=retry if retry is not None else RetryPolicy(max_retries=max_retries),
+            retry=policy,
             middlewares=middlewares,
             default_headers=default_headers,
         )
-        self._transport = _Transport(session, connection_limit)
-        self._owns_transport = True
 
     def _configure(
         self,
@@ -236,10 +265,14 @@ class AsyncKernel:
             "Accept": "text/event-stream",
             "Cache-Control": "no-cache",
         }
-        self._middleware = RetryMiddleware(retry)
+        backpressure = self._transport.backpressure
+        self._middleware = RetryMiddleware(retry, backpressure=backpressure)
         # Streams resume on their own (counting against the same policy), so their
-        # connection attempts get a middleware that only maps errors: one retry layer.
-        self._stream_middleware = RetryMiddleware(retry.with_max_retries(0))
+        # connection attempts get a middleware that only maps errors (and waits out the
+        # rate limit, like every request): one retry layer.
+        self._stream_middleware = RetryMiddleware(
+            retry.with_max_retries(0), backpressure=backpressure
+        )
         self._chains: tuple[tuple[ClientMiddlewareType, ...], ...] | None = None
         self.invocations = Invocations(self)
 
@@ -264,6 +297,16 @@ class AsyncKernel:
     def retry(self) -> RetryPolicy:
         """The retry policy of every call (and of stream resumes)."""
         return self._retry
+
+    @property
+    def limits(self) -> Limits:
+        """The caps on this client's running invocations (shared with its copies)."""
+        return self._transport.backpressure.limits
+
+    def limit_stats(self) -> LimitStats:
+        """What backpressure did so far: each app's learnt limit, running and queued
+        creates, the 429s absorbed and the time spent waiting (shared with copies)."""
+        return self._transport.backpressure.stats()
 
     @property
     def is_closed(self) -> bool:
@@ -293,6 +336,8 @@ class AsyncKernel:
         if max_retries is not None:
             policy = policy.with_max_retries(max_retries)
         clone = object.__new__(type(self))
+        clone._transport = self._transport
+        clone._owns_transport = False
         clone._configure(
             api_key=api_key or self._api_key,
             base_url=base_url or self._base_url,
@@ -305,8 +350,6 @@ class AsyncKernel:
                 else {**self._default_headers, **default_headers}
             ),
         )
-        clone._transport = self._transport
-        clone._owns_transport = False
         return clone
 
     # --- lifetime ----------------------------------------------------------------------------
@@ -368,9 +411,7 @@ class AsyncKernel:
         `APITimeoutError` for transport failures.
         """
         session = self._session()
-        client_timeout = (
-            self._timeout if isinstance(timeout, NotGiven) else _to_client_timeout(timeout)
-        )
+        client_timeout = self._call_timeout(timeout)
         total = client_timeout.total
         token = current_deadline.set(asyncio.get_running_loop().time() + total if total else None)
         try:
@@ -423,6 +464,69 @@ class AsyncKernel:
         resp, content = await self._send(method, url, params=params, body=body, timeout=timeout)
         return decode_body(decoder, content, resp.status, resp.headers)
 
+    async def _create(
+        self,
+        app_name: str,
+        body: bytes,
+        *,
+        timeout: ClientTimeout,
+        deadline: float | None,
+        lease: float | None,
+    ) -> InvokeResponse:
+        """``POST /invocations`` through admission control.
+
+        The create waits for a slot of ``app_name`` (first in, first out), is sent, and on
+        a concurrency 429 goes back to the head of the queue to wait for a slot again:
+        until ``deadline`` (loop time; ``None`` for none), never giving up early. Each
+        attempt is bounded by ``timeout`` and the deadline. Any other failure frees the
+        slot and is raised: the create is never re-sent after an ambiguous failure.
+        """
+        admission = self._transport.backpressure.admission()
+        url = self._url("/invocations")
+        loop = asyncio.get_running_loop()
+        ticket = await admission.acquire(app_name, deadline)
+        while True:
+            attempt = timeout
+            if deadline is not None:
+                left = deadline - loop.time()
+                if attempt.total is None or attempt.total > left:
+                    attempt = _replace_total(attempt, max(left, 0.001))
+            token = admission_managed.set(True)
+            try:
+                resp, content = await self._send("POST", url, body=body, timeout=attempt)
+                result = decode_body(invoke_response_decoder, content, resp.status, resp.headers)
+            except RateLimitError as exc:
+                if classify_429(exc.headers, exc.body) != "concurrency":
+                    admission.abandoned(ticket)
+                    raise
+                admission.rejected(ticket, exc.retry_after)
+                ticket = await admission.acquire(app_name, deadline, front=True)
+                continue
+            except BaseException:
+                admission.abandoned(ticket)
+                raise
+            finally:
+                admission_managed.reset(token)
+            admission.started(ticket, None if result.is_terminal else result.id, lease)
+            return result
+
+    def _attempt_timeout(self) -> ClientTimeout:
+        """The client's timeout for one attempt of a call whose caller set no deadline
+        (inside `run`): its total bounds each read and connect instead of the whole call,
+        so a create may wait for a slot as long as it takes."""
+        timeout = self._timeout
+        if timeout.total is None:
+            return timeout
+        return ClientTimeout(
+            total=None,
+            connect=timeout.connect,
+            sock_connect=timeout.sock_connect or timeout.total,
+            sock_read=timeout.sock_read or timeout.total,
+        )
+
+    def _call_timeout(self, timeout: Timeout | NotGiven) -> ClientTimeout:
+        return self._timeout if isinstance(timeout, NotGiven) else _to_client_timeout(timeout)
+
     async def _open_stream(
         self, url: URL, params: Mapping[str, str] | None, timeout: ClientTimeout
     ) -> ClientResponse:
@@ -443,6 +547,15 @@ class AsyncKernel:
                 raise transport_error(exc, "GET", str(url)) from exc
             raise
         return resp
+
+
+def _replace_total(timeout: ClientTimeout, total: float) -> ClientTimeout:
+    return ClientTimeout(
+        total=total,
+        connect=timeout.connect,
+        sock_connect=timeout.sock_connect,
+        sock_read=timeout.sock_read,
+    )
 
 
 def decode_body(

@@ -19,11 +19,16 @@ from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from datetime import timezone
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import ClientHandlerType, ClientRequest, ClientResponse
 
+from ._limits import classify_429
 from .errors import APIConnectionError, APITimeoutError
+
+if TYPE_CHECKING:
+    from ._backpressure import Backpressure
 
 __all__ = ["RetryMiddleware", "RetryPolicy", "backoff_delay", "parse_retry_after"]
 
@@ -35,6 +40,9 @@ RETRY_COUNT_HEADER = "X-Kernel-Retry-Count"
 # Monotonic deadline of the current call (loop time), set by the client for the duration of
 # one call so the middleware does not sleep past it. ``None``: no deadline.
 current_deadline: ContextVar[float | None] = ContextVar("kernel_async_deadline", default=None)
+# Set by the client around a create that goes through admission control: a concurrency
+# 429 is then handed back to it (to wait for a slot) instead of being retried here.
+admission_managed: ContextVar[bool] = ContextVar("kernel_async_admission", default=False)
 
 # Indirection so tests can observe the waits without sleeping.
 sleep = asyncio.sleep
@@ -104,6 +112,11 @@ class RetryPolicy:
     exponential backoff with jitter capped at `max_delay`. A ``Retry-After`` longer than
     `max_retry_after` is not slept: the error is raised (`RateLimitError.retry_after` says
     how long the server asked for).
+
+    A 429 from the service's rate limit is backpressure, not an error: the request waits
+    for the window (together with every other request of the client) and goes again, up to
+    `max_rate_limit_waits` times, without using up `max_retries`. A concurrency 429 on a
+    create waits for a slot in the client's admission queue instead (see `Limits`).
     """
 
     max_retries: int = 2
@@ -120,10 +133,15 @@ class RetryPolicy:
     """Statuses retried for idempotent requests (everything but create)."""
     create_retry_statuses: frozenset[int] = field(default=frozenset({429, 503}))
     """Statuses after which ``POST /invocations`` is retried: the server has not started it."""
+    max_rate_limit_waits: int = 20
+    """Rate-limit 429s one call waits out before raising `RateLimitError` (they do not count
+    against `max_retries`; the call's timeout bounds them too)."""
 
     def __post_init__(self) -> None:
         if self.max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
+        if self.max_rate_limit_waits < 0:
+            raise ValueError(f"max_rate_limit_waits must be >= 0, got {self.max_rate_limit_waits}")
         if self.initial_delay < 0 or self.max_delay < 0 or self.max_retry_after < 0:
             raise ValueError("retry delays must be >= 0")
         if not 0.0 <= self.jitter <= 1.0:
@@ -207,12 +225,15 @@ class RetryMiddleware:
         session = aiohttp.ClientSession(middlewares=[RetryMiddleware(RetryPolicy())])
 
     Only ``POST`` is treated as non-idempotent; see `RetryPolicy` for what that means.
+    ``backpressure`` is the client's shared rate-limit gate (set by `AsyncKernel`); without
+    one, a rate-limit 429 only delays the request that got it.
     """
 
-    __slots__ = ("policy",)
+    __slots__ = ("backpressure", "policy")
 
-    def __init__(self, policy: RetryPolicy) -> None:
+    def __init__(self, policy: RetryPolicy, *, backpressure: Backpressure | None = None) -> None:
         self.policy = policy
+        self.backpressure = backpressure
 
     def __repr__(self) -> str:
         return f"RetryMiddleware({self.policy!r})"
@@ -220,19 +241,28 @@ class RetryMiddleware:
     async def __call__(self, req: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
         policy = self.policy
         idempotent = req.method != "POST"
+        managed = not idempotent and admission_managed.get()
         # Streams hand the open response to their reader; everything else is read here, so
         # that a body cut off mid-way is a retryable failure like any other.
         read_body = req.headers.get("Accept") != "text/event-stream"
-        retries = 0
+        gate = None if self.backpressure is None else self.backpressure.gate()
+        deadline = current_deadline.get()
+        retries = rate_waits = 0
+        front = False
         while True:
             req.headers[RETRY_COUNT_HEADER] = (
                 _RETRY_COUNTS[retries] if retries < 64 else str(retries)
             )
+            if gate is not None:
+                await gate.acquire(deadline, front=front)
+            front = False
+            headers = None
             try:
                 resp = await handler(req)
+                headers = resp.headers
                 if read_body:
                     try:
-                        await resp.read()
+                        body = await resp.read()
                     except BaseException:
                         resp.close()
                         raise
@@ -254,7 +284,32 @@ class RetryMiddleware:
                 status = resp.status
                 if status < 400:
                     return resp
-                headers = resp.headers
+                if status == 429 and headers.get("x-should-retry") != "false":
+                    kind = classify_429(headers, body if read_body else b"")
+                    retry_after = retry_after_from_headers(headers)
+                    if (idempotent or kind == "rate") and (
+                        retry_after is not None or headers.get("X-RateLimit-Remaining") == "0"
+                    ):
+                        # The rate limit, saying when: wait for the window, with everyone.
+                        if rate_waits >= policy.max_rate_limit_waits:
+                            return resp
+                        if retry_after is not None and retry_after > policy.max_retry_after:
+                            return resp
+                        fallback = policy.backoff(rate_waits)
+                        if gate is not None:
+                            delay = gate.rate_limited_for(retry_after, fallback)
+                        else:
+                            delay = fallback if retry_after is None else retry_after
+                        if _past_deadline(delay):
+                            return resp
+                        resp.release()
+                        rate_waits += 1
+                        front = True
+                        if gate is None:
+                            await sleep(delay)
+                        continue
+                    if managed:
+                        return resp  # a concurrency cap: the admission queue waits for a slot
                 if retries >= policy.max_retries or not policy.should_retry_status(
                     status, headers, idempotent=idempotent
                 ):
@@ -266,11 +321,14 @@ class RetryMiddleware:
                     return resp
                 resp.release()
                 reason = f"HTTP {status}"
+            finally:
+                if gate is not None:
+                    gate.received(headers)
             retries += 1
             logger.info(
                 "Retrying %s %s in %.2fs (retry %d of %d) after %s",
                 req.method,
-                req.url.path,
+                req.url.raw_path,
                 delay,
                 retries,
                 policy.max_retries,

@@ -330,6 +330,7 @@ class EventStream:
                         if event.invocation.is_terminal:
                             self._done = True
                             self._close_response()
+                            self._client._transport.backpressure.finished(self._id)
                             return
                 elif type(event) is SSEHeartbeatEvent:
                     if self._heartbeats:

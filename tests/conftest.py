@@ -7,7 +7,9 @@ pytest plugin, as they would for a user.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+import contextlib
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +18,7 @@ import pytest_asyncio
 from aiohttp import web
 
 from kernel_async import AsyncKernel, RetryPolicy, _retry
+from kernel_async.testing import KernelEmulator
 
 API_KEY = "sk_test_9f8e7d6c5b4a"
 
@@ -129,3 +132,20 @@ INVOCATION_JSON = (
     '"started_at":"2025-06-20T12:00:00.123456789Z","status":"running",'
     '"payload":"{\\"data\\":1}"}'
 )
+
+
+@contextlib.contextmanager
+def emulator_thread(emulator: KernelEmulator) -> Iterator[None]:
+    """Run ``emulator`` on its own thread and loop, so that every task left in the test's
+    loop afterwards can only be the client's."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    asyncio.run_coroutine_threadsafe(emulator.start(), loop).result(10)
+    try:
+        yield
+    finally:
+        asyncio.run_coroutine_threadsafe(emulator.stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()

@@ -273,7 +273,7 @@ async def test_faults_rate_limit_fail_and_latency(
     status, headers, _ = await _raw_text(emulator_actions)
     assert status == 502
     assert headers["Content-Type"].startswith("text/html")
-    policy = RetryPolicy(max_retries=0)
+    policy = RetryPolicy(max_retries=0, max_rate_limit_waits=0)
     async with emulator_actions.client(retry=policy) as kernel:
         emulator_actions.faults.rate_limit(times=1, retry_after=3)
         with pytest.raises(RateLimitError) as caught:

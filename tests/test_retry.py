@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import itertools
 import socket
 import time
 
@@ -75,30 +76,35 @@ async def test_attempts_are_bounded_by_max_retries(
 @pytest.mark.parametrize(
     ("header", "value", "expected"),
     [
-        ("Retry-After", "2", 2.0),
+        ("Retry-After", "0.3", 0.3),
         ("Retry-After", "0.25", 0.25),
-        ("retry-after-ms", "1500", 1.5),
+        ("retry-after-ms", "200", 0.2),
     ],
 )
-async def test_429_waits_as_retry_after_says(
-    make_server: ServerFactory,
-    sleeps: list[float],
-    header: str,
-    value: str,
-    expected: float,
+async def test_429_waits_as_retry_after_says_and_not_max_retries(
+    make_server: ServerFactory, header: str, value: str, expected: float
 ) -> None:
-    server = await make_server(
-        [("GET", "/invocations/{id}", statuses_then_ok([429], INVOCATION_JSON, {header: value}))]
-    )
-    async with server.client() as kernel:
+    arrivals: list[float] = []
+    answer = statuses_then_ok([429, 429], INVOCATION_JSON, {header: value})
+
+    async def timed(request: web.Request) -> web.StreamResponse:
+        arrivals.append(time.monotonic())
+        response: web.StreamResponse = await answer(request)
+        return response
+
+    server = await make_server([("GET", "/invocations/{id}", timed)])
+    # Two rate-limit 429s with max_retries=1: rate limits are waited out, not counted.
+    async with server.client(max_retries=1) as kernel:
         await kernel.invocations.retrieve("inv_1")
-    assert sleeps == [expected]
-    assert len(server.requests) == 2
+        stats = kernel.limit_stats()
+    assert len(arrivals) == 3
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
+    assert all(gap >= expected * 0.95 for gap in gaps), gaps
+    assert stats.rate_limited == 2
+    assert stats.rate_paused_seconds == pytest.approx(2 * expected, abs=0.01)
 
 
-async def test_429_retry_after_as_http_date(
-    make_server: ServerFactory, sleeps: list[float]
-) -> None:
+async def test_429_retry_after_as_http_date(make_server: ServerFactory) -> None:
     when = email.utils.formatdate(time.time() + 30, usegmt=True)
     server = await make_server(
         [
@@ -109,9 +115,11 @@ async def test_429_retry_after_as_http_date(
             )
         ]
     )
-    async with server.client() as kernel:
-        await kernel.invocations.retrieve("inv_1")
-    assert 28 <= sleeps[0] <= 30
+    async with server.client(retry=RetryPolicy(max_retry_after=5)) as kernel:
+        with pytest.raises(RateLimitError) as caught:
+            await kernel.invocations.retrieve("inv_1")
+    assert caught.value.retry_after is not None
+    assert 28 <= caught.value.retry_after <= 30  # the date was read, and not slept
 
 
 async def test_retry_after_longer_than_the_cap_raises_at_once_with_retry_after(

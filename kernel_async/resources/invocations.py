@@ -12,6 +12,7 @@ from .._pagination import AsyncPaginator, parse_page_headers
 from .._streaming import DEFAULT_IDLE_TIMEOUT, EventStream, format_since
 from ..errors import APIConnectionError, APITimeoutError
 from ..models import (
+    TERMINAL_STATUSES,
     Invocation,
     InvocationCreateRequest,
     InvocationUpdateRequest,
@@ -20,7 +21,6 @@ from ..models import (
     encoder,
     invocation_decoder,
     invocation_list_decoder,
-    invoke_response_decoder,
 )
 
 if TYPE_CHECKING:
@@ -90,6 +90,7 @@ class Invocations:
         async_: bool = False,
         async_timeout_seconds: int | None = None,
         timeout: Timeout | NotGiven = NOT_GIVEN,
+        deadline: float | NotGiven | None = NOT_GIVEN,
     ) -> InvokeResponse:
         """Invoke an action (``POST /invocations``).
 
@@ -104,6 +105,9 @@ class Invocations:
             async_timeout_seconds: How long an asynchronous invocation may run, 10 to 3600
                 seconds (only with ``async_=True``).
             timeout: This call's timeout, overriding the client's.
+            deadline: For helpers like `run`: the event loop time (``loop.time()``) by
+                which the create must be sent, ``None`` for no limit; each attempt is
+                then bounded by the client's timeout. Leave it out to use ``timeout``.
 
         Returns:
             The new invocation's id and status (and output, for a synchronous call).
@@ -111,6 +115,10 @@ class Invocations:
         This call is retried only when the server cannot have started the invocation
         (connection refused, 429, 503); after a timeout or a 500/502/504 the error is raised
         and nothing is retried, so it never starts a second invocation.
+
+        When the app is at its concurrency limit (learnt from the service's 429s, or set
+        with `Limits`), the create waits in a first-in, first-out queue for a slot, within
+        ``timeout``: a concurrency 429 is backpressure, not a failure.
         """
         _check_name(app_name, "app_name")
         _check_name(action_name, "action_name")
@@ -130,19 +138,33 @@ class Invocations:
             )
         )
         client = self._client
-        return await client._request(
-            invoke_response_decoder,
-            "POST",
-            client._url("/invocations"),
-            body=body,
-            timeout=timeout,
+        if isinstance(deadline, NotGiven):
+            call_timeout = client._call_timeout(timeout)
+            total = call_timeout.total
+            until = None if total is None else asyncio.get_running_loop().time() + total
+        else:
+            call_timeout, until = client._attempt_timeout(), deadline
+        return await client._create(
+            app_name,
+            body,
+            timeout=call_timeout,
+            deadline=until,
+            lease=None if async_timeout_seconds is None else async_timeout_seconds + 60.0,
         )
 
     async def retrieve(self, id: str, *, timeout: Timeout | NotGiven = NOT_GIVEN) -> Invocation:
         """Get an invocation's details, status and output (``GET /invocations/{id}``)."""
-        return await self._client._request(
-            invocation_decoder, "GET", self._item_url(id), timeout=timeout
+        return self._seen(
+            await self._client._request(
+                invocation_decoder, "GET", self._item_url(id), timeout=timeout
+            )
         )
+
+    def _seen(self, invocation: Invocation) -> Invocation:
+        """A finished invocation frees its admission slot."""
+        if invocation.status in TERMINAL_STATUSES:
+            self._client._transport.backpressure.finished(invocation.id)
+        return invocation
 
     async def update(
         self,
@@ -163,8 +185,10 @@ class Invocations:
         body = encoder.encode(
             InvocationUpdateRequest(status=status, output=_json_string(output, "output"))  # type: ignore[arg-type]
         )
-        return await self._client._request(
-            invocation_decoder, "PATCH", url, body=body, timeout=timeout
+        return self._seen(
+            await self._client._request(
+                invocation_decoder, "PATCH", url, body=body, timeout=timeout
+            )
         )
 
     async def cancel(
@@ -213,11 +237,14 @@ class Invocations:
         params["limit"] = str(limit)
         client = self._client
         url = client._url("/invocations")
+        seen = self._seen
 
         async def fetch(page_offset: int) -> Page[Invocation]:
             query = {**params, "offset": str(page_offset)}
             resp, content = await client._send("GET", url, params=query, timeout=timeout)
             items = decode_body(invocation_list_decoder, content, resp.status, resp.headers)
+            for item in items:
+                seen(item)
             page_limit, real_offset, next_offset, has_more = parse_page_headers(
                 resp.headers, limit=limit, offset=page_offset, count=len(items)
             )
@@ -324,9 +351,16 @@ class Invocations:
         """Invoke an action asynchronously and wait for it to finish: `create` with
         ``async_=True``, then `wait`.
 
-        ``timeout`` bounds the wait (seconds, ``None`` for no limit) and raises
-        `APITimeoutError`, cancelling the invocation only with ``cancel_on_timeout=True``.
+        ``timeout`` bounds the whole call, the wait for a slot under the app's concurrency
+        limit included (seconds, ``None`` for no limit), and raises `APITimeoutError`,
+        cancelling the invocation only with ``cancel_on_timeout=True``. Without a timeout, a
+        ``gather`` of many runs finishes however long the queue: each create waits for a
+        slot, and each HTTP attempt is bounded by the client's timeout.
         """
+        if timeout is not None and timeout <= 0:
+            raise ValueError(f"timeout must be positive, got {timeout!r}")
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
         created = await self.create(
             app_name,
             action_name,
@@ -334,5 +368,7 @@ class Invocations:
             payload=payload,
             async_=True,
             async_timeout_seconds=async_timeout_seconds,
+            deadline=deadline,
         )
-        return await self.wait(created.id, timeout=timeout, cancel_on_timeout=cancel_on_timeout)
+        left = None if deadline is None else max(deadline - loop.time(), 0.001)
+        return await self.wait(created.id, timeout=left, cancel_on_timeout=cancel_on_timeout)

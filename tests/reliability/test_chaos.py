@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import random
-import threading
-from collections.abc import Iterator
 from typing import Any
+
+import pytest
 
 from kernel_async import (
     APIStatusError,
@@ -17,8 +16,9 @@ from kernel_async import (
     LogEvent,
     RetryPolicy,
 )
-from kernel_async.testing import KernelEmulator
+from kernel_async.testing import KernelEmulator, Quotas
 
+from ..conftest import emulator_thread
 from .conftest import FIGURES, scaled
 
 POLICY = RetryPolicy(max_retries=10, initial_delay=0.005, max_delay=0.05, max_retry_after=1)
@@ -37,9 +37,14 @@ def install_chatty(emulator: KernelEmulator, seed: int) -> None:
         return lines
 
 
-async def test_chaos_fan_out_delivers_every_log_line_exactly_once() -> None:
-    n, concurrency = scaled(100), 50
-    async with KernelEmulator(heartbeat_interval=0.5, seed=11) as emulator:
+@pytest.mark.parametrize("limits", [False, True], ids=["semaphore", "quotas"])
+async def test_chaos_fan_out_delivers_every_log_line_exactly_once(limits: bool) -> None:
+    """Under random 429s, 5xx, latency and cut streams; with ``limits``, also under the
+    service's caps and rate limit, with a plain unbounded gather (no semaphore)."""
+    n = scaled(100)
+    cap = 12
+    quotas = Quotas(max_running_per_app=cap, requests_per_window=60, window=0.1) if limits else None
+    async with KernelEmulator(heartbeat_interval=0.5, seed=11, quotas=quotas) as emulator:
         install_chatty(emulator, seed=11)
         emulator.faults.chaos(
             rate_limit=0.1,
@@ -54,7 +59,7 @@ async def test_chaos_fan_out_delivers_every_log_line_exactly_once() -> None:
         delivered: dict[str, list[str]] = {}
         finals: dict[str, str] = {}
         create_failures = 0
-        limit = asyncio.Semaphore(concurrency)
+        limit = asyncio.Semaphore(n if limits else 50)
 
         async def one(kernel: AsyncKernel, i: int) -> None:
             nonlocal create_failures
@@ -93,7 +98,7 @@ async def test_chaos_fan_out_delivers_every_log_line_exactly_once() -> None:
             losses += len(set(expected) - set(got))
             duplicates += len(got) - len(set(got))
             assert got == expected, inv_id
-        FIGURES["chaos fan-out"] = {
+        FIGURES["chaos fan-out" + (" with quotas" if limits else "")] = {
             "invocations": n,
             "events": sum(len(v) for v in delivered.values()),
             "requests": requests,
@@ -103,6 +108,9 @@ async def test_chaos_fan_out_delivers_every_log_line_exactly_once() -> None:
             "create_failures_seen": create_failures,
             "duplicates": duplicates,
             "losses": losses,
+            "peak_running": emulator.quotas.stats.peak_running,
+            "concurrency_429s": emulator.quotas.stats.concurrency_rejected,
+            "rate_429s": emulator.quotas.stats.rate_rejected,
         }
         assert len(created_ids) == n
         assert emulator.create_count == n  # no duplicate from a retry
@@ -110,6 +118,8 @@ async def test_chaos_fan_out_delivers_every_log_line_exactly_once() -> None:
         assert stats.rate_limited > 0
         assert stats.cuts > 0
         assert requests <= 6 * n  # no retry storm: ~3 requests per invocation expected
+        if limits:
+            assert emulator.quotas.stats.peak_running <= cap
 
 
 async def test_random_cancellation_leaves_no_connection_task_or_warning() -> None:
@@ -168,21 +178,6 @@ async def test_random_cancellation_leaves_no_connection_task_or_warning() -> Non
         assert completed > 0
         assert open_connections == 0
         assert ours == []
-
-
-@contextlib.contextmanager
-def emulator_thread(emulator: KernelEmulator) -> Iterator[None]:
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    asyncio.run_coroutine_threadsafe(emulator.start(), loop).result(10)
-    try:
-        yield
-    finally:
-        asyncio.run_coroutine_threadsafe(emulator.stop(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
 
 
 async def _slow(ctx: Any, payload: Any) -> None:

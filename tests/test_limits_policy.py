@@ -1,0 +1,222 @@
+"""The pure backpressure policies, driven by hypothesis through arbitrary event sequences."""
+
+from __future__ import annotations
+
+import math
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from kernel_async._limits import AdmissionPolicy, Limits, RatePolicy, classify_429
+
+
+@given(
+    code=st.sampled_from([None, "rate_limited", "concurrency_limit_exceeded", "other"]),
+    remaining=st.sampled_from([None, "0", "3", "junk"]),
+    retry_after=st.sampled_from([None, "1", "0.5"]),
+)
+def test_classify_429_prefers_the_error_code_then_remaining_then_retry_after(
+    code: str | None, remaining: str | None, retry_after: str | None
+) -> None:
+    headers = {}
+    if remaining is not None:
+        headers["X-RateLimit-Remaining"] = remaining
+    if retry_after is not None:
+        headers["Retry-After"] = retry_after
+    body = b"" if code is None else f'{{"code":"{code}","message":"m"}}'.encode()
+    kind = classify_429(headers, body)
+    if code == "rate_limited":
+        assert kind == "rate"
+    elif code == "concurrency_limit_exceeded":
+        assert kind == "concurrency"
+    elif remaining == "0":
+        assert kind == "rate"
+    elif remaining == "3":
+        assert kind == "concurrency"
+    else:
+        assert kind == ("rate" if retry_after is not None else "concurrency")
+
+
+def test_classify_429_survives_garbage_bodies() -> None:
+    assert classify_429({}, b"\xff\xfe{") == "concurrency"
+    assert classify_429({"Retry-After": "1"}, b"<html>") == "rate"
+
+
+class RateGateMachine(RuleBasedStateMachine):
+    """Requests are sent only when the policy has room; answers come back in any order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.policy = RatePolicy()
+        self.now = 0.0
+        self.in_flight = 0
+        self.granted: int | None = (
+            None  # what the server's last answer with nothing else in flight allowed
+        )
+        self.sent_since = 0
+
+    @rule(seconds=st.floats(0, 2))
+    def time_passes(self, seconds: float) -> None:
+        self.now += seconds
+
+    @precondition(lambda self: self.policy.room(self.now) != 0)
+    @rule()
+    def send(self) -> None:
+        assert self.now >= self.policy.paused_until
+        self.policy.sent()
+        self.in_flight += 1
+        self.sent_since += 1
+
+    @precondition(lambda self: self.in_flight > 0)
+    @rule(remaining=st.one_of(st.none(), st.integers(0, 5)), limited=st.booleans())
+    def answer(self, remaining: int | None, limited: bool) -> None:
+        headers = {} if remaining is None else {"X-RateLimit-Remaining": str(remaining)}
+        self.in_flight -= 1
+        paused_before = self.now < self.policy.paused_until
+        pause_before = self.policy.paused_until
+        self.policy.received(self.now, headers)
+        if limited:
+            self.policy.rate_limited(self.now, 0.5, 0.1)
+            assert self.policy.room(self.now) == 0
+            self.granted = None
+        elif remaining is not None and self.in_flight == 0 and not paused_before:
+            # Until the gate pauses to probe, it sends no more than the server granted.
+            self.granted, self.sent_since = remaining, 0
+            self.granted_pause = pause_before
+        else:
+            self.granted = None
+
+    @precondition(lambda self: self.in_flight > 0)
+    @rule()
+    def fail(self) -> None:
+        self.in_flight -= 1
+        self.policy.received(self.now, None)
+
+    @invariant()
+    def books_balance(self) -> None:
+        assert self.policy.in_flight == self.in_flight >= 0
+
+    @invariant()
+    def never_stuck(self) -> None:
+        """With nothing in flight, either there is room or a time at which there will be."""
+        if self.in_flight == 0 and self.policy.room(self.now) == 0:
+            assert self.policy.wake_at(self.now) is not None
+
+    @invariant()
+    def the_budget_is_not_overspent(self) -> None:
+        if self.granted is not None and self.policy.paused_until == self.granted_pause:
+            assert self.sent_since <= self.granted
+
+
+TestRateGate = RateGateMachine.TestCase
+TestRateGate.settings = settings(max_examples=200, stateful_step_count=40, deadline=None)
+
+
+class AdmissionMachine(RuleBasedStateMachine):
+    """Creates of two apps are admitted only when the policy says so; the server accepts,
+    refuses (concurrency 429), fails them, and invocations finish, in any order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.limits = Limits(max_running=6, max_running_per_app=4, initial=2)
+        self.policy = AdmissionPolicy(self.limits, initial_delay=0.5)
+        self.now = 0.0
+        self.in_flight: list[tuple[str, bool]] = []
+        self.running: list[str] = []
+        self.next_id = 0
+
+    @rule(seconds=st.floats(0, 5))
+    def time_passes(self, seconds: float) -> None:
+        self.now += seconds
+
+    @rule(app=st.sampled_from(["a", "b"]))
+    def admit(self, app: str) -> None:
+        if self.policy.may_admit(app, self.now):
+            probe = self.policy.admit(app, self.now)
+            self.in_flight.append((app, probe))
+
+    @precondition(lambda self: self.in_flight)
+    @rule(data=st.data(), outcome=st.sampled_from(["started", "rejected", "failed", "sync"]))
+    def answer(self, data: st.DataObject, outcome: str) -> None:
+        app, probe = self.in_flight.pop(data.draw(st.integers(0, len(self.in_flight) - 1)))
+        if outcome == "started":
+            self.next_id += 1
+            inv = f"inv{self.next_id}"
+            self.policy.started(app, self.now, inv, probe=probe, lease=100.0)
+            self.running.append(inv)
+        elif outcome == "sync":
+            self.policy.started(app, self.now, None, probe=probe, lease=100.0)
+        elif outcome == "rejected":
+            hold = self.policy.rejected(app, self.now, None)
+            assert 0 < hold <= 30.0
+            assert not self.policy.may_admit(app, self.now)  # held: no hot loop of 429s
+        else:
+            self.policy.abandoned(app, self.now, probe=probe)
+
+    @precondition(lambda self: self.running)
+    @rule(data=st.data())
+    def finish(self, data: st.DataObject) -> None:
+        inv = self.running.pop(data.draw(st.integers(0, len(self.running) - 1)))
+        self.policy.finished(inv, self.now)  # may already be presumed ended: a no-op then
+
+    @rule()
+    def expire(self) -> None:
+        self.policy.expire(self.now)
+
+    @invariant()
+    def caps_hold_and_books_balance(self) -> None:
+        policy = self.policy
+        total = 0
+        for name, state in policy.apps.items():
+            in_flight = sum(1 for app, _ in self.in_flight if app == name)
+            assert state.active == in_flight + len(state.held)
+            assert state.active <= 4
+            assert state.limit >= 1
+            total += state.active
+        assert policy.total_active == total <= 6
+        assert set(policy.owner) == {i for s in policy.apps.values() for i in s.held}
+
+    @invariant()
+    def a_blocked_app_always_has_a_way_out(self) -> None:
+        """With nothing of its own in flight, an app that may not admit is either capped
+        (a finish will free it) or knows when it may try again."""
+        for name, state in self.policy.apps.items():
+            if any(app == name for app, _ in self.in_flight):
+                continue
+            if self.policy.may_admit(name, self.now):
+                continue
+            capped = state.active >= 4 or self.policy.total_active >= 6
+            wake = self.policy.wake_at(name, self.now)
+            assert capped or (wake is not None and wake < math.inf)
+
+
+TestAdmission = AdmissionMachine.TestCase
+TestAdmission.settings = settings(max_examples=200, stateful_step_count=50, deadline=None)
+
+
+def test_slow_start_then_a_429_teaches_the_limit_then_it_grows_additively() -> None:
+    policy = AdmissionPolicy(Limits(initial=2), initial_delay=0.5)
+    ids = iter(range(1000))
+    running = []
+
+    def start_one(now: float) -> None:
+        assert policy.may_admit("a", now)
+        probe = policy.admit("a", now)
+        inv = f"i{next(ids)}"
+        policy.started("a", now, inv, probe=probe, lease=100)
+        running.append(inv)
+
+    for _ in range(10):  # slow start: the window grows by one per success that filled it
+        start_one(0.0)
+    assert policy.apps["a"].limit == 11
+    policy.admit("a", 0.0)
+    assert policy.rejected("a", 0.0, None) == 0.5  # a 429 with 10 running
+    assert policy.apps["a"].limit == 10
+    assert not policy.may_admit("a", 0.1)  # held, and full
+    policy.finished(running.pop(0), 0.2)
+    assert policy.may_admit("a", 0.2)  # a freed slot admits even during the hold
+    for step in range(10):  # then +1 per full window of successes
+        start_one(1.0 + step)
+        policy.finished(running.pop(0), 1.0 + step)
+    assert 10 < policy.apps["a"].limit < 11.5
