@@ -1,5 +1,6 @@
 """Shared by the examples: a client for the real API if KERNEL_API_KEY is set, else an
-embedded emulator with the demo actions (so every example runs with no account)."""
+embedded emulator with the demo actions (so every example runs with no account), under
+limits like the service's: 20 running invocations per app, a request rate limit."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from kernel_async import AsyncKernel
-from kernel_async.testing import KernelEmulator
+from kernel_async.testing import KernelEmulator, Quotas
 from kernel_async.testing.demo import install_demo_actions
 
 
@@ -19,7 +20,8 @@ async def kernel_client(**options: object) -> AsyncIterator[AsyncKernel]:
         async with AsyncKernel(**options) as kernel:  # type: ignore[arg-type]
             yield kernel
         return
-    emulator = KernelEmulator(heartbeat_interval=1.0)
+    quotas = Quotas(max_running_per_app=20, requests_per_window=500, window=1.0)
+    emulator = KernelEmulator(heartbeat_interval=1.0, quotas=quotas)
     install_demo_actions(emulator)
     emulator.faults.chaos(rate_limit=0.05, retry_after=0.05, seed=1)  # a little weather
     async with emulator, emulator.client(**options) as kernel:

@@ -1,9 +1,10 @@
-"""Fan-out: 200 invocations at once with bounded concurrency, results gathered.
+"""Fan-out: 200 invocations at once, under the service's limits, with no semaphore.
 
-One client, one connection pool; a semaphore bounds how many run at a time; rate limits
-(429 with Retry-After) are absorbed by the retry policy, and ``create`` is never retried in
-a way that could start an invocation twice. Uses asyncio.TaskGroup (Python 3.11+), falling
-back to gather on 3.10.
+The most natural code works: a TaskGroup (or gather) of ``run()`` calls. The client learns
+each app's concurrency limit from the service's 429s and queues the creates beyond it, and
+it waits out the rate limit for every request at once; each invocation is created exactly
+once. ``map()`` does the same and hands you the results as they finish. Uses
+asyncio.TaskGroup (Python 3.11+), falling back to gather on 3.10.
 
     python examples/fan_out.py
 """
@@ -14,7 +15,7 @@ import asyncio
 import sys
 from collections import Counter
 
-from kernel_async import AsyncKernel, Invocation, RetryPolicy
+from kernel_async import AsyncKernel, Invocation, LimitStats
 
 try:
     from examples._emulator import kernel_client
@@ -22,39 +23,48 @@ except ImportError:  # run as a script from the examples folder
     from _emulator import kernel_client  # type: ignore[no-redef,import-not-found]
 
 N = 200
-CONCURRENCY = 50
 
 
-async def fan_out(
-    kernel: AsyncKernel, n: int = N, concurrency: int = CONCURRENCY
-) -> list[Invocation]:
-    """Run ``n`` invocations, at most ``concurrency`` at a time; return the final states."""
-    limit = asyncio.Semaphore(concurrency)
-    results: list[Invocation] = []
-
-    async def one(i: int) -> None:
-        async with limit:
-            inv = await kernel.invocations.run("demo-app", "crawl", payload={"pages": 1 + i % 3})
-            results.append(inv)
-
+async def fan_out(kernel: AsyncKernel, n: int = N) -> list[Invocation]:
+    """Run ``n`` invocations at once and return their final states."""
+    payloads = [{"pages": 1 + i % 3} for i in range(n)]
     if sys.version_info >= (3, 11):
         async with asyncio.TaskGroup() as group:  # one failure cancels the rest
-            for i in range(n):
-                group.create_task(one(i))
-    else:  # pragma: no cover - Python 3.10
-        await asyncio.gather(*(one(i) for i in range(n)))
-    return results
+            tasks = [
+                group.create_task(kernel.invocations.run("demo-app", "crawl", payload=p))
+                for p in payloads
+            ]
+        return [task.result() for task in tasks]
+    return await asyncio.gather(  # pragma: no cover - Python 3.10
+        *(kernel.invocations.run("demo-app", "crawl", payload=p) for p in payloads)
+    )
 
 
-async def main(n: int = N) -> Counter[str]:
-    # Patient with rate limits: more retries, and Retry-After honoured up to a minute.
-    policy = RetryPolicy(max_retries=6, initial_delay=0.1, max_delay=2.0)
-    async with kernel_client(retry=policy) as kernel:
+async def fan_out_as_they_finish(kernel: AsyncKernel, n: int = N) -> Counter[str]:
+    """The same with ``map()``: one result per payload as each finishes; leaving the loop
+    early would cancel the invocations still running."""
+    statuses: Counter[str] = Counter()
+    payloads = ({"pages": 1 + i % 3} for i in range(n))
+    async with kernel.invocations.map("demo-app", "crawl", payloads) as results:
+        async for result in results:
+            statuses[result.invocation.status if result.invocation else "error"] += 1
+    return statuses
+
+
+async def main(n: int = N) -> tuple[Counter[str], Counter[str], LimitStats]:
+    async with kernel_client() as kernel:
         # A KernelError in one task cancels the others; TaskGroup raises it in an
         # ExceptionGroup (catch it with `except* KernelError` on 3.11+).
-        results = await fan_out(kernel, n)
-    return Counter(inv.status for inv in results)
+        gathered = Counter(inv.status for inv in await fan_out(kernel, n))
+        mapped = await fan_out_as_they_finish(kernel, n)
+        return gathered, mapped, kernel.limit_stats()
 
 
 if __name__ == "__main__":
-    print(dict(asyncio.run(main())))
+    gathered, mapped, stats = asyncio.run(main())
+    print("gather:", dict(gathered), " map:", dict(mapped))
+    app = stats.apps["demo-app"]
+    print(
+        f"learnt limit {app.limit}; {stats.concurrency_limited} concurrency and "
+        f"{stats.rate_limited} rate-limit 429s absorbed"
+    )

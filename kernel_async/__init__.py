@@ -10,6 +10,7 @@ async with AsyncKernel() as kernel:
 """
 
 from ._client import NOT_GIVEN, AsyncKernel, NotGiven, Timeout
+from ._fanout import InvocationMap, MapResult
 from ._limits import AppLimitStats, Limits, LimitStats
 from ._pagination import AsyncPaginator
 from ._retry import RetryMiddleware, RetryPolicy
@@ -67,6 +68,7 @@ __all__ = [
     "InternalServerError",
     "Invocation",
     "InvocationEvent",
+    "InvocationMap",
     "InvocationStateEvent",
     "InvocationStatus",
     "InvocationUpdateRequest",
@@ -75,6 +77,7 @@ __all__ = [
     "LimitStats",
     "Limits",
     "LogEvent",
+    "MapResult",
     "NotFoundError",
     "NotGiven",
     "Page",

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import os
 import platform
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Final, TypeVar
 
 import aiohttp
@@ -472,6 +472,7 @@ class AsyncKernel:
         timeout: ClientTimeout,
         deadline: float | None,
         lease: float | None,
+        on_sent: Callable[[], None] | None = None,
     ) -> InvokeResponse:
         """``POST /invocations`` through admission control.
 
@@ -480,11 +481,14 @@ class AsyncKernel:
         until ``deadline`` (loop time; ``None`` for none), never giving up early. Each
         attempt is bounded by ``timeout`` and the deadline. Any other failure frees the
         slot and is raised: the create is never re-sent after an ambiguous failure.
+        ``on_sent`` is called once, when the create first leaves the queue.
         """
         admission = self._transport.backpressure.admission()
         url = self._url("/invocations")
         loop = asyncio.get_running_loop()
         ticket = await admission.acquire(app_name, deadline)
+        if on_sent is not None:
+            on_sent()
         while True:
             attempt = timeout
             if deadline is not None:

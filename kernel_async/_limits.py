@@ -263,13 +263,15 @@ class AdmissionPolicy:
     not seen finish. A create may go when the active count is below the app's limit (and
     the caps of `Limits`); its limit starts at `Limits.initial` and grows by one per
     success that filled it (slow start), until a concurrency 429 sets it to the number of
-    ours running; after that it grows by one per full window of successes.
+    ours running; after that it grows by one per full window of successes. It never grows
+    past the number running plus `Limits.initial`, so creates that piled up somewhere
+    cannot all reach the service at once.
 
-    After a 429 the app is held for a backoff during which only a freed slot admits. When
-    the backoff passes with the queue still blocked, its head goes as a probe, beyond the
-    learnt limit (never beyond a cap): other clients may have freed room, or some of ours
-    ended unseen. A probe that succeeds takes that as news that the oldest unseen one of
-    ours ended.
+    After a 429 the app is held for a backoff during which only a slot freed by one of
+    ours finishing admits. When the backoff passes with the queue still blocked, its head
+    goes as a probe, beyond the learnt limit (never beyond a cap): other clients may have
+    freed room, or some of ours ended unseen. A probe that succeeds takes that as news
+    that the oldest unseen one of ours ended, and the next one probes at once.
     """
 
     def __init__(self, limits: Limits, *, initial_delay: float = 0.5) -> None:
@@ -341,17 +343,23 @@ class AdmissionPolicy:
                 self._release(next(iter(state.held)))
         elif state.active >= state.limit and self.limits.adaptive:
             state.limit += 1.0 if state.limit < state.ssthresh else 1.0 / state.limit
+            # Grow with what runs, not with creates that piled up (behind a rate-limit
+            # pause, say): those would all reach the service at once.
+            state.limit = min(state.limit, len(state.held) + 1 + self.limits.initial)
         if invocation_id is None:
             self._free(state)
-        else:
-            state.held[invocation_id] = now + lease
-            self.owner[invocation_id] = name
+            return
+        if invocation_id in self.owner:  # a server repeating an id: one slot per id
+            self._release(invocation_id)
+            state.credits -= 1
+        state.held[invocation_id] = now + lease
+        self.owner[invocation_id] = name
 
     def rejected(self, name: str, now: float, retry_after: float | None) -> float:
         """The create got a concurrency 429: free its slot, learn, and hold the app.
         Returns the hold, in seconds."""
         state = self.app(name)
-        self._free(state, credit=False)
+        self._free(state)
         self.concurrency_limited += 1
         if self.limits.adaptive:
             state.limit = state.ssthresh = float(max(1, len(state.held)))
@@ -399,16 +407,18 @@ class AdmissionPolicy:
         return min(MAX_PROBE_DELAY, self.initial_delay * 2.0 ** min(state.strikes, 32))
 
     def _release(self, invocation_id: str) -> None:
+        """One of ours ended: its slot is free on the service too, so even a held app may
+        admit one create for it."""
         name = self.owner.pop(invocation_id)
         state = self.apps[name]
         del state.held[invocation_id]
         self._free(state)
+        state.credits += 1
 
-    def _free(self, state: _App, *, credit: bool = True) -> None:
+    def _free(self, state: _App) -> None:
+        """A slot of ours is free (a refused or failed create frees none on the service)."""
         state.active -= 1
         self.total_active -= 1
-        if credit:
-            state.credits += 1
 
     def stats(self, queued: Mapping[str, int]) -> dict[str, AppLimitStats]:
         """Each app's admission state (``queued``: waiting creates per app)."""

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from importlib.metadata import entry_points
+from pathlib import Path
 
 import pytest
 
@@ -64,12 +65,83 @@ def test_console_script_is_registered() -> None:
     assert names["kernel-async"] == "kernel_async.cli:main"
 
 
-def test_demo_runs_to_the_end() -> None:
-    result = run("demo", "-n", "30", "--concurrency", "10", "--seed", "7")
+def row(stdout: str, metric: str) -> str:
+    """The value of one row of a plain-text metric table."""
+    for line in stdout.splitlines():
+        if line.startswith(metric + "  "):
+            return line[len(metric) :].strip()
+    raise AssertionError(f"no row {metric!r} in:\n{stdout}")
+
+
+def test_demo_runs_to_the_end_under_the_limits() -> None:
+    result = run("demo", "-n", "60", "--app-cap", "5", "--seed", "7")
     assert result.returncode == 0, result.stderr
-    assert "invocations" in result.stdout
-    assert "client errors                       0" in result.stdout
-    assert "30/30" in result.stdout
+    assert "60/60" in result.stdout
+    assert row(result.stdout, "client errors") == "0"
+    assert row(result.stdout, "started more than once") == "0"
+    assert row(result.stdout, "learnt concurrency limit") == "5"
+    assert row(result.stdout, "most running at once") == "5"
+    assert int(row(result.stdout, "429s absorbed: concurrency")) > 0
+    assert row(result.stdout, "time queued for a slot").startswith("mean ")
+
+
+def test_invoke_fans_out_one_invocation_per_payload_line(
+    served: dict[str, str], tmp_path: Path
+) -> None:
+    lines = [json.dumps({"text": f"doc {i}"}) for i in range(12)]
+    items = tmp_path / "items.jsonl"
+    items.write_text("\n".join([*lines[:6], "", *lines[6:]]) + "\n")
+    result = run("invoke", "demo-app", "summarize", "--payloads", str(items), env=served)
+    assert result.returncode == 0, result.stderr
+    assert "12/12" in result.stdout
+    assert row(result.stdout, "succeeded") == "12"
+    assert row(result.stdout, "errors (not seen through)") == "0"
+
+
+def test_invoke_fan_out_as_json_lines_from_stdin_exits_1_on_a_failure(
+    served: dict[str, str],
+) -> None:
+    stdin = '{"fail": true}\n{}\n{}\n'
+    done = subprocess.run(
+        [*CLI, "invoke", "demo-app", "flaky", "--payloads", "-", "-o", "json"],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **served},
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    results = sorted(
+        (json.loads(line) for line in done.stdout.splitlines()), key=lambda r: r["index"]
+    )
+    assert [r["index"] for r in results] == [0, 1, 2]
+    assert results[0]["status"] == "failed"
+    assert results[0]["status_reason"] == "upstream timed out"
+    assert all(r["status"] == "succeeded" and r["output"] == {"ok": True} for r in results[1:])
+
+
+def test_a_bad_payload_line_is_named_and_nothing_starts(
+    served: dict[str, str], tmp_path: Path
+) -> None:
+    items = tmp_path / "items.jsonl"
+    items.write_text('{"ok": 1}\n{nope\n')
+    result = run("invoke", "demo-app", "echo", "--payloads", str(items), env=served)
+    assert result.returncode == 2
+    assert "line 2" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_invoke_as_json_prints_one_object_per_event_and_exits_1_on_failure(
+    served: dict[str, str],
+) -> None:
+    result = run(
+        "invoke", "demo-app", "flaky", "--payload", '{"fail": true}', "-o", "json", env=served
+    )
+    assert result.returncode == 1, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    assert {e["event"] for e in events} >= {"log", "invocation_state"}
+    assert events[-1]["invocation"]["status"] == "failed"
 
 
 def test_invoke_prints_logs_and_output(served: dict[str, str]) -> None:
@@ -137,6 +209,38 @@ def test_ctrl_c_cancels_the_invocation_then_exits_130(served: dict[str, str]) ->
     status = json.loads(run("get", inv_id, env=served).stdout)
     assert status["status"] == "failed"
     assert status["status_reason"] == "Invocation cancelled"
+
+
+def test_ctrl_c_during_a_fan_out_cancels_what_runs_then_exits_130(served: dict[str, str]) -> None:
+    stdin = '{"pages": 1}\n' + '{"pages": 500}\n' * 5
+    with subprocess.Popen(
+        [*CLI, "invoke", "demo-app", "crawl", "--payloads", "-", "-o", "json"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **served},
+    ) as proc:
+        try:
+            assert proc.stdin is not None
+            assert proc.stdout is not None
+            assert proc.stderr is not None
+            proc.stdin.write(stdin)
+            proc.stdin.close()
+            first = json.loads(proc.stdout.readline())  # the quick one finished
+            assert first["status"] == "succeeded"
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(20) == 130
+            assert "cancelled" in proc.stderr.read()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    listed = run("list", "--app", "demo-app", "--json", "--limit", "100", env=served).stdout
+    crawls = [json.loads(line) for line in listed.splitlines()]
+    long_ones = [c for c in crawls if c["payload"] == '{"pages": 500}']
+    assert len(long_ones) >= 5
+    assert all(c["status"] == "failed" for c in long_ones)
+    assert all(c["output"] == '{"error":"Invocation cancelled by user"}' for c in long_ones)
 
 
 @pytest.mark.parametrize(

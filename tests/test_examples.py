@@ -31,10 +31,12 @@ async def test_agent_tool_meets_deadlines_and_cancels() -> None:
     assert log[2] == "cancelled by the agent"
 
 
-async def test_fan_out_runs_every_invocation() -> None:
-    statuses = await fan_out.main(n=60)
-    assert sum(statuses.values()) == 60
-    assert statuses["succeeded"] == 60
+async def test_fan_out_runs_every_invocation_under_the_limits() -> None:
+    gathered, mapped, stats = await fan_out.main(n=60)
+    assert gathered == {"succeeded": 60}
+    assert mapped == {"succeeded": 60}
+    assert stats.apps["demo-app"].limit == 20  # learnt from the emulator's cap
+    assert stats.apps["demo-app"].learnt
 
 
 def relay_lines(body: str) -> list[str]:

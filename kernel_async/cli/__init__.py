@@ -22,6 +22,16 @@ from ._output import Output
 __all__ = ["build_parser", "main"]
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``kernel-async`` argument parser."""
     parser = argparse.ArgumentParser(
@@ -35,13 +45,45 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--api-key", default=None, help="API key (default $KERNEL_API_KEY)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("invoke", parents=[api], help="invoke an action and print its logs live")
+    p = sub.add_parser(
+        "invoke",
+        parents=[api],
+        help="invoke an action and print its logs live, or once per line of a file",
+        description="Invoke an action and print its logs live. With --payloads, invoke it "
+        "once per line of a JSON Lines file, at the speed the service's limits allow, with "
+        "a progress bar and a summary; Ctrl-C cancels what is still running.",
+    )
     p.add_argument("app")
     p.add_argument("action")
     p.add_argument("--payload", help="JSON payload, or @file to read it from a file")
     p.add_argument("--version", default="latest", help="app version (default latest)")
     p.add_argument("--async", dest="async_", action="store_true", help="print the id and exit")
     p.add_argument("--follow", action="store_true", help="with --async: follow anyway")
+    p.add_argument(
+        "--payloads",
+        metavar="FILE",
+        help="fan out: one invocation per line of this JSON Lines file (- for stdin)",
+    )
+    p.add_argument(
+        "--concurrency",
+        type=_positive,
+        default=None,
+        help="with --payloads: most invocations at once (default: as the limits allow)",
+    )
+    p.add_argument(
+        "--async-timeout",
+        type=int,
+        default=None,
+        metavar="SECONDS",
+        help="how long the invocation may run, 10 to 3600 (default: the service's)",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        choices=["text", "json"],
+        default="text",
+        help="json: one JSON object per line (with --payloads: per result)",
+    )
     p.set_defaults(run=cmd_invoke)
 
     p = sub.add_parser("get", parents=[api], help="show one invocation as JSON")
@@ -81,9 +123,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(run=cmd_serve)
 
-    p = sub.add_parser("demo", help="fan out invocations against an embedded emulator")
-    p.add_argument("-n", type=int, default=200, help="invocations (default 200)")
-    p.add_argument("--concurrency", type=int, default=50, help="at once (default 50)")
+    p = sub.add_parser(
+        "demo", help="fan out invocations against an embedded emulator, under real limits"
+    )
+    p.add_argument("-n", type=_positive, default=200, help="invocations (default 200)")
+    p.add_argument(
+        "--app-cap", type=_positive, default=20, help="the emulator's per-app cap (default 20)"
+    )
+    p.add_argument(
+        "--rate-limit",
+        type=_positive,
+        default=200,
+        help="the emulator's requests per second (default 200)",
+    )
     p.add_argument("--seed", type=int, default=None, help="make the run reproducible")
     p.set_defaults(run=cmd_demo)
     return parser

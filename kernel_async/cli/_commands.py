@@ -6,6 +6,7 @@ import argparse
 
 import msgspec
 
+from .._fanout import CANCEL_OUTPUT
 from ..models import Invocation
 from ._common import (
     EXIT_INTERRUPTED,
@@ -17,28 +18,38 @@ from ._common import (
     interruptible,
     payload_arg,
 )
+from ._fanout import cmd_invoke_many
 from ._output import Output
 
 
 async def cmd_invoke(args: argparse.Namespace, out: Output) -> int:
+    if args.payloads is not None:
+        return await cmd_invoke_many(args, out)
     payload = payload_arg(args.payload)
+    as_json = args.output == "json"
     async with client(args) as kernel:
         created = await interruptible(
             kernel.invocations.create(
-                args.app, args.action, version=args.version, payload=payload, async_=True
+                args.app,
+                args.action,
+                version=args.version,
+                payload=payload,
+                async_=True,
+                async_timeout_seconds=args.async_timeout,
             )
         )
         if args.async_ and not args.follow:
-            out.line(created.id)
+            out.line(msgspec.json.encode(created).decode() if as_json else created.id)
             return EXIT_OK
-        out.line(f"invocation {created.id} ({created.status})", style="bold")
+        if not as_json:
+            out.line(f"invocation {created.id} ({created.status})", style="bold")
         try:
-            final = await interruptible(follow_printing(out, kernel, created.id))
+            final = await interruptible(follow_printing(out, kernel, created.id, as_json=as_json))
         except Interrupted:
             out.error(f"interrupted: cancelling invocation {created.id}")
-            await kernel.invocations.cancel(created.id, timeout=10)
+            await kernel.invocations.cancel(created.id, output=CANCEL_OUTPUT, timeout=10)
             return EXIT_INTERRUPTED
-        return finish(out, final)
+        return finish(out, final, as_json=as_json)
 
 
 async def cmd_get(args: argparse.Namespace, out: Output) -> int:

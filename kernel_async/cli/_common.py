@@ -98,21 +98,42 @@ def print_event(out: Output, event: Any) -> None:
         out.line(f"{event.event}: {event.data.decode(errors='replace')}", style="dim")
 
 
+def event_json(event: Any) -> str:
+    """One event as a line of JSON, as the API sent it (an unknown one's data verbatim)."""
+    if isinstance(event, UnknownEvent):
+        return event.data.decode("utf-8", "replace")
+    return msgspec.json.encode(event).decode()
+
+
 async def follow_printing(
-    out: Output, kernel: AsyncKernel, id: str, since: str | None = None, heartbeats: bool = False
+    out: Output,
+    kernel: AsyncKernel,
+    id: str,
+    since: str | None = None,
+    heartbeats: bool = False,
+    *,
+    as_json: bool = False,
 ) -> Invocation | None:
+    """Print an invocation's events as they come (``as_json``: one JSON object per line,
+    heartbeats included); return its final state."""
     final: Invocation | None = None
+    heartbeats = heartbeats or as_json
     async with kernel.invocations.follow(id, since=since, heartbeats=heartbeats) as events:
         async for event in events:
-            print_event(out, event)
+            if as_json:
+                out.line(event_json(event))
+            else:
+                print_event(out, event)
             if isinstance(event, InvocationStateEvent):
                 final = event.invocation
     return final
 
 
-def finish(out: Output, inv: Invocation | None) -> int:
+def finish(out: Output, inv: Invocation | None, *, as_json: bool = False) -> int:
+    """The exit code for an invocation's final state: non-zero unless it succeeded, in
+    every output mode. Prints its output in text mode."""
     if inv is None:
         return EXIT_FAILED
-    if inv.output is not None:
+    if inv.output is not None and not as_json:
         out.line(inv.output)
     return EXIT_OK if inv.status == "succeeded" else EXIT_FAILED

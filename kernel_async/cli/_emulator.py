@@ -14,6 +14,7 @@ from typing import Any
 
 from .. import _retry
 from .._client import AsyncKernel
+from .._limits import LimitStats
 from .._retry import RetryPolicy
 from ..errors import KernelError
 from ..models import Invocation, InvocationStateEvent
@@ -63,15 +64,18 @@ def load_actions(spec: str) -> Callable[[Any], None]:
 
 
 async def cmd_demo(args: argparse.Namespace, out: Output) -> int:
-    from ..testing import KernelEmulator
+    from ..testing import KernelEmulator, Quotas
     from ..testing.demo import DEMO_APP, install_demo_actions
 
-    if args.n < 1 or args.concurrency < 1:
-        raise ValueError("-n and --concurrency must be at least 1")
-    emulator = KernelEmulator(heartbeat_interval=1.0, seed=args.seed)
+    if args.n < 1:
+        raise ValueError("-n must be at least 1")
+    quotas = Quotas(
+        max_running_per_app=args.app_cap, requests_per_window=args.rate_limit, window=1.0
+    )
+    emulator = KernelEmulator(heartbeat_interval=1.0, seed=args.seed, quotas=quotas)
     install_demo_actions(emulator, seed=args.seed)
-    # Real-world weather: some rate limiting (with Retry-After) and some cut streams.
-    emulator.faults.chaos(rate_limit=0.05, cut=0.1, retry_after=0.05, seed=args.seed)
+    # Real-world weather on top of the limits: some injected 429s and some cut streams.
+    emulator.faults.chaos(rate_limit=0.02, cut=0.1, retry_after=0.05, seed=args.seed)
     plan = ["summarize", "crawl", "flaky", "summarize", "flaky", "echo", "crawl", "flaky"]
     policy = RetryPolicy(max_retries=5, initial_delay=0.05, max_delay=1.0)
     retried = 0
@@ -86,49 +90,95 @@ async def cmd_demo(args: argparse.Namespace, out: Output) -> int:
     counts = {"succeeded": 0, "failed": 0, "errors": 0, "events": 0}
     progress = Progress(out, args.n)
     loop = asyncio.get_running_loop()
-    sem = asyncio.Semaphore(args.concurrency)
 
     async def one(i: int, kernel: AsyncKernel) -> None:
         action = plan[i % len(plan)]
         payload: dict[str, Any] = {"pages": 3 + i % 5, "text": f"document {i} " * (1 + i % 7)}
-        async with sem:
-            start = loop.time()
-            try:
-                created = await kernel.invocations.create(
-                    DEMO_APP, action, payload=payload, async_=True
-                )
-                final: Invocation | None = None
-                async for event in kernel.invocations.follow(created.id):
-                    counts["events"] += 1
-                    if isinstance(event, InvocationStateEvent):
-                        final = event.invocation
-                status = final.status if final is not None else "failed"
-                counts[status if status in counts else "failed"] += 1
-                latencies.append(loop.time() - start)
-            except KernelError as exc:
-                counts["errors"] += 1
-                progress.note(f"invocation {i}: {exc}")
-            progress.advance(counts)
+        start = loop.time()
+        try:
+            # No semaphore: creates beyond the app's limit wait for a slot in the client.
+            created = await kernel.invocations.create(
+                DEMO_APP, action, payload=payload, async_=True
+            )
+            final: Invocation | None = None
+            async for event in kernel.invocations.follow(created.id):
+                counts["events"] += 1
+                if isinstance(event, InvocationStateEvent):
+                    final = event.invocation
+            status = final.status if final is not None else "failed"
+            counts[status if status in counts else "failed"] += 1
+            latencies.append(loop.time() - start)
+        except KernelError as exc:
+            counts["errors"] += 1
+            progress.note(f"invocation {i}: {exc}")
+        progress.advance(
+            f"✓ {counts['succeeded']}  ✗ {counts['failed']}  events {counts['events']}"
+        )
 
     started = time.perf_counter()
-    async with emulator, emulator.client(retry=policy, middlewares=[count_retries]) as kernel:
+    # timeout=None: a create waits for a slot as long as the queue takes.
+    options: dict[str, Any] = {"retry": policy, "middlewares": [count_retries], "timeout": None}
+    async with emulator, emulator.client(**options) as kernel:
         with progress:
             await asyncio.gather(*(one(i, kernel) for i in range(args.n)))
+        limits = kernel.limit_stats()
     wall = time.perf_counter() - started
-    stats = emulator.faults.stats
+    out.table(
+        f"kernel-async demo: {args.n} invocations at once, under an app cap of "
+        f"{args.app_cap} and {args.rate_limit} requests/s",
+        ["metric", "value"],
+        _demo_rows(args.n, counts, latencies, wall, emulator, limits, retried),
+    )
+    return EXIT_OK if counts["errors"] == 0 else EXIT_FAILED
+
+
+def _demo_rows(
+    n: int,
+    counts: dict[str, int],
+    latencies: list[float],
+    wall: float,
+    emulator: Any,
+    limits: LimitStats,
+    retried: int,
+) -> list[list[str]]:
+    from ..testing.demo import DEMO_APP
+
+    faults, quotas = emulator.faults.stats, emulator.quotas.stats
+    app = limits.apps.get(DEMO_APP)
     quantiles = statistics.quantiles(latencies, n=20) if len(latencies) >= 2 else latencies * 19
-    rows = [
-        ["invocations", str(args.n)],
+    busy = sum(
+        (inv.finished_at - inv.started_at).total_seconds()
+        for inv in emulator.snapshot()
+        if inv.finished_at is not None
+    )
+    # The fastest the limits allow: all action time spread over the cap, or every request
+    # that got through spread over the rate limit, whichever is longer.
+    by_cap = busy / emulator.quotas.max_running_per_app
+    by_rate = (len(emulator.requests) - quotas.rate_rejected) / emulator.quotas.requests_per_window
+    ideal = f"{max(by_cap, by_rate):.2f}s: " + (
+        "action time ÷ cap" if by_cap >= by_rate else "requests ÷ rate limit"
+    )
+    return [
+        ["invocations", str(n)],
         ["succeeded", str(counts["succeeded"])],
         ["failed (by the action)", str(counts["failed"])],
         ["client errors", str(counts["errors"])],
-        ["429s absorbed", str(stats.rate_limited)],
-        ["requests retried by the middleware", str(retried)],
-        ["streams cut and resumed", str(stats.cuts)],
+        ["started more than once", str(emulator.create_count - n)],
+        ["learnt concurrency limit", "-" if app is None or app.limit is None else str(app.limit)],
+        ["most running at once", str(quotas.peak_running_by_app.get(DEMO_APP, 0))],
+        ["429s absorbed: concurrency", str(limits.concurrency_limited)],
+        [
+            "429s absorbed: rate limit",
+            f"{limits.rate_limited} ({quotas.rate_rejected} from the limit, "
+            f"{faults.rate_limited} injected)",
+        ],
+        [
+            "time queued for a slot",
+            f"mean {limits.queued_seconds / n:.2f}s, longest {limits.max_queued_seconds:.2f}s",
+        ],
+        ["requests retried after errors", str(retried)],
+        ["streams cut and resumed", str(faults.cuts)],
         ["events streamed", str(counts["events"])],
         ["latency p50 / p95", f"{quantiles[9]:.3f}s / {quantiles[18]:.3f}s" if quantiles else "-"],
-        ["wall time", f"{wall:.2f}s ({args.n / wall:.0f} invocations/s)"],
+        ["wall time", f"{wall:.2f}s (the limits allow {ideal})"],
     ]
-    title = f"kernel-async demo: {args.n} invocations, concurrency {args.concurrency}"
-    out.table(title, ["metric", "value"], rows)
-    return EXIT_OK if counts["errors"] == 0 else EXIT_FAILED

@@ -62,8 +62,9 @@ class Output:
 class Progress:
     """A progress bar with live counts (rich), or a line every 10% (plain)."""
 
-    def __init__(self, out: Output, total: int) -> None:
+    def __init__(self, out: Output, total: int, *, quiet: bool = False) -> None:
         self.out = out
+        self.quiet = quiet  # nothing at all (the results go to stdout as data)
         self.total = total
         self.done = 0
         self._bar: Any = None
@@ -71,7 +72,7 @@ class Progress:
         self._next_report = 0.1
 
     def __enter__(self) -> Progress:
-        if self.out.rich is not None:
+        if self.out.rich is not None and not self.quiet:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
             self._bar = Progress(
@@ -90,9 +91,11 @@ class Progress:
         if self._bar is not None:
             self._bar.stop()
 
-    def advance(self, counts: dict[str, int]) -> None:
+    def advance(self, text: str) -> None:
+        """One more done; ``text`` is the live summary shown next to the bar."""
         self.done += 1
-        text = f"✓ {counts['succeeded']}  ✗ {counts['failed']}  events {counts['events']}"
+        if self.quiet:
+            return
         if self._bar is not None:
             self._bar.update(self._task, advance=1, description=text)
         elif self.done / self.total >= self._next_report or self.done == self.total:

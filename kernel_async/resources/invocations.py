@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterable, Callable, Iterable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote
 
 from .._client import NOT_GIVEN, NotGiven, Timeout, decode_body
+from .._fanout import InvocationMap, run_map
 from .._pagination import AsyncPaginator, parse_page_headers
 from .._streaming import DEFAULT_IDLE_TIMEOUT, EventStream, format_since
 from ..errors import APIConnectionError, APITimeoutError
@@ -61,6 +63,40 @@ def _check_int(value: int, name: str, low: int, high: int | None = None) -> None
         raise ValueError(f"{name} must be {bounds}, got {value}")
 
 
+def _create_body(
+    app_name: str,
+    action_name: str,
+    version: str,
+    payload: Any,
+    async_: bool,
+    async_timeout_seconds: int | None,
+) -> bytes:
+    """The checked, encoded body of ``POST /invocations``."""
+    _check_name(app_name, "app_name")
+    _check_name(action_name, "action_name")
+    _check_name(version, "version")
+    if async_timeout_seconds is not None:
+        _check_int(async_timeout_seconds, "async_timeout_seconds", 10, 3600)
+        if not async_:
+            raise ValueError("async_timeout_seconds only applies with async_=True")
+    return encoder.encode(
+        InvocationCreateRequest(
+            app_name=app_name,
+            action_name=action_name,
+            version=version,
+            payload=_json_string(payload, "payload"),
+            async_=async_,
+            async_timeout_seconds=async_timeout_seconds,
+        )
+    )
+
+
+def _lease(async_timeout_seconds: int | None) -> float | None:
+    """How long an unseen invocation holds its admission slot: its async timeout, plus a
+    margin (``None``: the service's default)."""
+    return None if async_timeout_seconds is None else async_timeout_seconds + 60.0
+
+
 class Invocations:
     """Run an app's actions, follow their events, and list, update or cancel invocations.
 
@@ -90,7 +126,6 @@ class Invocations:
         async_: bool = False,
         async_timeout_seconds: int | None = None,
         timeout: Timeout | NotGiven = NOT_GIVEN,
-        deadline: float | NotGiven | None = NOT_GIVEN,
     ) -> InvokeResponse:
         """Invoke an action (``POST /invocations``).
 
@@ -105,9 +140,6 @@ class Invocations:
             async_timeout_seconds: How long an asynchronous invocation may run, 10 to 3600
                 seconds (only with ``async_=True``).
             timeout: This call's timeout, overriding the client's.
-            deadline: For helpers like `run`: the event loop time (``loop.time()``) by
-                which the create must be sent, ``None`` for no limit; each attempt is
-                then bounded by the client's timeout. Leave it out to use ``timeout``.
 
         Returns:
             The new invocation's id and status (and output, for a synchronous call).
@@ -120,37 +152,45 @@ class Invocations:
         with `Limits`), the create waits in a first-in, first-out queue for a slot, within
         ``timeout``: a concurrency 429 is backpressure, not a failure.
         """
-        _check_name(app_name, "app_name")
-        _check_name(action_name, "action_name")
-        _check_name(version, "version")
-        if async_timeout_seconds is not None:
-            _check_int(async_timeout_seconds, "async_timeout_seconds", 10, 3600)
-            if not async_:
-                raise ValueError("async_timeout_seconds only applies with async_=True")
-        body = encoder.encode(
-            InvocationCreateRequest(
-                app_name=app_name,
-                action_name=action_name,
-                version=version,
-                payload=_json_string(payload, "payload"),
-                async_=bool(async_),
-                async_timeout_seconds=async_timeout_seconds,
-            )
+        body = _create_body(
+            app_name, action_name, version, payload, bool(async_), async_timeout_seconds
         )
         client = self._client
-        if isinstance(deadline, NotGiven):
-            call_timeout = client._call_timeout(timeout)
-            total = call_timeout.total
-            until = None if total is None else asyncio.get_running_loop().time() + total
-        else:
-            call_timeout, until = client._attempt_timeout(), deadline
+        call_timeout = client._call_timeout(timeout)
+        total = call_timeout.total
         return await client._create(
             app_name,
             body,
             timeout=call_timeout,
-            deadline=until,
-            lease=None if async_timeout_seconds is None else async_timeout_seconds + 60.0,
+            deadline=None if total is None else asyncio.get_running_loop().time() + total,
+            lease=_lease(async_timeout_seconds),
         )
+
+    async def _create_async(
+        self,
+        app_name: str,
+        action_name: str,
+        payload: Any,
+        *,
+        version: str,
+        async_timeout_seconds: int | None,
+        deadline: float | None,
+        on_sent: Callable[[], None] | None = None,
+    ) -> str:
+        """An asynchronous create for `run` and `map`: it may wait for a slot until
+        ``deadline`` (loop time, ``None`` for ever), each attempt bounded by the client's
+        timeout. Returns the new invocation's id."""
+        client = self._client
+        body = _create_body(app_name, action_name, version, payload, True, async_timeout_seconds)
+        created = await client._create(
+            app_name,
+            body,
+            timeout=client._attempt_timeout(),
+            deadline=deadline,
+            lease=_lease(async_timeout_seconds),
+            on_sent=on_sent,
+        )
+        return created.id
 
     async def retrieve(self, id: str, *, timeout: Timeout | NotGiven = NOT_GIVEN) -> Invocation:
         """Get an invocation's details, status and output (``GET /invocations/{id}``)."""
@@ -361,14 +401,73 @@ class Invocations:
             raise ValueError(f"timeout must be positive, got {timeout!r}")
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
-        created = await self.create(
+        invocation_id = await self._create_async(
             app_name,
             action_name,
+            payload,
             version=version,
-            payload=payload,
-            async_=True,
             async_timeout_seconds=async_timeout_seconds,
             deadline=deadline,
         )
         left = None if deadline is None else max(deadline - loop.time(), 0.001)
-        return await self.wait(created.id, timeout=left, cancel_on_timeout=cancel_on_timeout)
+        return await self.wait(invocation_id, timeout=left, cancel_on_timeout=cancel_on_timeout)
+
+    def map(
+        self,
+        app_name: str,
+        action_name: str,
+        payloads: Iterable[Any] | AsyncIterable[Any],
+        *,
+        version: str = "latest",
+        concurrency: int | None = None,
+        timeout: float | None = None,
+        async_timeout_seconds: int | None = None,
+    ) -> InvocationMap:
+        """Run an action once per payload, concurrently; yield each result as it finishes.
+
+        ```python
+        async with kernel.invocations.map("my-app", "analyze", urls) as results:
+            async for result in results:
+                if result.ok:
+                    print(result.index, result.invocation.output_as())
+        ```
+
+        Each payload is invoked asynchronously and followed to the end, exactly once, as
+        `run` would; the service's limits are absorbed by the client's backpressure, so
+        the fan-out goes as fast as they allow. Every payload gives one `MapResult`, in
+        order of completion: its ``invocation`` (``succeeded`` or ``failed``), or the
+        ``error`` that kept the SDK from seeing it through. Leaving early or cancelling
+        cancels the invocations it started (status ``failed``, as the Kernel CLI does).
+
+        Args:
+            app_name: The application's name.
+            action_name: The action to invoke for every payload.
+            payloads: An iterable or async iterable of payloads, read lazily.
+            version: The application version (``"latest"`` by default).
+            concurrency: Most invocations of this call in progress at once; ``None``
+                leaves it to the service's limits (learnt, or set with `Limits`).
+            timeout: Seconds each invocation may take, its wait for a slot included;
+                one that takes longer is cancelled and reported with `APITimeoutError`.
+            async_timeout_seconds: How long each invocation may run on the service.
+        """
+        _check_name(app_name, "app_name")
+        _check_name(action_name, "action_name")
+        _check_name(version, "version")
+        if concurrency is not None:
+            _check_int(concurrency, "concurrency", 1)
+        if timeout is not None and timeout <= 0:
+            raise ValueError(f"timeout must be positive, got {timeout!r}")
+        if async_timeout_seconds is not None:
+            _check_int(async_timeout_seconds, "async_timeout_seconds", 10, 3600)
+        if isinstance(payloads, (str, bytes)):
+            raise TypeError("payloads must be an iterable of payloads, not a single str")
+        return run_map(
+            self,
+            app_name,
+            action_name,
+            payloads,
+            version=version,
+            concurrency=concurrency,
+            timeout=timeout,
+            async_timeout_seconds=async_timeout_seconds,
+        )
