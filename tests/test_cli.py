@@ -101,7 +101,7 @@ def test_invoke_fans_out_one_invocation_per_payload_line(
 def test_invoke_fan_out_as_json_lines_from_stdin_exits_1_on_a_failure(
     served: dict[str, str],
 ) -> None:
-    stdin = '{"fail": true}\n{}\n{}\n'
+    stdin = '{"fail": true}\n{"fail": false}\n{"fail": false}\n'
     done = subprocess.run(
         [*CLI, "invoke", "demo-app", "flaky", "--payloads", "-", "-o", "json"],
         input=stdin,

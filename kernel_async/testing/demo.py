@@ -18,8 +18,8 @@ def install_demo_actions(emulator: KernelEmulator, *, seed: int | None = None) -
 
     * ``summarize``: logs a few steps, returns a word count (payload ``{"text": ...}``).
     * ``crawl``: slow, logs each page it "visits" (payload ``{"pages": n}``).
-    * ``flaky``: fails about one time in eight, like a real upstream would (always with
-      payload ``{"fail": true}``).
+    * ``flaky``: fails about one time in eight, like a real upstream would; payload
+      ``{"fail": true}`` always fails it, ``{"fail": false}`` never does.
     * ``echo``: returns its payload at once.
     """
     rng = random.Random(seed)
@@ -42,7 +42,8 @@ def install_demo_actions(emulator: KernelEmulator, *, seed: int | None = None) -
     async def flaky(ctx: ActionContext, payload: Any) -> dict[str, Any]:
         ctx.log("calling upstream")
         await asyncio.sleep(rng.uniform(0.01, 0.1))
-        if (payload or {}).get("fail") or rng.random() < 0.125:
+        fail = (payload or {}).get("fail")
+        if fail or (fail is None and rng.random() < 0.125):
             raise RuntimeError("upstream timed out")
         ctx.log("upstream answered")
         return {"ok": True}
