@@ -22,6 +22,8 @@ def test_benchmark_quick_run(tmp_path: Path) -> None:
             "--quick",
             "--clients",
             "kernel_async,floor",
+            "--fanout-clients",
+            "kernel_async",
             "--out",
             str(tmp_path),
             "--no-docs",
@@ -39,3 +41,7 @@ def test_benchmark_quick_run(tmp_path: Path) -> None:
         for client in ("kernel_async", "floor"):
             assert report["results"][case][client]["cpu_us"] > 0
     assert report["results"]["streams_1000"]["kernel_async"]["unit"] == "stream"
+    scenario, fanned = report["fanout"]["scenario"], report["fanout"]["results"]
+    assert fanned["kernel_async"]["completed"] == scenario["n"]
+    assert fanned["kernel_async"]["started_twice"] == 0
+    assert fanned["kernel_async"]["peak_running"] <= scenario["cap"]
