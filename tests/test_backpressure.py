@@ -226,6 +226,35 @@ async def test_waiting_tasks_go_after_retry_after_together_not_before(
     assert stats.rate_limited == 20
 
 
+async def test_waiting_for_the_rate_limit_holds_no_connection(make_server: ServerFactory) -> None:
+    calls = 0
+
+    async def handler(_: web.Request) -> web.Response:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return json_response(
+                '{"code":"rate_limited","message":"slow down"}', 429, headers={"Retry-After": "0.4"}
+            )
+        return json_response(INVOCATION_JSON)
+
+    server = await make_server([("GET", "/invocations/{id}", handler)])
+    async with server.client(connection_limit=2) as kernel:
+        await kernel.invocations.retrieve("inv_1")  # opens the pool
+        calls = 0
+        first = asyncio.create_task(kernel.invocations.retrieve("inv_1"))
+        await asyncio.sleep(0.1)  # it got its 429: everyone waits now
+        waiting = [asyncio.create_task(kernel.invocations.retrieve("inv_1")) for _ in range(10)]
+        await asyncio.sleep(0.1)
+        session = kernel._transport.session
+        assert session is not None
+        assert session.connector is not None
+        assert len(session.connector._acquired) == 0  # 11 waiting, no connection held
+        assert calls == 1
+        await asyncio.gather(first, *waiting)
+    assert calls == 12
+
+
 async def test_the_budget_from_x_ratelimit_remaining_is_never_overspent(
     make_server: ServerFactory,
 ) -> None:
