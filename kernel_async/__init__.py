@@ -29,6 +29,7 @@ from .errors import (
     NotFoundError,
     PermissionDeniedError,
     RateLimitError,
+    RedirectError,
     UnprocessableEntityError,
 )
 from .models import (
@@ -83,6 +84,7 @@ __all__ = [
     "Page",
     "PermissionDeniedError",
     "RateLimitError",
+    "RedirectError",
     "RetryMiddleware",
     "RetryPolicy",
     "SSEHeartbeatEvent",

@@ -17,17 +17,20 @@ from yarl import URL
 
 from ._backpressure import Backpressure
 from ._limits import Limits, LimitStats, classify_429
-from ._retry import (
-    RetryMiddleware,
-    RetryPolicy,
+from ._retry import RetryMiddleware, RetryPolicy, retry_after_from_headers
+from ._transport import (
+    RedirectGuard,
+    Transport,
     admission_managed,
+    call_method,
     current_deadline,
     is_transport_error,
-    retry_after_from_headers,
+    scrub,
     transport_error,
 )
 from ._version import __version__
 from .errors import (
+    APIConnectionError,
     APIResponseValidationError,
     KernelError,
     RateLimitError,
@@ -83,6 +86,21 @@ def _to_client_timeout(timeout: Timeout) -> ClientTimeout:
     return ClientTimeout(total=float(timeout))
 
 
+def _check_api_key(api_key: str) -> str:
+    """The key as given, or `KernelError` (never quoting it) when it could not be sent as a
+    header: whitespace, a newline or another control character, or non-ASCII."""
+    if not isinstance(api_key, str):
+        raise KernelError(f"api_key must be a str, not {type(api_key).__name__}")
+    bad = next((c for c in api_key if not "!" <= c <= "~"), None)
+    if bad is not None:
+        where = "ends with" if api_key.endswith(bad) else "contains"
+        raise KernelError(
+            f"api_key {where} {bad!r}, which an API key cannot contain (a stray newline or "
+            "space from copying it?); the key was not used"
+        )
+    return api_key
+
+
 def _normalize_base_url(base_url: str) -> str:
     url = URL(base_url)
     if url.scheme not in ("http", "https") or not url.host:
@@ -92,69 +110,6 @@ def _normalize_base_url(base_url: str) -> str:
     if url.query_string or url.fragment:
         raise KernelError(f"base_url must not have a query or fragment, got {base_url!r}")
     return str(url).rstrip("/")
-
-
-class _Transport:
-    """The ``aiohttp.ClientSession`` of a client and its `with_options` copies.
-
-    Created lazily in the running loop; closed only by the client that owns it, and never
-    when the user passed the session in.
-    """
-
-    __slots__ = (
-        "backpressure",
-        "closed",
-        "connection_limit",
-        "loop",
-        "owns_session",
-        "session",
-    )
-
-    def __init__(
-        self, session: ClientSession | None, connection_limit: int, backpressure: Backpressure
-    ) -> None:
-        self.session = session
-        self.owns_session = session is None
-        self.connection_limit = connection_limit
-        self.backpressure = backpressure
-        self.closed = False
-        self.loop: asyncio.AbstractEventLoop | None = None
-
-    def get(self) -> ClientSession:
-        session = self.session
-        if session is not None and not session.closed and self.loop is not None:
-            return session
-        return self._open()
-
-    def _open(self) -> ClientSession:
-        if self.closed:
-            raise RuntimeError("this AsyncKernel client is closed")
-        loop = asyncio.get_running_loop()
-        session = self.session
-        if session is None:
-            session = self.session = ClientSession(
-                connector=aiohttp.TCPConnector(limit=self.connection_limit),
-                cookie_jar=aiohttp.DummyCookieJar(),
-            )
-        elif session.closed:
-            raise RuntimeError("the aiohttp.ClientSession given to AsyncKernel is closed")
-        if self.loop is None:
-            self.loop = loop
-        return session
-
-    def check_loop(self) -> None:
-        if self.loop is not None and self.loop is not asyncio.get_running_loop():
-            raise RuntimeError(
-                "this AsyncKernel was first used in another event loop; "
-                "create one client per event loop"
-            )
-
-    async def aclose(self) -> None:
-        self.closed = True
-        self.backpressure.close(KernelError("the AsyncKernel client was closed"))
-        session, self.session = self.session, None
-        if session is not None and self.owns_session and not session.closed:
-            await session.close()
 
 
 class AsyncKernel:
@@ -210,7 +165,7 @@ class AsyncKernel:
         if connection_limit < 0:
             raise ValueError(f"connection_limit must be >= 0, got {connection_limit}")
         policy = retry if retry is not None else RetryPolicy(max_retries=max_retries)
-        self._transport = _Transport(
+        self._transport = Transport(
             session,
             connection_limit,
             Backpressure(limits if limits is not None else Limits(), policy.initial_delay),
@@ -243,7 +198,7 @@ class AsyncKernel:
                 "No API key: pass api_key=... to AsyncKernel or set the "
                 "KERNEL_API_KEY environment variable."
             )
-        self._api_key = api_key
+        self._api_key = _check_api_key(api_key)
         self._base_url = _normalize_base_url(
             base_url or os.environ.get("KERNEL_BASE_URL") or DEFAULT_BASE_URL
         )
@@ -266,6 +221,7 @@ class AsyncKernel:
             "Cache-Control": "no-cache",
         }
         backpressure = self._transport.backpressure
+        self._guard = RedirectGuard(self._base_url)
         self._middleware = RetryMiddleware(retry, backpressure=backpressure)
         # Streams resume on their own (counting against the same policy), so their
         # connection attempts get a middleware that only maps errors (and waits out the
@@ -391,8 +347,8 @@ class AsyncKernel:
             )
             rest = (*self._user_middlewares, *session_mws)
             chains = self._chains = (
-                (self._middleware, *rest),
-                (self._stream_middleware, *rest),
+                (self._guard, self._middleware, *rest),
+                (self._guard, self._stream_middleware, *rest),
             )
         return chains[1] if stream else chains[0]
 
@@ -414,6 +370,7 @@ class AsyncKernel:
         client_timeout = self._call_timeout(timeout)
         total = client_timeout.total
         token = current_deadline.set(asyncio.get_running_loop().time() + total if total else None)
+        method_token = call_method.set(method)
         try:
             resp = await session.request(
                 method,
@@ -431,14 +388,16 @@ class AsyncKernel:
         except KernelError:
             raise
         except Exception as exc:
-            if is_transport_error(exc):
-                raise transport_error(exc, method, str(url)) from exc
-            raise
+            error = self._failure(exc, method, url)
+            if error is None:
+                raise
+            raise error from exc
         finally:
             current_deadline.reset(token)
+            call_method.reset(method_token)
         status = resp.status
         if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("%s %s -> %d", method, url.path, status)
+            logger.debug("%s %s -> %d", method, url.raw_path, status)
         if status >= 400:
             raise make_status_error(
                 status,
@@ -534,8 +493,11 @@ class AsyncKernel:
     async def _open_stream(
         self, url: URL, params: Mapping[str, str] | None, timeout: ClientTimeout
     ) -> ClientResponse:
-        """Open an SSE response; the caller owns (and must close) what is returned."""
-        session = self._session()
+        """Open an SSE response; the caller owns (and must close) what is returned. Streams
+        have a connection pool of their own, so open streams never starve calls."""
+        transport = self._transport
+        transport.check_loop()
+        session = transport.get_stream()
         try:
             resp = await session.get(
                 url,
@@ -547,10 +509,25 @@ class AsyncKernel:
         except KernelError:
             raise
         except Exception as exc:
-            if is_transport_error(exc):
-                raise transport_error(exc, "GET", str(url)) from exc
-            raise
+            error = self._failure(exc, "GET", url)
+            if error is None:
+                raise
+            raise error from exc
         return resp
+
+    def _failure(self, exc: Exception, method: str, url: URL) -> KernelError | None:
+        """The kernel_async error for what aiohttp raised during a call (``None``: a bug, to
+        raise as it is). Whatever is chained to it is scrubbed of credentials."""
+        if self._transport.closed:  # aiohttp fails in odd ways when its session closes
+            scrub(exc)
+            return APIConnectionError(
+                f"{method} {url}: the client was closed while the request was in flight",
+                method=method,
+                url=str(url),
+            )
+        if is_transport_error(exc) or isinstance(exc, aiohttp.RedirectClientError):
+            return transport_error(exc, method, str(url))
+        return None
 
 
 def _replace_total(timeout: ClientTimeout, total: float) -> ClientTimeout:
@@ -570,7 +547,7 @@ def decode_body(
 ) -> T:
     """Decode a successful response body, or raise `APIResponseValidationError`."""
     content_type = headers.get("Content-Type")
-    if content_type is not None and "json" not in content_type:
+    if content_type is not None and "json" not in content_type.lower():
         raise APIResponseValidationError(
             f"expected a JSON response, got Content-Type {content_type!r}",
             body=content,
@@ -579,9 +556,13 @@ def decode_body(
         )
     try:
         return decoder.decode(content)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as exc:
+        if isinstance(exc, UnicodeDecodeError):
+            problem = f"is not valid UTF-8: {exc}"
+        else:
+            problem = f"did not match the API schema: {exc}"
         raise APIResponseValidationError(
-            f"the response body did not match the API schema: {exc}",
+            f"the response body {problem}",
             body=content,
             status=status,
             headers=headers,

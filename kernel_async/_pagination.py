@@ -6,6 +6,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping
 from typing import Generic, TypeVar
 
+from .errors import APIResponseValidationError
 from .models import Page
 
 __all__ = ["AsyncPaginator", "PageInfo", "parse_page_headers"]
@@ -32,11 +33,12 @@ def parse_page_headers(
 ) -> PageInfo:
     """Read the pagination headers of a page of ``count`` items requested at ``offset``.
 
-    Missing or malformed headers fall back to the request's values. The result never asks
-    for a page that does not move forward: ``has_more`` is only true with a ``next_offset``
-    greater than ``offset``. When the server says there is more but gives no usable
-    ``X-Next-Offset``, the next page starts right after this one's items (and there is no
-    next page if this one was empty). Pure.
+    ``X-Next-Offset`` is the absolute start of the next page and ``0`` means there is none
+    (the stop sentinel). A next offset that does not move past the offset requested (a
+    server that ignores ``offset`` would send the same page for ever) ends the iteration
+    with a warning; ``X-Has-More: true`` without an ``X-Next-Offset`` raises
+    `APIResponseValidationError`, as the official SDK does. Missing or malformed ``X-Limit``
+    / ``X-Offset`` fall back to the request's values. Pure.
     """
     page_limit = _int_header(headers.get("X-Limit"))
     page_offset = _int_header(headers.get("X-Offset"))
@@ -44,13 +46,21 @@ def parse_page_headers(
         page_offset = offset
     has_more = (headers.get("X-Has-More") or "").strip().lower() == "true"
     next_offset = _int_header(headers.get("X-Next-Offset"))
-    if has_more and next_offset is None and count:
-        next_offset = page_offset + count
-    if has_more and (next_offset is None or next_offset <= page_offset):
+    if has_more and next_offset is None:
+        raise APIResponseValidationError(
+            "the server said there are more results (X-Has-More: true) but sent no "
+            f"X-Next-Offset (page at offset {offset})",
+            body=b"",
+            headers=headers,
+        )
+    if next_offset == 0:
+        has_more = False
+    elif has_more and next_offset is not None and next_offset <= offset:
         logger.warning(
-            "The server said there are more results but gave no next offset past %d; "
-            "stopping pagination here",
-            page_offset,
+            "The server asked for offset %d next after the page at offset %d; stopping "
+            "pagination here rather than going round in circles",
+            next_offset,
+            offset,
         )
         has_more = False
     return (page_limit if page_limit is not None else limit, page_offset, next_offset, has_more)

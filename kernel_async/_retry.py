@@ -16,7 +16,6 @@ import random
 import re
 import time
 from collections.abc import Mapping
-from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from datetime import timezone
 from typing import TYPE_CHECKING
@@ -25,7 +24,12 @@ import aiohttp
 from aiohttp import ClientHandlerType, ClientRequest, ClientResponse
 
 from ._limits import classify_429
-from .errors import APIConnectionError, APITimeoutError
+from ._transport import (
+    admission_managed,
+    current_deadline,
+    is_transport_error,
+    transport_error,
+)
 
 if TYPE_CHECKING:
     from ._backpressure import Backpressure
@@ -36,13 +40,6 @@ logger = logging.getLogger("kernel_async")
 
 #: Header carrying how many times this request has been retried (``0`` on the first try).
 RETRY_COUNT_HEADER = "X-Kernel-Retry-Count"
-
-# Monotonic deadline of the current call (loop time), set by the client for the duration of
-# one call so the middleware does not sleep past it. ``None``: no deadline.
-current_deadline: ContextVar[float | None] = ContextVar("kernel_async_deadline", default=None)
-# Set by the client around a create that goes through admission control: a concurrency
-# 429 is then handed back to it (to wait for a slot) instead of being retried here.
-admission_managed: ContextVar[bool] = ContextVar("kernel_async_admission", default=False)
 
 # Indirection so tests can observe the waits without sleeping.
 sleep = asyncio.sleep
@@ -195,25 +192,6 @@ class RetryPolicy:
         if retry_after is not None and retry_after <= self.max_retry_after:
             return retry_after, retry_after
         return self.backoff(retry), retry_after
-
-
-def transport_error(exc: BaseException, method: str, url: str) -> APIConnectionError:
-    """The kernel_async error for a transport failure (timeouts become APITimeoutError)."""
-    if isinstance(exc, APIConnectionError):
-        return exc
-    if isinstance(exc, asyncio.TimeoutError):
-        return APITimeoutError(f"Request timed out: {method} {url}", method=method, url=url)
-    detail = str(exc) or type(exc).__name__
-    return APIConnectionError(
-        f"Connection error on {method} {url}: {detail}", method=method, url=url
-    )
-
-
-def is_transport_error(exc: BaseException) -> bool:
-    """Whether ``exc`` is a transport failure (as opposed to a bug or a bad argument)."""
-    return isinstance(exc, (aiohttp.ClientError, asyncio.TimeoutError, OSError)) and not (
-        isinstance(exc, (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError))
-    )
 
 
 class RetryMiddleware:

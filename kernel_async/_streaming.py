@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Final
 
@@ -15,8 +15,10 @@ from aiohttp import ClientResponse, ClientTimeout
 from yarl import URL
 
 from . import _retry
-from ._retry import is_transport_error, retry_after_from_headers, transport_error
+from ._replay import ReplayFilter, prune, resume_from, rfc3339
+from ._retry import retry_after_from_headers
 from ._sse import DEFAULT_MAX_LINE_SIZE, SSEDecoder, SSELimitError, SSEMessage
+from ._transport import is_transport_error, transport_error
 from .errors import (
     APIConnectionError,
     APIResponseValidationError,
@@ -25,11 +27,9 @@ from .errors import (
 )
 from .models import (
     KNOWN_EVENT_TAGS,
-    ErrorEvent,
     Invocation,
     InvocationEvent,
     InvocationStateEvent,
-    LogEvent,
     SSEHeartbeatEvent,
     UnknownEvent,
     event_decoder,
@@ -50,6 +50,10 @@ logger = logging.getLogger("kernel_async")
 DEFAULT_IDLE_TIMEOUT: Final = 60.0
 _CONNECT_TIMEOUT: Final = 30.0
 _ONE_MICROSECOND: Final = timedelta(microseconds=1)
+#: Most bytes decoded in one go: bounds how long one read keeps the event loop busy.
+_READ_SIZE: Final = 2**16
+#: Delivered events kept for a resume are pruned to the replay window past this many.
+_PRUNE_AT: Final = 4096
 
 
 def format_since(since: str | datetime | timedelta) -> str:
@@ -68,7 +72,7 @@ def format_since(since: str | datetime | timedelta) -> str:
             raise ValueError(
                 "since must be a timezone-aware datetime (e.g. datetime.now(timezone.utc))"
             )
-        return since.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return rfc3339(since)
     if isinstance(since, timedelta):
         seconds = since.total_seconds()
         if seconds <= 0:
@@ -87,26 +91,39 @@ def decode_event(data: bytes) -> InvocationEvent:
     """
     try:
         return event_decoder.decode(data)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+    except _UNDECODABLE as exc:
         return _undecodable(data, exc)
 
 
-def _undecodable(data: bytes, exc: msgspec.ValidationError | msgspec.DecodeError) -> UnknownEvent:
+#: What the event decoder raises for data that is not a valid event of a known type
+#: (msgspec raises UnicodeDecodeError itself for invalid UTF-8 inside a string).
+_UNDECODABLE: Final = (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError)
+
+
+def _undecodable(data: bytes, exc: Exception) -> UnknownEvent:
     """What ``data`` is when the event decoder rejected it with ``exc``: an event of a type
     this SDK does not know, or else a validation error."""
     if isinstance(exc, msgspec.ValidationError):
         try:
-            tag: str | None = event_tag_decoder.decode(data).event
-        except (msgspec.ValidationError, msgspec.DecodeError):
+            tag = event_tag_decoder.decode(data)
+        except _UNDECODABLE:
             tag = None
-        if tag is not None and tag not in KNOWN_EVENT_TAGS:
-            return UnknownEvent(event=tag, data=data)
+        if tag is not None and tag.event not in KNOWN_EVENT_TAGS:
+            return UnknownEvent(event=tag.event, data=data, timestamp=_timestamp(tag.timestamp))
         raise APIResponseValidationError(
             f"an invocation event did not match the API schema: {exc}", body=data
         ) from exc
-    raise APIResponseValidationError(
-        f"an invocation event is not valid JSON: {exc}", body=data
-    ) from exc
+    what = "is not valid UTF-8" if isinstance(exc, UnicodeDecodeError) else "is not valid JSON"
+    raise APIResponseValidationError(f"an invocation event {what}: {exc}", body=data) from exc
+
+
+def _timestamp(value: object) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return msgspec.convert(value, datetime)
+    except msgspec.ValidationError:
+        return None
 
 
 class EventStream:
@@ -122,24 +139,30 @@ class EventStream:
                     print("done:", inv.status)
     ```
 
-    * It ends right after the `InvocationStateEvent` whose status is terminal, even if the
-      server keeps the connection open.
+    * Every event is delivered exactly once, in the server's order, whatever its type
+      (unknown ones included) and whatever its timestamp: nothing is dropped on a live
+      connection, and a terminal `InvocationStateEvent` always ends the stream, even if
+      the server keeps the connection open.
     * Heartbeats are yielded only when asked for with ``heartbeats=True``.
     * A dropped connection, a stream that ends early, or ``idle_timeout`` seconds without a
-      byte is resumed with ``since`` just before the last delivered event; events already
-      delivered are not delivered again. Attempts that make no progress count against the
-      client's `RetryPolicy`; when it gives up, `APIConnectionError` is raised.
+      byte is resumed with ``since`` a little before the newest event delivered (see
+      `kernel_async._replay.REPLAY_WINDOW`: events out of order by up to 10 s are neither
+      lost nor repeated); the replays are recognised by value and skipped. A connection
+      that brings no new event (heartbeats are not new events) counts against the client's
+      `RetryPolicy`, unless it stayed up for ``idle_timeout``; when the policy gives up,
+      `APIConnectionError` is raised.
     * Leaving early (``break``, an exception, cancellation) closes the connection at once
       with ``async with`` or `aclose`; a plain ``async for`` closes it when the stream is
-      garbage-collected, which CPython does as soon as the loop is left.
+      garbage-collected, which CPython does as soon as the loop is left. After `aclose`,
+      from any task, nothing more is sent or received.
     """
 
     __slots__ = (
         "__weakref__",
-        "_at_boundary",
-        "_boundary",
+        "_beats",
         "_client",
         "_closed",
+        "_connected_at",
         "_decoder",
         "_done",
         "_failed",
@@ -151,7 +174,9 @@ class EventStream:
         "_max_line_size",
         "_path_url",
         "_progress",
+        "_prune_at",
         "_queue",
+        "_recent",
         "_replay",
         "_resp",
         "_since",
@@ -182,12 +207,14 @@ class EventStream:
         self._closed = False
         self._failures = 0
         self._failed: APIResponseValidationError | None = None
-        self._progress = False
-        # Resume bookkeeping: the newest delivered timestamp, the raw data of the events
-        # delivered at exactly that timestamp, and (after a resume) those not yet replayed.
-        self._boundary: datetime | None = None
-        self._at_boundary: list[bytes] = []
-        self._replay: list[bytes] = []
+        self._progress = False  # this connection delivered a new event
+        self._beats = False  # this connection brought a heartbeat
+        self._connected_at = 0.0
+        # The events delivered within the replay window (for a resume), and on a resumed
+        # connection the filter that recognises what it replays.
+        self._recent: deque[InvocationEvent] = deque()
+        self._prune_at = _PRUNE_AT
+        self._replay: ReplayFilter | None = None
         self._last_state: Invocation | None = None
 
     def __repr__(self) -> str:
@@ -244,7 +271,8 @@ class EventStream:
         return queue.popleft()
 
     async def aclose(self) -> None:
-        """Close the connection now. Iterating afterwards ends at once."""
+        """Close the connection now. Iterating afterwards ends at once; a task reading
+        the stream meanwhile ends too, without reconnecting."""
         self._closed = self._done = True
         self._queue.clear()
         self._close_response()
@@ -268,13 +296,17 @@ class EventStream:
             return
         resp = self._resp
         try:
-            chunk = await resp.content.readany()
+            chunk = await resp.content.read(_READ_SIZE)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            if self._closed:
+                return  # aclose() from another task: that is the end
             if not is_transport_error(exc):
                 raise
             await self._resume(exc)
+            return
+        if self._closed:
             return
         if not chunk:  # the server ended the stream before a terminal state
             await self._resume(None)
@@ -286,17 +318,16 @@ class EventStream:
         self._deliver(messages)
 
     def _deliver(self, messages: list[SSEMessage]) -> None:
-        """Decode and queue events; drop replays of what was delivered before a resume.
+        """Decode and queue events; on a resumed connection, skip what it replays.
 
-        This is the per-event hot path, so it is written inline. The resume bookkeeping is
-        the newest delivered timestamp (``_boundary``) and the raw data of the events
-        delivered at exactly that timestamp (``_at_boundary``); after a resume, events older
-        than the boundary are replays, and so are those at the boundary whose data is still
-        in ``_replay`` (a multiset, consumed as it matches).
+        This is the per-event hot path, so it is written inline: outside a replay, an
+        event costs a decode and two appends.
         """
         decode = event_decoder.decode
         queue = self._queue
-        boundary = self._boundary
+        recent = self._recent
+        replay = self._replay
+        progress = False
         try:
             for message in messages:
                 data = message.data
@@ -304,60 +335,62 @@ class EventStream:
                     continue
                 try:
                     event: InvocationEvent = decode(data)
-                except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                except _UNDECODABLE as exc:
                     try:
                         event = _undecodable(data, exc)  # an unknown type, or a real error
                     except APIResponseValidationError as error:
                         self._failed = error  # what came before it is delivered first
                         return
-                self._progress = True
-                if type(event) is LogEvent or isinstance(event, (InvocationStateEvent, ErrorEvent)):
-                    ts = event.timestamp
-                    if boundary is not None and ts <= boundary:
-                        if ts < boundary:
-                            continue  # replayed after a resume: delivered before
-                        replay = self._replay
-                        if data in replay:
-                            replay.remove(data)  # a replay of an event at the boundary
-                            continue
-                        self._at_boundary.append(data)
-                    else:
-                        boundary = ts
-                        self._at_boundary = [data]
-                    queue.append(event)
-                    if type(event) is InvocationStateEvent:
-                        self._last_state = event.invocation
-                        if event.invocation.is_terminal:
-                            self._done = True
-                            self._close_response()
-                            self._client._transport.backpressure.finished(self._id)
-                            return
-                elif type(event) is SSEHeartbeatEvent:
-                    if self._heartbeats:
-                        queue.append(event)
+                if replay is not None:
+                    if replay.is_replay(event):
+                        continue
+                    if replay.done:
+                        replay = self._replay = None
+                kind = type(event)
+                if kind is SSEHeartbeatEvent:
+                    self._beats = True
+                    if not self._heartbeats:
+                        continue
                 else:
-                    queue.append(event)  # UnknownEvent
+                    progress = True
+                recent.append(event)
+                queue.append(event)
+                if kind is InvocationStateEvent:
+                    invocation = event.invocation  # type: ignore[union-attr]
+                    self._last_state = invocation
+                    if invocation.is_terminal:
+                        self._done = True
+                        self._close_response()
+                        self._client._transport.backpressure.finished(self._id)
+                        return
         finally:
-            self._boundary = boundary
+            if progress:
+                self._progress = True
+            if len(recent) >= self._prune_at:
+                prune(recent)
+                self._prune_at = max(_PRUNE_AT, 2 * len(recent))
 
     async def _resume(self, cause: BaseException | None) -> None:
         """The connection ended without a terminal state: reconnect, or give up."""
         self._close_response()
-        if self._progress:
-            self._failures = 0
+        if self._closed:
+            return
+        lasted = asyncio.get_running_loop().time() - self._connected_at
+        if self._progress or (self._beats and lasted >= self._idle_timeout):
+            self._failures = 0  # it delivered, or it was healthy for a good while
         policy = self._client.retry
         if self._failures >= policy.max_retries:
             reason = "ended" if cause is None else f"failed ({cause})"
             raise APIConnectionError(
-                f"the event stream of invocation {self._id} {reason} and could not be "
-                f"resumed after {self._failures} attempt(s)",
+                f"the event stream of invocation {self._id!r} {reason} and could not be "
+                f"resumed: {self._failures + 1} connection(s) in a row brought no new event",
                 method="GET",
                 url=str(self._path_url),
             ) from cause
         delay = policy.backoff(self._failures)
         logger.info(
-            "Event stream of %s %s; resuming in %.2fs",
-            self._id,
+            "Event stream %s %s; resuming in %.2fs",
+            self._path_url.raw_path,
             "ended early" if cause is None else f"dropped ({type(cause).__name__})",
             delay,
         )
@@ -367,13 +400,16 @@ class EventStream:
 
     async def _connect_with_retries(self) -> None:
         policy = self._client.retry
-        while True:
+        while not self._closed:
             try:
                 await self._connect()
                 return
             except APIStatusError as exc:
-                if self._failures >= policy.max_retries or not policy.should_retry_status(
-                    exc.status, exc.headers, idempotent=True
+                # Rate limits were waited out by the middleware already.
+                if (
+                    exc.status == 429
+                    or self._failures >= policy.max_retries
+                    or not policy.should_retry_status(exc.status, exc.headers, idempotent=True)
                 ):
                     raise
                 delay, retry_after = policy.delay_for(self._failures, exc.headers)
@@ -390,23 +426,27 @@ class EventStream:
             await _retry.sleep(delay)
 
     def _query(self) -> dict[str, str] | None:
-        boundary = self._boundary
-        if boundary is not None:
-            # The API has nanoseconds; we have microseconds (rounded). Step back one so the
-            # boundary event is replayed, then drop what was already delivered.
-            return {"since": format_since(boundary - _ONE_MICROSECOND)}
+        replay = self._replay = resume_from(self._recent)
+        if replay is not None:
+            return None if replay.since is None else {"since": rfc3339(replay.since)}
         if self._since is not None:
             return {"since": self._since}
         return None
 
     async def _connect(self) -> None:
-        self._replay = list(self._at_boundary)
-        self._progress = False
+        self._progress = self._beats = False
         self._decoder = SSEDecoder(self._max_line_size)
         timeout = ClientTimeout(
-            total=None, sock_connect=_CONNECT_TIMEOUT, sock_read=self._idle_timeout
+            total=None,
+            connect=_CONNECT_TIMEOUT,
+            sock_connect=_CONNECT_TIMEOUT,
+            sock_read=self._idle_timeout,
         )
         resp = await self._client._open_stream(self._path_url, self._query(), timeout)
+        if self._closed:  # aclose() while connecting: nothing more
+            resp.close()
+            return
+        self._connected_at = asyncio.get_running_loop().time()
         if resp.status >= 400:
             try:
                 body = await resp.read()
@@ -424,7 +464,7 @@ class EventStream:
                 retry_after=retry_after_from_headers(resp.headers) if resp.status == 429 else None,
             )
         content_type = resp.headers.get("Content-Type", "")
-        if not content_type.startswith("text/event-stream"):
+        if _media_type(content_type) != "text/event-stream":
             body = b""
             try:
                 body = await resp.content.read(1024)
@@ -439,3 +479,9 @@ class EventStream:
                 headers=resp.headers,
             )
         self._resp = resp
+
+
+def _media_type(content_type: str) -> str:
+    """``Text/Event-Stream; charset=utf-8`` → ``text/event-stream`` (media types are
+    case-insensitive)."""
+    return content_type.split(";", 1)[0].strip().lower()

@@ -3,7 +3,8 @@
 ```
 KernelError
 ├── APIConnectionError            transport failed; the request may not have arrived
-│   └── APITimeoutError
+│   ├── APITimeoutError
+│   └── RedirectError             a redirect this client will not follow
 ├── APIResponseValidationError    body did not match the schema (.body holds the raw bytes)
 └── APIStatusError                .status .code .message .details .inner_error .headers .body
     ├── BadRequestError 400          ├── ConflictError 409
@@ -12,8 +13,9 @@ KernelError
     ├── NotFoundError 404            └── InternalServerError 5xx
 ```
 
-No exception carries request headers, so the API key never shows in a message or a
-traceback.
+No exception carries request headers, and nothing reachable from one (its cause, context,
+arguments or attributes) holds the API key: aiohttp's own exceptions are scrubbed of the
+``Authorization`` header before they are chained.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ __all__ = [
     "NotFoundError",
     "PermissionDeniedError",
     "RateLimitError",
+    "RedirectError",
     "UnprocessableEntityError",
 ]
 
@@ -73,6 +76,19 @@ class APITimeoutError(APIConnectionError):
         self, message: str = "Request timed out.", *, method: str = "", url: str = ""
     ) -> None:
         super().__init__(message, method=method, url=url)
+
+
+class RedirectError(APIConnectionError):
+    """The server redirected somewhere this client does not follow: a non-HTTP or
+    malformed ``Location``, another origin for a call that is not idempotent (a create is
+    never re-sent elsewhere), an ``https`` to ``http`` downgrade, or too many redirects."""
+
+    def __init__(
+        self, message: str, *, method: str = "", url: str = "", location: str = ""
+    ) -> None:
+        super().__init__(message, method=method, url=url)
+        self.location = location
+        """Where the server pointed (credentials removed), when it said."""
 
 
 class APIResponseValidationError(KernelError):
@@ -229,7 +245,7 @@ def make_status_error(
     error: Error | None
     try:
         error = error_decoder.decode(body) if body else None
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
         error = None
     if error is not None:
         message = error.message

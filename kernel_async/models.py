@@ -248,6 +248,9 @@ class UnknownEvent(msgspec.Struct, kw_only=True, gc=False):
     """The event type the server sent."""
     data: bytes
     """The raw JSON ``data`` of the event."""
+    timestamp: datetime | None = None
+    """The event's ``timestamp`` when it has a valid one (every event type the API sends
+    has one); ``None`` otherwise."""
 
 
 #: What ``follow()`` yields. Match on it::
@@ -262,6 +265,7 @@ _KnownEvent = LogEvent | InvocationStateEvent | ErrorEvent | SSEHeartbeatEvent
 
 class _EventTag(msgspec.Struct, gc=False):
     event: str
+    timestamp: Any = None  # checked apart: an odd one must not make the event invalid
 
 
 # Decoders are built once and reused: building one is far costlier than decoding with it.

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from aiohttp import web
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kernel_async import AsyncKernel, Page
+from kernel_async import APIResponseValidationError, AsyncKernel, Page
 from kernel_async._pagination import parse_page_headers
 from kernel_async.testing import KernelEmulator
 
@@ -88,20 +89,39 @@ async def test_a_next_offset_that_does_not_advance_stops_instead_of_looping(
     assert len(server.requests) == 1
 
 
-async def test_has_more_without_next_offset_continues_after_the_items(
+async def test_has_more_without_next_offset_raises_after_the_page_it_came_with(
     make_server: ServerFactory,
 ) -> None:
     async def handler(request: web.Request) -> web.Response:
         offset = int(request.query["offset"])
-        if offset >= 4:
-            return json_response("[]", headers={"X-Has-More": "true", "X-Next-Offset": "junk"})
-        return json_response(f"[{item(offset)},{item(offset + 1)}]", headers={"X-Has-More": "true"})
+        if offset >= 2:
+            return json_response(f"[{item(offset)}]", headers={"X-Has-More": "true"})
+        return json_response(
+            f"[{item(offset)},{item(offset + 1)}]",
+            headers={"X-Has-More": "true", "X-Next-Offset": "2"},
+        )
+
+    server = await make_server([("GET", "/invocations", handler)])
+    seen: list[str] = []
+    async with server.client() as kernel:
+        with pytest.raises(APIResponseValidationError, match="no X-Next-Offset"):
+            async for inv in kernel.invocations.list():
+                seen.append(inv.id)
+    assert seen == ["inv_0", "inv_1"]
+
+
+async def test_a_server_that_ignores_offset_is_asked_twice_not_for_ever(
+    make_server: ServerFactory,
+) -> None:
+    async def handler(_: web.Request) -> web.Response:
+        headers = {"X-Offset": "0", "X-Next-Offset": "2", "X-Has-More": "true"}
+        return json_response(f"[{item(0)},{item(1)}]", headers=headers)
 
     server = await make_server([("GET", "/invocations", handler)])
     async with server.client() as kernel:
         ids = await asyncio.wait_for(_collect(kernel), 5)
-    assert ids == ["inv_0", "inv_1", "inv_2", "inv_3"]
-    assert [r.query["offset"] for r in server.requests] == ["0", "2", "4"]
+    assert [r.query["offset"] for r in server.requests] == ["0", "2"]
+    assert ids == ["inv_0", "inv_1", "inv_0", "inv_1"]  # what it sent, once per request
 
 
 async def _collect(kernel: AsyncKernel) -> list[str]:
@@ -138,14 +158,22 @@ def test_page_headers_never_ask_for_a_page_that_does_not_move_forward(
         "X-Has-More": has_more,
     }
     headers = {k: v for k, v in raw.items() if v is not None}
-    page_limit, page_offset, nxt, more = parse_page_headers(
-        headers, limit=20, offset=requested_offset, count=count
-    )
+    try:
+        page_limit, page_offset, nxt, more = parse_page_headers(
+            headers, limit=20, offset=requested_offset, count=count
+        )
+    except APIResponseValidationError:
+        assert (has_more or "").strip().lower() == "true"
+        value = (next_offset or "").strip()
+        assert not (value.isascii() and value.isdigit())  # no usable X-Next-Offset
+        return
     assert page_limit >= 0
     assert page_offset >= 0
     if more:
         assert nxt is not None
-        assert nxt > page_offset
+        assert nxt > requested_offset  # never the same page, or an earlier one, again
+    if nxt == 0:
+        assert not more
 
 
 async def test_pagination_against_the_emulator_newest_first(

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -21,80 +20,13 @@ from kernel_async import (
     InvocationStateEvent,
     LogEvent,
     NotFoundError,
-    RetryPolicy,
     SSEHeartbeatEvent,
     UnknownEvent,
 )
 from kernel_async.testing import KernelEmulator
 
+from ._sse_server import FAST, frame, hold_open, log, start, state, ts
 from .conftest import ServerFactory, json_response
-
-FAST = RetryPolicy(max_retries=2, initial_delay=0.01, max_delay=0.02)
-
-
-def state(status: str, ts: str) -> dict[str, Any]:
-    return {
-        "event": "invocation_state",
-        "timestamp": ts,
-        "invocation": {
-            "id": "inv_1",
-            "app_name": "app",
-            "version": "1",
-            "action_name": "a",
-            "started_at": "2025-06-20T12:00:00Z",
-            "status": status,
-        },
-    }
-
-
-def log(message: str, ts: str) -> dict[str, Any]:
-    return {"event": "log", "timestamp": ts, "message": message}
-
-
-def ts(n: int, ns: int = 0) -> str:
-    """The n-th second plus ns nanoseconds."""
-    return f"2025-06-20T12:00:{n:02d}.{ns:09d}Z"
-
-
-def frame(event: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(event).encode() + b"\n\n"
-
-
-Script = Callable[[web.Request, web.StreamResponse, int], Awaitable[None]]
-
-
-class SSEServer:
-    """Runs a script per connection; remembers each connection's query and whether the
-    client hung up."""
-
-    def __init__(self, script: Script) -> None:
-        self.script = script
-        self.connections: list[dict[str, str]] = []
-        self.client_left = asyncio.Event()
-
-    async def handler(self, request: web.Request) -> web.StreamResponse:
-        index = len(self.connections)
-        self.connections.append(dict(request.query))
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        try:
-            await self.script(request, response, index)
-        except (asyncio.CancelledError, ConnectionResetError):
-            self.client_left.set()
-            raise
-        return response
-
-
-async def start(make_server: ServerFactory, script: Script) -> tuple[SSEServer, AsyncKernel]:
-    sse = SSEServer(script)
-    server = await make_server([("GET", "/invocations/{id}/events", sse.handler)])
-    return sse, server.client(retry=FAST)
-
-
-async def hold_open(response: web.StreamResponse) -> None:
-    while True:  # heartbeats forever: only the client can end this
-        await response.write(b": keep-alive\n\n")
-        await asyncio.sleep(0.02)
 
 
 async def test_logs_then_terminal_state_end_the_stream_even_if_the_server_stays_open(
@@ -173,8 +105,9 @@ async def test_a_cut_mid_event_resumes_with_since_and_no_gap_or_duplicate(
     async with kernel:
         got = [e async for e in kernel.invocations.follow("inv_1")]
     assert len(sse.connections) == 2
-    # since = the last delivered timestamp (µs) minus one µs: the boundary is replayed
-    assert sse.connections[1]["since"] == "2025-06-20T12:00:02.000000Z"
+    # since = the newest delivered timestamp (µs) minus the replay window: everything
+    # delivered within it is replayed, and recognised
+    assert sse.connections[1]["since"] == "2025-06-20T11:59:52.000001Z"
     messages = [e.message for e in got if isinstance(e, LogEvent)]
     assert messages == ["one", "two", "three"]
     assert len(got) == 5

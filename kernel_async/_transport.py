@@ -1,0 +1,258 @@
+"""The transport layer: a client's aiohttp sessions, the context of one call, transport
+failures mapped to kernel_async errors (scrubbed of credentials), and the redirect policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Final
+
+import aiohttp
+from aiohttp import ClientHandlerType, ClientRequest, ClientResponse, ClientSession
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from .errors import APIConnectionError, APITimeoutError, KernelError, RedirectError
+
+if TYPE_CHECKING:
+    from ._backpressure import Backpressure
+
+__all__ = [
+    "RedirectGuard",
+    "Transport",
+    "admission_managed",
+    "call_method",
+    "current_deadline",
+    "is_transport_error",
+    "scrub",
+    "transport_error",
+]
+
+# --- the context of one call (set by the client for its duration) ----------------------------
+
+#: Monotonic deadline of the current call (loop time), so waits do not run past it.
+current_deadline: ContextVar[float | None] = ContextVar("kernel_async_deadline", default=None)
+#: Set around a create that goes through admission control: a concurrency 429 is then
+#: handed back to it (to wait for a slot) instead of being retried by the middleware.
+admission_managed: ContextVar[bool] = ContextVar("kernel_async_admission", default=False)
+#: The method the call started with: a redirect may turn a POST into a GET, but it is
+#: still a call that is not idempotent.
+call_method: ContextVar[str | None] = ContextVar("kernel_async_method", default=None)
+
+_IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "PATCH"})
+_SECRET_HEADERS: Final = ("Authorization", "Proxy-Authorization", "Cookie")
+_BAD_LOCATION: Final = (
+    aiohttp.NonHttpUrlRedirectClientError,
+    aiohttp.InvalidUrlRedirectClientError,
+)
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+
+def is_transport_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is a transport failure (as opposed to a bug or a bad argument)."""
+    return isinstance(exc, (aiohttp.ClientError, asyncio.TimeoutError, OSError)) and not (
+        isinstance(exc, (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError))
+    )
+
+
+def transport_error(exc: BaseException, method: str, url: str) -> APIConnectionError:
+    """The kernel_async error for a transport failure: timeouts become `APITimeoutError`,
+    redirects this client will not follow `RedirectError`. ``exc`` and everything chained to
+    it are scrubbed of credentials first, since the caller chains it to the new error."""
+    if isinstance(exc, APIConnectionError):
+        return exc
+    scrub(exc)
+    if isinstance(exc, asyncio.TimeoutError):
+        return APITimeoutError(f"Request timed out: {method} {url}", method=method, url=url)
+    if isinstance(exc, _BAD_LOCATION):
+        location = _safe_location(str(exc.args[0]) if exc.args else "")
+        kind = (
+            "a non-HTTP" if isinstance(exc, aiohttp.NonHttpUrlRedirectClientError) else "an invalid"
+        )
+        return RedirectError(
+            f"{method} {url} was redirected to {kind} location {location!r}; not followed",
+            method=method,
+            url=url,
+            location=location,
+        )
+    if isinstance(exc, aiohttp.TooManyRedirects):
+        return RedirectError(
+            f"{method} {url} was redirected too many times; not followed further",
+            method=method,
+            url=url,
+        )
+    detail = str(exc) or type(exc).__name__
+    return APIConnectionError(
+        f"Connection error on {method} {url}: {detail}", method=method, url=url
+    )
+
+
+def scrub(exc: BaseException | None) -> None:
+    """Remove credentials from aiohttp exceptions in ``exc``'s chain (cause and context):
+    their ``request_info`` carries the request headers, ``Authorization`` included, and a
+    redirect error's ``history`` holds whole responses. Changes them in place."""
+    for error in _chain(exc):
+        if isinstance(error, aiohttp.ClientResponseError):
+            info = error.request_info
+            headers = CIMultiDict(info.headers)
+            for name in _SECRET_HEADERS:
+                headers.popall(name, None)
+            error.request_info = aiohttp.RequestInfo(
+                info.url, info.method, CIMultiDictProxy(headers), info.real_url
+            )
+            error.history = ()
+            error.args = (error.request_info, ())
+
+
+def _chain(exc: BaseException | None) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    pending = [exc]
+    while pending:
+        error = pending.pop()
+        if error is None or id(error) in seen:
+            continue
+        seen.add(id(error))
+        yield error
+        pending += [error.__cause__, error.__context__]
+
+
+def _safe_location(location: str) -> str:
+    """A redirect target fit to show: no credentials, and no control characters."""
+    try:
+        url = URL(location)
+        if url.user or url.password:
+            location = str(url.with_user(None))
+    except (ValueError, TypeError):
+        pass
+    return location.encode("unicode_escape").decode("ascii")[:300]
+
+
+# --- redirects ---------------------------------------------------------------------------------
+
+
+class RedirectGuard:
+    """A client middleware that refuses redirects this client does not follow.
+
+    aiohttp runs the middlewares again for every hop of a redirect, and only a redirect
+    can take a call away from the base URL's origin, so a request elsewhere is a hop. It is
+    refused when the call is not idempotent (a create's body is never re-sent to another
+    host, nor the other host's answer taken as the new invocation), or when it would leave
+    ``https`` for ``http``. aiohttp drops ``Authorization`` on any hop to another origin.
+    """
+
+    __slots__ = ("host", "port", "scheme")
+
+    def __init__(self, base_url: str) -> None:
+        url = URL(base_url)
+        self.scheme = url.scheme
+        self.host = url.raw_host
+        self.port = url.port
+
+    async def __call__(self, req: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
+        url = req.url
+        if url.raw_host != self.host or url.port != self.port or url.scheme != self.scheme:
+            method = call_method.get() or req.method
+            where = _safe_location(str(url.with_query(None)))
+            if self.scheme == "https" and url.scheme != "https":
+                raise RedirectError(
+                    f"{method} was redirected from https to {where}: a downgrade, refused",
+                    method=method,
+                    url=where,
+                    location=where,
+                )
+            if method not in _IDEMPOTENT:
+                raise RedirectError(
+                    f"{method} was redirected to another origin ({where}): not followed for a "
+                    "call that is not idempotent, which could start the work twice",
+                    method=method,
+                    url=where,
+                    location=where,
+                )
+        return await handler(req)
+
+
+# --- sessions ----------------------------------------------------------------------------------
+
+
+class Transport:
+    """The aiohttp sessions of a client and its `with_options` copies.
+
+    Calls and event streams use separate connection pools (when the client owns its
+    sessions), so open streams never starve calls: streams get a pool of their own with no
+    limit, calls keep ``connection_limit``. Created lazily in the running loop; closed only
+    by the client that owns them, and never when the user passed the session in (then
+    calls and streams share it).
+    """
+
+    __slots__ = (
+        "backpressure",
+        "closed",
+        "connection_limit",
+        "loop",
+        "owns_session",
+        "session",
+        "stream_session",
+    )
+
+    def __init__(
+        self, session: ClientSession | None, connection_limit: int, backpressure: Backpressure
+    ) -> None:
+        self.session = session
+        self.stream_session: ClientSession | None = session
+        self.owns_session = session is None
+        self.connection_limit = connection_limit
+        self.backpressure = backpressure
+        self.closed = False
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def get(self) -> ClientSession:
+        """The session for calls."""
+        session = self.session
+        if session is not None and not session.closed and self.loop is not None:
+            return session
+        session = self.session = self._open(session, self.connection_limit)
+        return session
+
+    def get_stream(self) -> ClientSession:
+        """The session for event streams."""
+        session = self.stream_session
+        if session is not None and not session.closed and self.loop is not None:
+            return session
+        session = self.stream_session = self._open(session, 0)
+        return session
+
+    def _open(self, session: ClientSession | None, limit: int) -> ClientSession:
+        if self.closed:
+            raise RuntimeError("this AsyncKernel client is closed")
+        loop = asyncio.get_running_loop()
+        if session is None:
+            session = ClientSession(
+                connector=aiohttp.TCPConnector(limit=limit),
+                cookie_jar=aiohttp.DummyCookieJar(),
+            )
+        elif session.closed:
+            raise RuntimeError("the aiohttp.ClientSession given to AsyncKernel is closed")
+        if self.loop is None:
+            self.loop = loop
+        return session
+
+    def check_loop(self) -> None:
+        if self.loop is not None and self.loop is not asyncio.get_running_loop():
+            raise RuntimeError(
+                "this AsyncKernel was first used in another event loop; "
+                "create one client per event loop"
+            )
+
+    async def aclose(self) -> None:
+        self.closed = True
+        self.backpressure.close(KernelError("the AsyncKernel client was closed"))
+        sessions = {self.session, self.stream_session} - {None}
+        self.session = self.stream_session = None
+        if self.owns_session:
+            for session in sessions:
+                if session is not None and not session.closed:
+                    await session.close()
