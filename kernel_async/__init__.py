@@ -9,9 +9,10 @@ async with AsyncKernel() as kernel:
 ```
 """
 
-from ._client import NOT_GIVEN, AsyncKernel, NotGiven, Timeout
+from ._client import AsyncKernel
 from ._fanout import InvocationMap, MapResult
 from ._limits import AppLimitStats, Limits, LimitStats
+from ._options import NOT_GIVEN, NotGiven, Timeout
 from ._pagination import AsyncPaginator
 from ._retry import RetryMiddleware, RetryPolicy
 from ._streaming import EventStream
@@ -34,6 +35,7 @@ from .errors import (
 )
 from .models import (
     TERMINAL_STATUSES,
+    Browser,
     Error,
     ErrorDetail,
     ErrorEvent,
@@ -61,6 +63,7 @@ __all__ = [
     "AsyncPaginator",
     "AuthenticationError",
     "BadRequestError",
+    "Browser",
     "ConflictError",
     "Error",
     "ErrorDetail",

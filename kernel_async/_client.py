@@ -1,118 +1,58 @@
-"""AsyncKernel: configuration, session ownership, and one request → one typed result."""
+"""AsyncKernel: its configuration and options, copies, and the lifetime of its sessions."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import platform
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Final, TypeVar
 
 import aiohttp
-import msgspec
-from aiohttp import ClientMiddlewareType, ClientResponse, ClientSession, ClientTimeout
-from multidict import CIMultiDictProxy
-from yarl import URL
+from aiohttp import ClientMiddlewareType, ClientSession
 
 from ._backpressure import Backpressure
-from ._limits import Limits, LimitStats, classify_429
-from ._retry import RetryMiddleware, RetryPolicy, retry_after_from_headers
+from ._http import HTTPClient
+from ._limits import Limits, LimitStats
+from ._options import (
+    DEFAULT_BASE_URL,
+    DEFAULT_TIMEOUT,
+    NOT_GIVEN,
+    NotGiven,
+    Timeout,
+    check_api_key,
+    check_header,
+    env_headers,
+    normalize_base_url,
+    to_client_timeout,
+)
+from ._retry import RetryMiddleware, RetryPolicy
 from ._transport import (
     RedirectGuard,
     Transport,
-    admission_managed,
-    call_method,
-    current_deadline,
-    is_transport_error,
-    scrub,
-    transport_error,
 )
 from ._version import __version__
 from .errors import (
-    APIConnectionError,
-    APIResponseValidationError,
     KernelError,
-    RateLimitError,
-    make_status_error,
 )
-from .models import InvokeResponse, invoke_response_decoder
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
     from .resources.invocations import Invocations
 
-__all__ = ["DEFAULT_BASE_URL", "DEFAULT_TIMEOUT", "NOT_GIVEN", "AsyncKernel", "NotGiven", "Timeout"]
+__all__ = ["AsyncKernel"]
 
 logger = logging.getLogger("kernel_async")
 
-DEFAULT_BASE_URL: Final = "https://api.onkernel.com"
-DEFAULT_TIMEOUT: Final = 60.0
-
 T = TypeVar("T")
-
-#: A timeout: seconds (float) for the whole call, an ``aiohttp.ClientTimeout``, or ``None``
-#: for no timeout at all.
-Timeout = float | ClientTimeout | None
-
-
-class NotGiven:
-    """Sentinel for "use the client's setting" (distinct from ``None``, which means none)."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "NOT_GIVEN"
-
-    def __bool__(self) -> bool:
-        return False
-
-
-NOT_GIVEN: Final = NotGiven()
 
 _USER_AGENT: Final = (
     f"kernel-async/{__version__} aiohttp/{aiohttp.__version__} python/{platform.python_version()}"
 )
 
 
-def _to_client_timeout(timeout: Timeout) -> ClientTimeout:
-    if isinstance(timeout, ClientTimeout):
-        return timeout
-    if timeout is None:
-        return ClientTimeout(total=None)
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
-    return ClientTimeout(total=float(timeout))
-
-
-def _check_api_key(api_key: str) -> str:
-    """The key as given, or `KernelError` (never quoting it) when it could not be sent as a
-    header: whitespace, a newline or another control character, or non-ASCII."""
-    if not isinstance(api_key, str):
-        raise KernelError(f"api_key must be a str, not {type(api_key).__name__}")
-    bad = next((c for c in api_key if not "!" <= c <= "~"), None)
-    if bad is not None:
-        where = "ends with" if api_key.endswith(bad) else "contains"
-        raise KernelError(
-            f"api_key {where} {bad!r}, which an API key cannot contain (a stray newline or "
-            "space from copying it?); the key was not used"
-        )
-    return api_key
-
-
-def _normalize_base_url(base_url: str) -> str:
-    url = URL(base_url)
-    if url.scheme not in ("http", "https") or not url.host:
-        raise KernelError(f"base_url must be an http(s) URL with a host, got {base_url!r}")
-    if url.user or url.password:
-        raise KernelError("base_url must not contain credentials; pass api_key instead")
-    if url.query_string or url.fragment:
-        raise KernelError(f"base_url must not have a query or fragment, got {base_url!r}")
-    return str(url).rstrip("/")
-
-
-class AsyncKernel:
+class AsyncKernel(HTTPClient):
     """The asyncio client of the Kernel API.
 
     ```python
@@ -124,9 +64,10 @@ class AsyncKernel:
         api_key: The API key; defaults to the ``KERNEL_API_KEY`` environment variable.
         base_url: The API's base URL; defaults to ``KERNEL_BASE_URL``, else
             ``https://api.onkernel.com``.
-        timeout: Seconds a whole call may take, retries and their waits included; an
-            ``aiohttp.ClientTimeout`` for finer control; ``None`` for no limit. Every method
-            takes ``timeout=`` too.
+        timeout: Seconds a whole call may take, retries and their waits included (60 by
+            default); an ``aiohttp.ClientTimeout`` for finer control; ``None`` for no limit.
+            Every method takes ``timeout=`` too. Unless one is set here or on the call, a
+            synchronous `create` waits as long as the service may take (100 s).
         max_retries: Retries after the first attempt (used when ``retry`` is not given).
         retry: The full `RetryPolicy`; wins over ``max_retries``.
         session: An ``aiohttp.ClientSession`` to use (its middlewares are kept). It is never
@@ -134,7 +75,11 @@ class AsyncKernel:
             running event loop, and closes it in `aclose`.
         middlewares: aiohttp client middlewares run on every attempt, inside the retry
             middleware.
-        default_headers: Headers sent with every request.
+        default_headers: Headers sent with every request (on top of those in the
+            ``KERNEL_CUSTOM_HEADERS`` environment variable, one ``Name: value`` per line).
+        default_query: Query parameters sent with every request.
+        project_id: The project to work in, sent as ``X-Kernel-Project-Id``.
+        project: The project to work in, by name, sent as ``X-Kernel-Project``.
         connection_limit: Most simultaneous connections of the client's own session.
         limits: Caps on this client's running invocations (see `Limits`). Without it the
             client learns each app's limit from the service's 429s; either way, creates
@@ -153,12 +98,15 @@ class AsyncKernel:
         api_key: str | None = None,
         *,
         base_url: str | None = None,
-        timeout: Timeout = DEFAULT_TIMEOUT,
+        timeout: Timeout | NotGiven = NOT_GIVEN,
         max_retries: int = 2,
         retry: RetryPolicy | None = None,
         session: ClientSession | None = None,
         middlewares: Sequence[ClientMiddlewareType] = (),
         default_headers: Mapping[str, str] | None = None,
+        default_query: Mapping[str, str] | None = None,
+        project_id: str | None = None,
+        project: str | None = None,
         connection_limit: int = 100,
         limits: Limits | None = None,
     ) -> None:
@@ -177,7 +125,10 @@ class AsyncKernel:
             timeout=timeout,
             retry=policy,
             middlewares=middlewares,
-            default_headers=default_headers,
+            default_headers={**env_headers(), **(default_headers or {})},
+            default_query=default_query,
+            project_id=project_id,
+            project=project,
         )
 
     def _configure(
@@ -185,10 +136,13 @@ class AsyncKernel:
         *,
         api_key: str | None,
         base_url: str | None,
-        timeout: Timeout,
+        timeout: Timeout | NotGiven,
         retry: RetryPolicy,
         middlewares: Sequence[ClientMiddlewareType],
-        default_headers: Mapping[str, str] | None,
+        default_headers: Mapping[str, str],
+        default_query: Mapping[str, str] | None,
+        project_id: str | None,
+        project: str | None,
     ) -> None:
         from .resources.invocations import Invocations
 
@@ -198,19 +152,31 @@ class AsyncKernel:
                 "No API key: pass api_key=... to AsyncKernel or set the "
                 "KERNEL_API_KEY environment variable."
             )
-        self._api_key = _check_api_key(api_key)
-        self._base_url = _normalize_base_url(
+        self._api_key = check_api_key(api_key)
+        self._base_url = normalize_base_url(
             base_url or os.environ.get("KERNEL_BASE_URL") or DEFAULT_BASE_URL
         )
-        self._timeout_option = timeout
-        self._timeout = _to_client_timeout(timeout)
+        self._timeout_set = not isinstance(timeout, NotGiven)
+        self._timeout_option: Timeout = (
+            DEFAULT_TIMEOUT if isinstance(timeout, NotGiven) else timeout
+        )
+        self._timeout = to_client_timeout(self._timeout_option)
         self._retry = retry
         self._user_middlewares = tuple(middlewares)
-        self._default_headers = dict(default_headers or {})
+        self._default_headers = dict(default_headers)
+        self._default_query = dict(default_query or {})
+        self._project_id = project_id
+        self._project = project
+        project_headers = {}
+        if project_id is not None:
+            project_headers["X-Kernel-Project-Id"] = check_header(project_id, "project_id")
+        if project is not None:
+            project_headers["X-Kernel-Project"] = check_header(project, "project")
         headers = {
             "Accept": "application/json",
             "User-Agent": _USER_AGENT,
             **self._default_headers,
+            **project_headers,
             "Authorization": f"Bearer {api_key}",
         }
         self._headers: dict[str, str] = headers
@@ -243,6 +209,16 @@ class AsyncKernel:
     def base_url(self) -> str:
         """The API's base URL, without a trailing slash."""
         return self._base_url
+
+    @property
+    def project_id(self) -> str | None:
+        """The project this client works in (``X-Kernel-Project-Id``), if set."""
+        return self._project_id
+
+    @property
+    def project(self) -> str | None:
+        """The project this client works in, by name (``X-Kernel-Project``), if set."""
+        return self._project
 
     @property
     def timeout(self) -> Timeout:
@@ -282,11 +258,15 @@ class AsyncKernel:
         retry: RetryPolicy | None = None,
         middlewares: Sequence[ClientMiddlewareType] | None = None,
         default_headers: Mapping[str, str] | None = None,
+        default_query: Mapping[str, str] | None = None,
+        project_id: str | None = None,
+        project: str | None = None,
     ) -> Self:
         """A client with some options changed, sharing this client's connection pool.
 
-        ``kernel.with_options(timeout=5, max_retries=0).invocations.retrieve(id)``. The
-        copy never closes the shared session: close the original when done.
+        ``kernel.with_options(timeout=5, max_retries=0).invocations.retrieve(id)``. Headers
+        and query parameters given here are added to this client's. The copy never closes
+        the shared session: close the original when done.
         """
         policy = retry if retry is not None else self._retry
         if max_retries is not None:
@@ -294,17 +274,18 @@ class AsyncKernel:
         clone = object.__new__(type(self))
         clone._transport = self._transport
         clone._owns_transport = False
+        if isinstance(timeout, NotGiven) and self._timeout_set:
+            timeout = self._timeout_option
         clone._configure(
             api_key=api_key or self._api_key,
             base_url=base_url or self._base_url,
-            timeout=self._timeout_option if isinstance(timeout, NotGiven) else timeout,
+            timeout=timeout,
             retry=policy,
             middlewares=self._user_middlewares if middlewares is None else middlewares,
-            default_headers=(
-                self._default_headers
-                if default_headers is None
-                else {**self._default_headers, **default_headers}
-            ),
+            default_headers={**self._default_headers, **(default_headers or {})},
+            default_query={**self._default_query, **(default_query or {})},
+            project_id=project_id if project_id is not None else self._project_id,
+            project=project if project is not None else self._project,
         )
         return clone
 
@@ -324,246 +305,3 @@ class AsyncKernel:
         """
         if self._owns_transport:
             await self._transport.aclose()
-
-    # --- transport (the only place requests are made) ----------------------------------------
-
-    def _url(self, path: str) -> URL:
-        """``path`` must already be quoted."""
-        return URL(self._base_url + path, encoded=True)
-
-    def _session(self) -> ClientSession:
-        transport = self._transport
-        transport.check_loop()
-        return transport.get()
-
-    def _middlewares(self, stream: bool) -> tuple[ClientMiddlewareType, ...]:
-        """Ours first (so the rest run once per attempt), then the user's, then those of a
-        session the user passed in (aiohttp replaces session middlewares with per-request
-        ones, so they are carried over here). Built once per client."""
-        chains = self._chains
-        if chains is None:
-            session_mws: Sequence[ClientMiddlewareType] = getattr(
-                self._transport.session, "_middlewares", ()
-            )
-            rest = (*self._user_middlewares, *session_mws)
-            chains = self._chains = (
-                (self._guard, self._middleware, *rest),
-                (self._guard, self._stream_middleware, *rest),
-            )
-        return chains[1] if stream else chains[0]
-
-    async def _send(
-        self,
-        method: str,
-        url: URL,
-        *,
-        params: Mapping[str, str] | None = None,
-        body: bytes | None = None,
-        timeout: Timeout | NotGiven = NOT_GIVEN,
-    ) -> tuple[ClientResponse, bytes]:
-        """Make one call (retries included) and return the response with its body.
-
-        Raises the typed `APIStatusError` for an error status, `APIConnectionError` /
-        `APITimeoutError` for transport failures.
-        """
-        session = self._session()
-        client_timeout = self._call_timeout(timeout)
-        total = client_timeout.total
-        token = current_deadline.set(asyncio.get_running_loop().time() + total if total else None)
-        method_token = call_method.set(method)
-        try:
-            resp = await session.request(
-                method,
-                url,
-                params=params,
-                data=body,
-                headers=self._headers if body is None else self._json_headers,
-                timeout=client_timeout,
-                middlewares=self._middlewares(False),
-            )
-            try:
-                content = await resp.read()
-            finally:
-                resp.release()
-        except KernelError:
-            raise
-        except Exception as exc:
-            error = self._failure(exc, method, url)
-            if error is None:
-                raise
-            raise error from exc
-        finally:
-            current_deadline.reset(token)
-            call_method.reset(method_token)
-        status = resp.status
-        if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("%s %s -> %d", method, url.raw_path, status)
-        if status >= 400:
-            raise make_status_error(
-                status,
-                content,
-                resp.headers,
-                reason=resp.reason,
-                method=method,
-                url=str(resp.url),
-                retry_after=retry_after_from_headers(resp.headers) if status == 429 else None,
-            )
-        return resp, content
-
-    async def _request(
-        self,
-        decoder: msgspec.json.Decoder[T],
-        method: str,
-        url: URL,
-        *,
-        params: Mapping[str, str] | None = None,
-        body: bytes | None = None,
-        timeout: Timeout | NotGiven = NOT_GIVEN,
-    ) -> T:
-        resp, content = await self._send(method, url, params=params, body=body, timeout=timeout)
-        return decode_body(decoder, content, resp.status, resp.headers)
-
-    async def _create(
-        self,
-        app_name: str,
-        body: bytes,
-        *,
-        timeout: ClientTimeout,
-        deadline: float | None,
-        lease: float | None,
-        on_sent: Callable[[], None] | None = None,
-    ) -> InvokeResponse:
-        """``POST /invocations`` through admission control.
-
-        The create waits for a slot of ``app_name`` (first in, first out), is sent, and on
-        a concurrency 429 goes back to the head of the queue to wait for a slot again:
-        until ``deadline`` (loop time; ``None`` for none), never giving up early. Each
-        attempt is bounded by ``timeout`` and the deadline. Any other failure frees the
-        slot and is raised: the create is never re-sent after an ambiguous failure.
-        ``on_sent`` is called once, when the create first leaves the queue.
-        """
-        admission = self._transport.backpressure.admission()
-        url = self._url("/invocations")
-        loop = asyncio.get_running_loop()
-        ticket = await admission.acquire(app_name, deadline)
-        if on_sent is not None:
-            on_sent()
-        while True:
-            attempt = timeout
-            if deadline is not None:
-                left = deadline - loop.time()
-                if attempt.total is None or attempt.total > left:
-                    attempt = _replace_total(attempt, max(left, 0.001))
-            token = admission_managed.set(True)
-            try:
-                resp, content = await self._send("POST", url, body=body, timeout=attempt)
-                result = decode_body(invoke_response_decoder, content, resp.status, resp.headers)
-            except RateLimitError as exc:
-                if classify_429(exc.headers, exc.body) != "concurrency":
-                    admission.abandoned(ticket)
-                    raise
-                admission.rejected(ticket, exc.retry_after)
-                ticket = await admission.acquire(app_name, deadline, front=True)
-                continue
-            except BaseException:
-                admission.abandoned(ticket)
-                raise
-            finally:
-                admission_managed.reset(token)
-            admission.started(ticket, None if result.is_terminal else result.id, lease)
-            return result
-
-    def _attempt_timeout(self) -> ClientTimeout:
-        """The client's timeout for one attempt of a call whose caller set no deadline
-        (inside `run`): its total bounds each read and connect instead of the whole call,
-        so a create may wait for a slot as long as it takes."""
-        timeout = self._timeout
-        if timeout.total is None:
-            return timeout
-        return ClientTimeout(
-            total=None,
-            connect=timeout.connect,
-            sock_connect=timeout.sock_connect or timeout.total,
-            sock_read=timeout.sock_read or timeout.total,
-        )
-
-    def _call_timeout(self, timeout: Timeout | NotGiven) -> ClientTimeout:
-        return self._timeout if isinstance(timeout, NotGiven) else _to_client_timeout(timeout)
-
-    async def _open_stream(
-        self, url: URL, params: Mapping[str, str] | None, timeout: ClientTimeout
-    ) -> ClientResponse:
-        """Open an SSE response; the caller owns (and must close) what is returned. Streams
-        have a connection pool of their own, so open streams never starve calls."""
-        transport = self._transport
-        transport.check_loop()
-        session = transport.get_stream()
-        try:
-            resp = await session.get(
-                url,
-                params=params,
-                headers=self._stream_headers,
-                timeout=timeout,
-                middlewares=self._middlewares(True),
-            )
-        except KernelError:
-            raise
-        except Exception as exc:
-            error = self._failure(exc, "GET", url)
-            if error is None:
-                raise
-            raise error from exc
-        return resp
-
-    def _failure(self, exc: Exception, method: str, url: URL) -> KernelError | None:
-        """The kernel_async error for what aiohttp raised during a call (``None``: a bug, to
-        raise as it is). Whatever is chained to it is scrubbed of credentials."""
-        if self._transport.closed:  # aiohttp fails in odd ways when its session closes
-            scrub(exc)
-            return APIConnectionError(
-                f"{method} {url}: the client was closed while the request was in flight",
-                method=method,
-                url=str(url),
-            )
-        if is_transport_error(exc) or isinstance(exc, aiohttp.RedirectClientError):
-            return transport_error(exc, method, str(url))
-        return None
-
-
-def _replace_total(timeout: ClientTimeout, total: float) -> ClientTimeout:
-    return ClientTimeout(
-        total=total,
-        connect=timeout.connect,
-        sock_connect=timeout.sock_connect,
-        sock_read=timeout.sock_read,
-    )
-
-
-def decode_body(
-    decoder: msgspec.json.Decoder[T],
-    content: bytes,
-    status: int,
-    headers: CIMultiDictProxy[str] | Mapping[str, str],
-) -> T:
-    """Decode a successful response body, or raise `APIResponseValidationError`."""
-    content_type = headers.get("Content-Type")
-    if content_type is not None and "json" not in content_type.lower():
-        raise APIResponseValidationError(
-            f"expected a JSON response, got Content-Type {content_type!r}",
-            body=content,
-            status=status,
-            headers=headers,
-        )
-    try:
-        return decoder.decode(content)
-    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as exc:
-        if isinstance(exc, UnicodeDecodeError):
-            problem = f"is not valid UTF-8: {exc}"
-        else:
-            problem = f"did not match the API schema: {exc}"
-        raise APIResponseValidationError(
-            f"the response body {problem}",
-            body=content,
-            status=status,
-            headers=headers,
-        ) from exc

@@ -8,13 +8,15 @@ or use ``Invocation.is_terminal``), so a status added later does not break old c
 
 from __future__ import annotations
 
+import builtins
 from datetime import datetime
-from typing import Any, Final, Generic, Literal, TypeVar
+from typing import Any, Final, Generic, Literal, TypeVar, overload
 
 import msgspec
 
 __all__ = [
     "TERMINAL_STATUSES",
+    "Browser",
     "Error",
     "ErrorDetail",
     "ErrorEvent",
@@ -99,15 +101,28 @@ class Invocation(msgspec.Struct, kw_only=True, omit_defaults=True):
         """Whether the invocation has finished (``succeeded`` or ``failed``)."""
         return self.status in TERMINAL_STATUSES
 
+    @overload
+    def output_as(self) -> Any: ...
+    @overload
+    def output_as(self, type: builtins.type[T]) -> T: ...
+    @overload
+    def output_as(self, type: Any) -> Any: ...
     def output_as(self, type: Any = Any) -> Any:
         """Decode `output` (a JSON string) into ``type`` with msgspec.
 
-        ``inv.output_as(dict[str, int])`` validates as it decodes; the default returns plain
-        Python objects. Raises ``ValueError`` when there is no output yet and
-        ``msgspec.ValidationError`` / ``msgspec.DecodeError`` when it does not match.
+        ``inv.output_as(dict[str, int])`` validates as it decodes, and is typed
+        ``dict[str, int]``; the default returns plain Python objects. Raises ``ValueError``
+        when there is no output yet and ``msgspec.ValidationError`` /
+        ``msgspec.DecodeError`` when it does not match.
         """
         return _decode_json_string(self.output, "output", type)
 
+    @overload
+    def payload_as(self) -> Any: ...
+    @overload
+    def payload_as(self, type: builtins.type[T]) -> T: ...
+    @overload
+    def payload_as(self, type: Any) -> Any: ...
     def payload_as(self, type: Any = Any) -> Any:
         """Decode `payload` (a JSON string) into ``type``, like `output_as`."""
         return _decode_json_string(self.payload, "payload", type)
@@ -132,9 +147,61 @@ class InvokeResponse(msgspec.Struct, kw_only=True, omit_defaults=True):
         """Whether the invocation had already finished when the API answered."""
         return self.status in TERMINAL_STATUSES
 
+    @overload
+    def output_as(self) -> Any: ...
+    @overload
+    def output_as(self, type: builtins.type[T]) -> T: ...
+    @overload
+    def output_as(self, type: Any) -> Any: ...
     def output_as(self, type: Any = Any) -> Any:
         """Decode `output` (a JSON string) into ``type``; see `Invocation.output_as`."""
         return _decode_json_string(self.output, "output", type)
+
+
+class Browser(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A browser session an invocation started (``list_browsers``).
+
+    Decoded leniently: the API adds fields often, and unknown ones are ignored; ``region``
+    and ``memory`` take whatever the API sends (a region added later, ``memory`` as
+    ``"2GiB"`` or an object).
+    """
+
+    session_id: str
+    """Unique identifier of the browser session."""
+    cdp_ws_url: str
+    """WebSocket URL for Chrome DevTools Protocol connections."""
+    webdriver_ws_url: str
+    """WebSocket URL for WebDriver BiDi connections."""
+    created_at: datetime
+    """When the session was created."""
+    headless: bool
+    """Whether it runs headless."""
+    stealth: bool
+    """Whether it runs in stealth mode."""
+    timeout_seconds: int
+    """Seconds of inactivity after which the session is ended."""
+    region: str
+    """Where it runs: ``us-east``, ``us-west``, ``eu-west``, ``ap-southeast``..."""
+    memory: Any = None
+    """Memory allocated to the session."""
+    browser_live_view_url: str | None = None
+    """URL to watch the session live (headful sessions only)."""
+    name: str | None = None
+    """The session's name, if it has one."""
+    deleted_at: datetime | None = None
+    """When the session was deleted, for a deleted one."""
+    gpu: bool | None = None
+    """Whether GPU acceleration is on (headful sessions only)."""
+    kiosk_mode: bool | None = None
+    """Whether it runs in kiosk mode."""
+    tags: Any = None
+    """The session's tags, as the API sends them."""
+    usage: Any = None
+    """The session's usage figures, as the API sends them."""
+
+
+class _BrowserList(msgspec.Struct):
+    browsers: list[Browser]
 
 
 class InvocationUpdateRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -273,6 +340,7 @@ invocation_decoder: Final = msgspec.json.Decoder(Invocation)
 invocation_list_decoder: Final = msgspec.json.Decoder(list[Invocation])
 invoke_response_decoder: Final = msgspec.json.Decoder(InvokeResponse)
 error_decoder: Final = msgspec.json.Decoder(Error)
+browser_list_decoder: Final = msgspec.json.Decoder(_BrowserList)
 event_decoder: Final[msgspec.json.Decoder[_KnownEvent]] = msgspec.json.Decoder(_KnownEvent)
 event_tag_decoder: Final = msgspec.json.Decoder(_EventTag)
 KNOWN_EVENT_TAGS: Final[frozenset[str]] = frozenset(

@@ -51,7 +51,8 @@ async def test_a_gather_of_run_finishes_under_an_app_cap_each_started_once() -> 
         assert emulator.quotas.stats.peak_running_by_app["app"] <= cap
         assert emulator.quotas.stats.concurrency_rejected < n / 2  # it learnt, it did not hammer
         app = stats.apps["app"]
-        assert (app.limit, app.learnt, app.running, app.queued) == (cap, True, 0, 0)
+        assert (app.learnt, app.running, app.queued) == (True, 0, 0)
+        assert app.limit in {cap, cap + 1}  # one over while additive increase probes
         assert stats.concurrency_limited == emulator.quotas.stats.concurrency_rejected
 
 
@@ -189,7 +190,7 @@ async def test_with_options_copies_share_the_queue_and_the_gate() -> None:
             quick = kernel.with_options(timeout=30)
             await asyncio.gather(*(c.invocations.run("app", "work") for c in [kernel, quick] * 10))
             assert quick.limit_stats() == kernel.limit_stats()
-            assert kernel.limit_stats().apps["app"].limit == 2
+            assert kernel.limit_stats().apps["app"].limit in {2, 3}
         assert emulator.quotas.stats.peak_running_by_app["app"] <= 2
 
 

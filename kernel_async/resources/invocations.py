@@ -8,8 +8,9 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote
 
-from .._client import NOT_GIVEN, NotGiven, Timeout, decode_body
+from .._http import decode_body
 from .._fanout import InvocationMap, run_map
+from .._options import NOT_GIVEN, NotGiven, Timeout
 from .._pagination import AsyncPaginator, parse_page_headers
 from .._streaming import DEFAULT_IDLE_TIMEOUT, EventStream, format_since
 from ..errors import APIConnectionError, APITimeoutError

@@ -1,0 +1,330 @@
+"""HTTPClient: the one place requests are made. A call in, a typed result or a typed
+error out; creates through admission control, streams opened on their own pool."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
+
+import aiohttp
+import msgspec
+from aiohttp import ClientMiddlewareType, ClientResponse, ClientSession, ClientTimeout
+from multidict import CIMultiDictProxy
+from yarl import URL
+
+from ._limits import classify_429
+from ._options import NOT_GIVEN, NotGiven, Timeout, replace_total, to_client_timeout
+from ._retry import RetryMiddleware, RetryPolicy, retry_after_from_headers
+from ._transport import (
+    RedirectGuard,
+    Transport,
+    admission_managed,
+    call_method,
+    current_deadline,
+    is_transport_error,
+    scrub,
+    transport_error,
+)
+from .errors import (
+    APIConnectionError,
+    APIResponseValidationError,
+    KernelError,
+    RateLimitError,
+    make_status_error,
+)
+from .models import InvokeResponse, invoke_response_decoder
+
+__all__ = ["HTTPClient", "decode_body"]
+
+logger = logging.getLogger("kernel_async")
+
+T = TypeVar("T")
+
+
+class HTTPClient:
+    """What `AsyncKernel` sends requests with. Its configuration (set by `AsyncKernel`):
+    the URL, the headers, the timeout, the middlewares and the shared transport."""
+
+    _base_url: str
+    _timeout: ClientTimeout
+    _retry: RetryPolicy
+    _headers: dict[str, str]
+    _json_headers: dict[str, str]
+    _stream_headers: dict[str, str]
+    _default_query: dict[str, str]
+    _user_middlewares: tuple[ClientMiddlewareType, ...]
+    _guard: RedirectGuard
+    _middleware: RetryMiddleware
+    _stream_middleware: RetryMiddleware
+    _chains: tuple[tuple[ClientMiddlewareType, ...], ...] | None
+    _transport: Transport
+
+    def _url(self, path: str) -> URL:
+        """``path`` must already be quoted."""
+        return URL(self._base_url + path, encoded=True)
+
+    def _session(self) -> ClientSession:
+        transport = self._transport
+        transport.check_loop()
+        return transport.get()
+
+    def _middlewares(self, stream: bool) -> tuple[ClientMiddlewareType, ...]:
+        """Ours first (so the rest run once per attempt), then the user's, then those of a
+        session the user passed in (aiohttp replaces session middlewares with per-request
+        ones, so they are carried over here). Built once per client."""
+        chains = self._chains
+        if chains is None:
+            session_mws: Sequence[ClientMiddlewareType] = getattr(
+                self._transport.session, "_middlewares", ()
+            )
+            rest = (*self._user_middlewares, *session_mws)
+            chains = self._chains = (
+                (self._guard, self._middleware, *rest),
+                (self._guard, self._stream_middleware, *rest),
+            )
+        return chains[1] if stream else chains[0]
+
+    async def _send(
+        self,
+        method: str,
+        url: URL,
+        *,
+        params: Mapping[str, str] | None = None,
+        body: bytes | None = None,
+        timeout: Timeout | NotGiven = NOT_GIVEN,
+        extra_headers: Mapping[str, str] | None = None,
+        extra_query: Mapping[str, str] | None = None,
+    ) -> tuple[ClientResponse, bytes]:
+        """Make one call (retries included) and return the response with its body.
+
+        Raises the typed `APIStatusError` for an error status, `APIConnectionError` /
+        `APITimeoutError` for transport failures.
+        """
+        session = self._session()
+        client_timeout = self._call_timeout(timeout)
+        total = client_timeout.total
+        token = current_deadline.set(asyncio.get_running_loop().time() + total if total else None)
+        method_token = call_method.set(method)
+        try:
+            headers = self._headers if body is None else self._json_headers
+            resp = await session.request(
+                method,
+                url,
+                params=self._params(params, extra_query),
+                data=body,
+                headers={**headers, **extra_headers} if extra_headers else headers,
+                timeout=client_timeout,
+                middlewares=self._middlewares(False),
+            )
+            try:
+                content = await resp.read()
+            finally:
+                resp.release()
+        except KernelError:
+            raise
+        except Exception as exc:
+            error = self._failure(exc, method, url)
+            if error is None:
+                raise
+            raise error from exc
+        finally:
+            current_deadline.reset(token)
+            call_method.reset(method_token)
+        status = resp.status
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("%s %s -> %d", method, url.raw_path, status)
+        if status >= 400:
+            raise make_status_error(
+                status,
+                content,
+                resp.headers,
+                reason=resp.reason,
+                method=method,
+                url=str(resp.url),
+                retry_after=retry_after_from_headers(resp.headers) if status == 429 else None,
+            )
+        return resp, content
+
+    async def _request(
+        self,
+        decoder: msgspec.json.Decoder[T],
+        method: str,
+        url: URL,
+        *,
+        params: Mapping[str, str] | None = None,
+        body: bytes | None = None,
+        timeout: Timeout | NotGiven = NOT_GIVEN,
+        extra_headers: Mapping[str, str] | None = None,
+        extra_query: Mapping[str, str] | None = None,
+    ) -> T:
+        resp, content = await self._send(
+            method,
+            url,
+            params=params,
+            body=body,
+            timeout=timeout,
+            extra_headers=extra_headers,
+            extra_query=extra_query,
+        )
+        return decode_body(decoder, content, resp.status, resp.headers)
+
+    def _params(
+        self, params: Mapping[str, str] | None, extra_query: Mapping[str, str] | None
+    ) -> Mapping[str, str] | None:
+        """A request's query: the client's defaults, the call's parameters, its extras."""
+        if not self._default_query and not extra_query:
+            return params
+        return {**self._default_query, **(params or {}), **(extra_query or {})}
+
+    async def _create(
+        self,
+        app_name: str,
+        body: bytes,
+        *,
+        timeout: ClientTimeout,
+        deadline: float | None,
+        lease: float | None,
+        on_sent: Callable[[], None] | None = None,
+        extra_headers: Mapping[str, str] | None = None,
+        extra_query: Mapping[str, str] | None = None,
+    ) -> InvokeResponse:
+        """``POST /invocations`` through admission control.
+
+        The create waits for a slot of ``app_name`` (first in, first out), is sent, and on
+        a concurrency 429 goes back to the head of the queue to wait for a slot again:
+        until ``deadline`` (loop time; ``None`` for none), never giving up early. Each
+        attempt is bounded by ``timeout`` and the deadline. Any other failure frees the
+        slot and is raised: the create is never re-sent after an ambiguous failure.
+        ``on_sent`` is called once, when the create first leaves the queue.
+        """
+        admission = self._transport.backpressure.admission()
+        url = self._url("/invocations")
+        loop = asyncio.get_running_loop()
+        ticket = await admission.acquire(app_name, deadline)
+        if on_sent is not None:
+            on_sent()
+        while True:
+            attempt = timeout
+            if deadline is not None:
+                left = deadline - loop.time()
+                if attempt.total is None or attempt.total > left:
+                    attempt = replace_total(attempt, max(left, 0.001))
+            token = admission_managed.set(True)
+            try:
+                resp, content = await self._send(
+                    "POST",
+                    url,
+                    body=body,
+                    timeout=attempt,
+                    extra_headers=extra_headers,
+                    extra_query=extra_query,
+                )
+                result = decode_body(invoke_response_decoder, content, resp.status, resp.headers)
+            except RateLimitError as exc:
+                if classify_429(exc.headers, exc.body) != "concurrency":
+                    admission.abandoned(ticket)
+                    raise
+                admission.rejected(ticket, exc.retry_after)
+                ticket = await admission.acquire(app_name, deadline, front=True)
+                continue
+            except BaseException:
+                admission.abandoned(ticket)
+                raise
+            finally:
+                admission_managed.reset(token)
+            admission.started(ticket, None if result.is_terminal else result.id, lease)
+            return result
+
+    def _attempt_timeout(self) -> ClientTimeout:
+        """The client's timeout for one attempt of a call whose caller set no deadline
+        (inside `run`): its total bounds each read and connect instead of the whole call,
+        so a create may wait for a slot as long as it takes."""
+        timeout = self._timeout
+        if timeout.total is None:
+            return timeout
+        return ClientTimeout(
+            total=None,
+            connect=timeout.connect,
+            sock_connect=timeout.sock_connect or timeout.total,
+            sock_read=timeout.sock_read or timeout.total,
+        )
+
+    def _call_timeout(self, timeout: Timeout | NotGiven) -> ClientTimeout:
+        return self._timeout if isinstance(timeout, NotGiven) else to_client_timeout(timeout)
+
+    async def _open_stream(
+        self,
+        url: URL,
+        params: Mapping[str, str] | None,
+        timeout: ClientTimeout,
+        extra_headers: Mapping[str, str] | None = None,
+        extra_query: Mapping[str, str] | None = None,
+    ) -> ClientResponse:
+        """Open an SSE response; the caller owns (and must close) what is returned. Streams
+        have a connection pool of their own, so open streams never starve calls."""
+        transport = self._transport
+        transport.check_loop()
+        session = transport.get_stream()
+        try:
+            headers = self._stream_headers
+            resp = await session.get(
+                url,
+                params=self._params(params, extra_query),
+                headers={**headers, **extra_headers} if extra_headers else headers,
+                timeout=timeout,
+                middlewares=self._middlewares(True),
+            )
+        except KernelError:
+            raise
+        except Exception as exc:
+            error = self._failure(exc, "GET", url)
+            if error is None:
+                raise
+            raise error from exc
+        return resp
+
+    def _failure(self, exc: Exception, method: str, url: URL) -> KernelError | None:
+        """The kernel_async error for what aiohttp raised during a call (``None``: a bug, to
+        raise as it is). Whatever is chained to it is scrubbed of credentials."""
+        if self._transport.closed:  # aiohttp fails in odd ways when its session closes
+            scrub(exc)
+            return APIConnectionError(
+                f"{method} {url}: the client was closed while the request was in flight",
+                method=method,
+                url=str(url),
+            )
+        if is_transport_error(exc) or isinstance(exc, aiohttp.RedirectClientError):
+            return transport_error(exc, method, str(url))
+        return None
+
+
+def decode_body(
+    decoder: msgspec.json.Decoder[T],
+    content: bytes,
+    status: int,
+    headers: CIMultiDictProxy[str] | Mapping[str, str],
+) -> T:
+    """Decode a successful response body, or raise `APIResponseValidationError`."""
+    content_type = headers.get("Content-Type")
+    if content_type is not None and "json" not in content_type.lower():
+        raise APIResponseValidationError(
+            f"expected a JSON response, got Content-Type {content_type!r}",
+            body=content,
+            status=status,
+            headers=headers,
+        )
+    try:
+        return decoder.decode(content)
+    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as exc:
+        if isinstance(exc, UnicodeDecodeError):
+            problem = f"is not valid UTF-8: {exc}"
+        else:
+            problem = f"did not match the API schema: {exc}"
+        raise APIResponseValidationError(
+            f"the response body {problem}",
+            body=content,
+            status=status,
+            headers=headers,
+        ) from exc

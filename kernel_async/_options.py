@@ -1,0 +1,114 @@
+"""Client options: their types, defaults, and checks (no I/O)."""
+
+from __future__ import annotations
+
+import os
+from typing import Final
+
+from aiohttp import ClientTimeout
+from yarl import URL
+
+from .errors import KernelError
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "DEFAULT_TIMEOUT",
+    "NOT_GIVEN",
+    "SYNC_INVOCATION_LIMIT",
+    "NotGiven",
+    "Timeout",
+    "check_api_key",
+    "check_header",
+    "env_headers",
+    "normalize_base_url",
+    "replace_total",
+    "to_client_timeout",
+]
+
+DEFAULT_BASE_URL: Final = "https://api.onkernel.com"
+DEFAULT_TIMEOUT: Final = 60.0
+#: A synchronous invocation may run this long on the service before it fails; a sync
+#: create with no timeout set waits that long, plus a margin.
+SYNC_INVOCATION_LIMIT: Final = 100.0
+
+
+#: A timeout: seconds (float) for the whole call, an ``aiohttp.ClientTimeout``, or ``None``
+#: for no timeout at all.
+Timeout = float | ClientTimeout | None
+
+
+class NotGiven:
+    """Sentinel for "use the client's setting" (distinct from ``None``, which means none)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NOT_GIVEN"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+NOT_GIVEN: Final = NotGiven()
+
+
+def to_client_timeout(timeout: Timeout) -> ClientTimeout:
+    if isinstance(timeout, ClientTimeout):
+        return timeout
+    if timeout is None:
+        return ClientTimeout(total=None)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    return ClientTimeout(total=float(timeout))
+
+
+def env_headers() -> dict[str, str]:
+    """Headers from ``KERNEL_CUSTOM_HEADERS``: one ``Name: value`` per line, as the official
+    SDK reads them."""
+    headers = {}
+    for line in os.environ.get("KERNEL_CUSTOM_HEADERS", "").splitlines():
+        name, colon, value = line.partition(":")
+        if colon and name.strip():
+            headers[name.strip()] = value.strip()
+    return headers
+
+
+def check_header(value: str, name: str) -> str:
+    if not isinstance(value, str) or not value or any(c in value for c in "\r\n\0"):
+        raise KernelError(f"{name} must be a non-empty string without line breaks, got {value!r}")
+    return value
+
+
+def check_api_key(api_key: str) -> str:
+    """The key as given, or `KernelError` (never quoting it) when it could not be sent as a
+    header: whitespace, a newline or another control character, or non-ASCII."""
+    if not isinstance(api_key, str):
+        raise KernelError(f"api_key must be a str, not {type(api_key).__name__}")
+    bad = next((c for c in api_key if not "!" <= c <= "~"), None)
+    if bad is not None:
+        where = "ends with" if api_key.endswith(bad) else "contains"
+        raise KernelError(
+            f"api_key {where} {bad!r}, which an API key cannot contain (a stray newline or "
+            "space from copying it?); the key was not used"
+        )
+    return api_key
+
+
+def normalize_base_url(base_url: str) -> str:
+    url = URL(base_url)
+    if url.scheme not in ("http", "https") or not url.host:
+        raise KernelError(f"base_url must be an http(s) URL with a host, got {base_url!r}")
+    if url.user or url.password:
+        raise KernelError("base_url must not contain credentials; pass api_key instead")
+    if url.query_string or url.fragment:
+        raise KernelError(f"base_url must not have a query or fragment, got {base_url!r}")
+    return str(url).rstrip("/")
+
+
+def replace_total(timeout: ClientTimeout, total: float) -> ClientTimeout:
+    return ClientTimeout(
+        total=total,
+        connect=timeout.connect,
+        sock_connect=timeout.sock_connect,
+        sock_read=timeout.sock_read,
+    )
