@@ -16,6 +16,7 @@ from .models import Invocation
 if TYPE_CHECKING:
     from typing_extensions import Self
 
+    from .resources._params import Extras
     from .resources.invocations import Invocations
 
 __all__ = ["CANCEL_OUTPUT", "InvocationMap", "MapResult"]
@@ -107,6 +108,7 @@ def run_map(
     concurrency: int | None,
     timeout: float | None,
     async_timeout_seconds: int | None,
+    extras: Extras,
 ) -> InvocationMap:
     return InvocationMap(
         _results(
@@ -118,6 +120,7 @@ def run_map(
             concurrency=concurrency,
             timeout=timeout,
             async_timeout_seconds=async_timeout_seconds,
+            extras=extras,
         )
     )
 
@@ -142,6 +145,7 @@ async def _results(
     concurrency: int | None,
     timeout: float | None,
     async_timeout_seconds: int | None,
+    extras: Extras,
 ) -> AsyncGenerator[MapResult, None]:
     loop = asyncio.get_running_loop()
     results: asyncio.Queue[MapResult | _End | _Failed] = asyncio.Queue()
@@ -173,13 +177,16 @@ async def _results(
                     async_timeout_seconds=async_timeout_seconds,
                     deadline=deadline,
                     on_sent=on_sent,
+                    **extras,
                 )
             )
             # Shielded: once sent, a create runs to its answer so that its invocation can
             # be cancelled if this item is.
             invocation_id = await asyncio.shield(created)
             left = None if deadline is None else max(deadline - loop.time(), 0.001)
-            final = await invocations.wait(invocation_id, timeout=left, cancel_on_timeout=True)
+            final = await invocations.wait(
+                invocation_id, timeout=left, cancel_on_timeout=True, **extras
+            )
             results.put_nowait(MapResult(index, payload, final, None, invocation_id))
         except KernelError as exc:
             results.put_nowait(MapResult(index, payload, None, exc, invocation_id))
@@ -191,7 +198,7 @@ async def _results(
                 else:
                     created.cancel()
             if invocation_id is not None:
-                await _cancel(invocations, invocation_id)
+                await _cancel(invocations, invocation_id, extras)
             raise
         except Exception as exc:
             results.put_nowait(_Failed(exc))
@@ -252,10 +259,10 @@ async def _aiter(payloads: Iterable[Any] | AsyncIterable[Any]) -> AsyncGenerator
             yield payload
 
 
-async def _cancel(invocations: Invocations, invocation_id: str) -> None:
+async def _cancel(invocations: Invocations, invocation_id: str, extras: Extras) -> None:
     """Set a started invocation to ``failed``, whatever happens to the task doing it."""
     cancelling = asyncio.ensure_future(
-        invocations.cancel(invocation_id, output=CANCEL_OUTPUT, timeout=_CANCEL_TIMEOUT)
+        invocations.cancel(invocation_id, output=CANCEL_OUTPUT, timeout=_CANCEL_TIMEOUT, **extras)
     )
     try:
         await asyncio.shield(cancelling)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Final
@@ -165,6 +166,8 @@ class EventStream:
         "_connected_at",
         "_decoder",
         "_done",
+        "_extra_headers",
+        "_extra_query",
         "_failed",
         "_failures",
         "_heartbeats",
@@ -192,8 +195,12 @@ class EventStream:
         heartbeats: bool,
         idle_timeout: float,
         max_line_size: int = DEFAULT_MAX_LINE_SIZE,
+        extra_headers: Mapping[str, str] | None = None,
+        extra_query: Mapping[str, str] | None = None,
     ) -> None:
         self._client = client
+        self._extra_headers = extra_headers
+        self._extra_query = extra_query
         self._id = invocation_id
         self._path_url = path_url
         self._since = since
@@ -442,7 +449,9 @@ class EventStream:
             sock_connect=_CONNECT_TIMEOUT,
             sock_read=self._idle_timeout,
         )
-        resp = await self._client._open_stream(self._path_url, self._query(), timeout)
+        resp = await self._client._open_stream(
+            self._path_url, self._query(), timeout, self._extra_headers, self._extra_query
+        )
         if self._closed:  # aclose() while connecting: nothing more
             resp.close()
             return

@@ -31,6 +31,8 @@ class Routes:
         app.router.add_get("/invocations/{id}", self.retrieve)
         app.router.add_patch("/invocations/{id}", self.update)
         app.router.add_get("/invocations/{id}/events", self.events)
+        app.router.add_get("/invocations/{id}/browsers", self.list_browsers)
+        app.router.add_delete("/invocations/{id}/browsers", self.delete_browsers)
 
     async def create(self, request: web.Request) -> web.StreamResponse:
         em = self.emulator
@@ -119,7 +121,22 @@ class Routes:
             task.cancel()
         reason = "Invocation cancelled" if body.status == "failed" else "Invocation updated"
         self.store.finish(inv, body.status, body.output, reason)
+        if body.status == "failed":
+            inv.browsers.clear()  # setting failed destroys the invocation's browsers
         return json_response(200, inv.wire())
+
+    async def list_browsers(self, request: web.Request) -> web.StreamResponse:
+        inv = self.store.get(request.match_info["id"])
+        if inv is None:
+            return not_found(request.match_info["id"])
+        return json_response(200, wire.WireBrowserList(inv.browsers))
+
+    async def delete_browsers(self, request: web.Request) -> web.StreamResponse:
+        inv = self.store.get(request.match_info["id"])
+        if inv is None:
+            return not_found(request.match_info["id"])
+        inv.browsers.clear()
+        return web.Response(status=204)
 
     async def list(self, request: web.Request) -> web.StreamResponse:
         q = request.query
@@ -145,12 +162,14 @@ class Routes:
             for name in ("app_name", "version", "action_name", "deployment_id")
             if name in q
         ]
+        search = q.get("query", "").casefold()
         matched = [
             inv
             for inv in self.store.newest_first()
             if all(getattr(inv, name) == value for name, value in filters)
             and (status is None or inv.status == status)
             and (since_ns is None or inv.started_ns >= since_ns)
+            and (not search or _matches(inv, search))
         ]
         matched.sort(key=lambda inv: inv.started_ns, reverse=True)
         page = matched[offset : offset + limit]
@@ -239,6 +258,12 @@ class Routes:
                 next_heartbeat = loop.time() + em.heartbeat_interval
             if not em.running:
                 return
+
+
+def _matches(inv: StoredInvocation, search: str) -> bool:
+    """``query``: the emulator's choice of search, a case-insensitive substring of the id,
+    the app name or the action name."""
+    return any(search in field.casefold() for field in (inv.id, inv.app_name, inv.action_name))
 
 
 def abort(request: web.Request) -> None:

@@ -43,6 +43,7 @@ class StoredInvocation:
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    browsers: list[wire.WireBrowser] = field(default_factory=list)
 
     @property
     def terminal(self) -> bool:
@@ -90,6 +91,29 @@ class ActionContext:
     def log(self, message: str) -> None:
         """Write a log line: followers receive it as a `LogEvent`."""
         self._store.log(self._invocation, str(message))
+
+    def start_browser(
+        self,
+        *,
+        headless: bool = True,
+        stealth: bool = False,
+        timeout_seconds: int = 60,
+        region: str = "us-east",
+        name: str | None = None,
+    ) -> str:
+        """Start an emulated browser session for this invocation; returns its id.
+
+        ``list_browsers`` lists it until ``delete_browsers`` deletes it, or the invocation
+        is set to ``failed`` (which destroys its browsers, as on the service).
+        """
+        return self._store.start_browser(
+            self._invocation,
+            headless=headless,
+            stealth=stealth,
+            timeout_seconds=timeout_seconds,
+            region=region,
+            name=name,
+        )
 
 
 class Store:
@@ -167,6 +191,37 @@ class Store:
             if data.startswith(b'{"event":"log"'):
                 lines.append(msgspec.json.decode(data)["message"])
         return lines
+
+    def start_browser(
+        self,
+        inv: StoredInvocation,
+        *,
+        headless: bool,
+        stealth: bool,
+        timeout_seconds: int,
+        region: str,
+        name: str | None,
+    ) -> str:
+        session = self.new_id()[:20]
+        base = f"wss://browsers.emulator.invalid/{session}"
+        inv.browsers.append(
+            wire.WireBrowser(
+                session_id=session,
+                cdp_ws_url=base + "/cdp",
+                webdriver_ws_url=base + "/webdriver",
+                created_at=wire.format_ns(wire.now_ns()),
+                headless=headless,
+                stealth=stealth,
+                timeout_seconds=timeout_seconds,
+                region=region,
+                memory="2GiB",
+                browser_live_view_url=None
+                if headless
+                else f"https://live.emulator.invalid/{session}",
+                name=name,
+            )
+        )
+        return session
 
     # --- lifecycle ---------------------------------------------------------------------------
 

@@ -45,6 +45,24 @@ class WireInvocation(msgspec.Struct, omit_defaults=True):
     status_reason: str | None = None
 
 
+class WireBrowser(msgspec.Struct, omit_defaults=True):
+    session_id: str
+    cdp_ws_url: str
+    webdriver_ws_url: str
+    created_at: str
+    headless: bool
+    stealth: bool
+    timeout_seconds: int
+    region: str
+    memory: str
+    browser_live_view_url: str | None = None
+    name: str | None = None
+
+
+class WireBrowserList(msgspec.Struct):
+    browsers: list[WireBrowser]
+
+
 class WireInvokeResponse(msgspec.Struct, omit_defaults=True):
     id: str
     action_name: str
