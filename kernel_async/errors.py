@@ -155,8 +155,12 @@ class APIStatusError(KernelError):
 
     def __str__(self) -> str:
         code = f" {self.code}" if self.code else ""
+        details = "; ".join(
+            d.message for d in self.details if d.message and d.message not in self.message
+        )
+        detail = f": {details}" if details else ""
         where = f" ({self.method} {self.url})" if self.method else ""
-        return f"{self.status}{code}: {self.message}{where}"
+        return f"{self.status}{code}: {self.message}{detail}{where}"
 
     def __repr__(self) -> str:
         name = type(self).__name__

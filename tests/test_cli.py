@@ -268,7 +268,7 @@ def test_no_api_key_and_unreachable_server_are_clear_errors() -> None:
     no_key = subprocess.run(
         [*CLI, "--plain", "get", "x"], capture_output=True, text=True, env=env, check=False
     )
-    assert no_key.returncode == 1
+    assert no_key.returncode == 2  # a missing argument, as every bad argument
     assert "KERNEL_API_KEY" in no_key.stderr
     port = free_port()
     start = time.perf_counter()
@@ -282,3 +282,185 @@ def test_no_api_key_and_unreachable_server_are_clear_errors() -> None:
 def test_usage_errors_exit_2() -> None:
     assert run("frobnicate").returncode == 2
     assert run("list", "--status", "paused").returncode == 2
+
+
+# --- parity with the Kernel CLI, and what a newcomer tripped on ---------------------------------
+
+
+def test_invoke_takes_the_payload_from_a_file_or_stdin(
+    served: dict[str, str], tmp_path: Path
+) -> None:
+    payload = tmp_path / "payload.json"
+    payload.write_text('{"text": "from a file"}')
+    by_file = run("invoke", "demo-app", "echo", "-f", str(payload), "--sync", env=served)
+    assert by_file.returncode == 0, by_file.stderr
+    assert '{"text":"from a file"}' in by_file.stdout
+    by_stdin = subprocess.run(
+        [*CLI, "invoke", "demo-app", "echo", "--payload-file", "-", "-s", "-o", "json"],
+        input='{"text": "from stdin"}',
+        capture_output=True,
+        text=True,
+        env={**os.environ, **served},
+        timeout=60,
+        check=False,
+    )
+    assert by_stdin.returncode == 0, by_stdin.stderr
+    done = json.loads(by_stdin.stdout)
+    assert (done["status"], json.loads(done["output"])) == ("succeeded", {"text": "from stdin"})
+
+
+def test_a_failed_sync_invocation_exits_1_in_both_modes(served: dict[str, str]) -> None:
+    for mode in ("text", "json"):
+        result = run(
+            "invoke", "demo-app", "flaky", "-p", '{"fail": true}', "--sync", "-o", mode, env=served
+        )
+        assert result.returncode == 1, (mode, result.stderr)
+        assert "upstream timed out" in result.stdout
+
+
+def test_async_invoke_as_json_and_since(served: dict[str, str]) -> None:
+    created = run("invoke", "demo-app", "echo", "--async", "-o", "json", env=served)
+    assert created.returncode == 0, created.stderr
+    inv_id = json.loads(created.stdout)["id"]
+    later = "2999-01-01T00:00:00Z"  # nothing that old... or that new: only the final state
+    replay = run("invoke", "demo-app", "echo", "--since", later, "-o", "json", env=served)
+    assert replay.returncode == 0, replay.stderr
+    events = [json.loads(line) for line in replay.stdout.splitlines()]
+    assert [e["event"] for e in events] == ["invocation_state"]
+    assert inv_id
+
+
+def test_list_filters_search_page_and_print_json(served: dict[str, str]) -> None:
+    for text in ("alpha", "beta"):
+        assert (
+            run(
+                "invoke", "demo-app", "summarize", "-p", json.dumps({"text": text}), env=served
+            ).returncode
+            == 0
+        )
+    everything = run("list", "-o", "json", "--limit", "100", env=served)
+    listed = [json.loads(line) for line in everything.stdout.splitlines()]
+    newest = listed[0]
+    args = [
+        "--app",
+        "demo-app",
+        "--action",
+        "summarize",
+        "--status",
+        "succeeded",
+        "--version",
+        "latest",
+        "--since",
+        "1h",
+        "--query",
+        newest["id"][:10],
+    ]
+    found = run("history", *args, "-o", "json", env=served)  # the Kernel CLI's name
+    assert found.returncode == 0, found.stderr
+    assert [json.loads(line)["id"] for line in found.stdout.splitlines()] == [newest["id"]]
+    second = run("list", "--limit", "1", "--offset", "1", "--json", env=served)
+    assert [json.loads(line)["id"] for line in second.stdout.splitlines()] == [listed[1]["id"]]
+    by_deployment = run("list", "--deployment-id", "dep_nope", "-o", "json", env=served)
+    assert by_deployment.stdout == ""
+
+
+def test_piped_output_is_plain_with_complete_rows(served: dict[str, str]) -> None:
+    run("invoke", "demo-app", "echo", env=served)
+    piped = subprocess.run(  # no --plain: stdout is a pipe, as in `kernel-async list | cat`
+        [*CLI, "list"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **served},
+        timeout=60,
+        check=False,
+    )
+    assert piped.returncode == 0, piped.stderr
+    assert not set("┏┃━│…") & set(piped.stdout)
+    ids = [line.split()[0] for line in piped.stdout.splitlines()[1:]]
+    assert ids
+    assert all(len(i) == 24 for i in ids)  # whole ids
+
+
+def test_plain_is_accepted_after_the_command(served: dict[str, str]) -> None:
+    result = subprocess.run(
+        [*CLI, "list", "--plain"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **served},
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_update_browsers_and_delete_browsers(served: dict[str, str]) -> None:
+    created = run("invoke", "demo-app", "crawl", "-p", '{"pages": 500}', "--async", env=served)
+    inv_id = created.stdout.strip()
+    for _ in range(100):
+        browsers = run("browsers", inv_id, "-o", "json", env=served)
+        if browsers.stdout:
+            break
+        time.sleep(0.05)
+    [browser] = [json.loads(line) for line in browsers.stdout.splitlines()]
+    assert browser["name"] == "crawler"
+    table = run("browsers", inv_id, env=served)
+    assert browser["session_id"] in table.stdout
+    deleted = run("delete-browsers", inv_id, env=served)
+    assert deleted.returncode == 0, deleted.stderr
+    assert "no browsers" in run("browsers", inv_id, env=served).stdout
+    updated = run(
+        "update",
+        inv_id,
+        "--status",
+        "succeeded",
+        "--result",
+        '{"pages": 0}',
+        "-o",
+        "json",
+        env=served,
+    )
+    assert updated.returncode == 0, updated.stderr
+    assert json.loads(updated.stdout)["output"] == '{"pages": 0}'
+    again = run("update", inv_id, "--status", "failed", env=served)
+    assert again.returncode == 1  # already finished: the API says so
+    assert "already finished" in again.stderr
+
+
+def test_api_error_details_are_shown(served: dict[str, str]) -> None:
+    result = run("list", "--since", "yesterday", env=served)
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert "400 bad_request: Invalid query parameters: since must be" in line
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["list", "--base-url", "notaurl", "--api-key", "k"],
+        ["list", "--limit", "0"],
+        ["serve", "--heartbeat-interval", "-1"],
+        ["invoke", "a", "b", "-f", "/no/such/file"],
+        ["update", "x", "--status", "queued"],
+    ],
+)
+def test_every_bad_argument_exits_2(served: dict[str, str], args: list[str]) -> None:
+    result = run(*args, env=served)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_on_a_busy_port_is_one_line(served: dict[str, str]) -> None:
+    port = served["KERNEL_BASE_URL"].rsplit(":", 1)[1]
+    result = run("serve", "--port", port, timeout=30)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"error: cannot serve on 127.0.0.1:{port}: the address is already in use"
+    ]
+
+
+def test_serve_help_shows_the_defaults_and_the_demo_actions() -> None:
+    text = " ".join(run("serve", "--help").stdout.split())
+    assert "default 8787" in text
+    assert "random one, printed at start" in text
+    for action in ("summarize", "crawl", "flaky", "echo"):
+        assert f"demo-app/{action}" in text

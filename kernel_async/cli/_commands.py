@@ -1,4 +1,5 @@
-"""The commands that drive an API, real or emulated: invoke, get, list, follow, cancel."""
+"""The commands that drive an API, real or emulated: invoke, get, list (history), follow,
+cancel, update, browsers, delete-browsers."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import argparse
 import msgspec
 
 from .._fanout import CANCEL_OUTPUT
-from ..models import Invocation
+from ..models import Browser, Invocation
 from ._common import (
+    EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
     Interrupted,
@@ -16,18 +18,51 @@ from ._common import (
     finish,
     follow_printing,
     interruptible,
+    json_arg,
     payload_arg,
+    read_text,
 )
 from ._fanout import cmd_invoke_many
 from ._output import Output
 
+__all__ = [
+    "cmd_browsers",
+    "cmd_cancel",
+    "cmd_delete_browsers",
+    "cmd_follow",
+    "cmd_get",
+    "cmd_invoke",
+    "cmd_list",
+    "cmd_update",
+]
+
+
+def _json(value: object) -> str:
+    return msgspec.json.encode(value).decode()
+
 
 async def cmd_invoke(args: argparse.Namespace, out: Output) -> int:
     if args.payloads is not None:
+        if args.payload is not None or args.payload_file is not None:
+            raise ValueError("--payloads takes the payloads; leave out --payload/--payload-file")
         return await cmd_invoke_many(args, out)
-    payload = payload_arg(args.payload)
+    payload = payload_arg(args)
     as_json = args.output == "json"
     async with client(args) as kernel:
+        if args.sync:
+            done = await interruptible(
+                kernel.invocations.create(
+                    args.app, args.action, version=args.version, payload=payload
+                )
+            )
+            if as_json:
+                out.line(_json(done))
+            else:
+                reason = f" ({done.status_reason})" if done.status_reason else ""
+                out.line(f"invocation {done.id} [{done.status}]{reason}", style="bold")
+                if done.output is not None:
+                    out.line(done.output)
+            return EXIT_OK if done.status == "succeeded" else EXIT_FAILED
         created = await interruptible(
             kernel.invocations.create(
                 args.app,
@@ -39,12 +74,14 @@ async def cmd_invoke(args: argparse.Namespace, out: Output) -> int:
             )
         )
         if args.async_ and not args.follow:
-            out.line(msgspec.json.encode(created).decode() if as_json else created.id)
+            out.line(_json(created) if as_json else created.id)
             return EXIT_OK
         if not as_json:
             out.line(f"invocation {created.id} ({created.status})", style="bold")
         try:
-            final = await interruptible(follow_printing(out, kernel, created.id, as_json=as_json))
+            final = await interruptible(
+                follow_printing(out, kernel, created.id, args.since, as_json=as_json)
+            )
         except Interrupted:
             out.error(f"interrupted: cancelling invocation {created.id}")
             await kernel.invocations.cancel(created.id, output=CANCEL_OUTPUT, timeout=10)
@@ -60,24 +97,27 @@ async def cmd_get(args: argparse.Namespace, out: Output) -> int:
 
 
 async def cmd_list(args: argparse.Namespace, out: Output) -> int:
+    as_json = args.output == "json" or args.json
     rows: list[Invocation] = []
     async with client(args) as kernel:
         listing = kernel.invocations.list(
             app_name=args.app,
             action_name=args.action,
             version=args.app_version,
+            deployment_id=args.deployment_id,
             status=args.status,
             since=args.since,
+            query=args.query,
             limit=min(args.limit, 100),
+            offset=args.offset,
         )
         async for inv in listing:
-            if args.json:
-                out.line(msgspec.json.encode(inv).decode())
-            else:
-                rows.append(inv)
+            if as_json:
+                out.line(_json(inv))
+            rows.append(inv)
             if len(rows) >= args.limit:
                 break
-    if not args.json:
+    if not as_json:
         out.table(
             None,
             ["ID", "APP", "ACTION", "STATUS", "STARTED", "SECONDS"],
@@ -99,18 +139,68 @@ async def cmd_list(args: argparse.Namespace, out: Output) -> int:
 
 
 async def cmd_follow(args: argparse.Namespace, out: Output) -> int:
+    as_json = args.output == "json"
     async with client(args) as kernel:
         try:
             final = await interruptible(
-                follow_printing(out, kernel, args.id, args.since, args.heartbeats)
+                follow_printing(out, kernel, args.id, args.since, args.heartbeats, as_json=as_json)
             )
         except Interrupted:
             return EXIT_INTERRUPTED
-    return finish(out, final)
+    return finish(out, final, as_json=as_json)
 
 
 async def cmd_cancel(args: argparse.Namespace, out: Output) -> int:
     async with client(args) as kernel:
-        inv = await kernel.invocations.cancel(args.id)
-    out.line(f"{inv.id} {inv.status}")
+        inv = await kernel.invocations.cancel(args.id, output=CANCEL_OUTPUT)
+    out.line(_json(inv) if args.output == "json" else f"{inv.id} {inv.status}")
+    return EXIT_OK
+
+
+async def cmd_update(args: argparse.Namespace, out: Output) -> int:
+    result = args.result
+    if result is not None:
+        result = json_arg(
+            read_text(result[1:], "the result file") if result.startswith("@") else result,
+            "--result",
+        )
+    async with client(args) as kernel:
+        inv = await kernel.invocations.update(args.id, status=args.status, output=result)
+    out.line(_json(inv) if args.output == "json" else f"{inv.id} {inv.status}")
+    return EXIT_OK
+
+
+async def cmd_browsers(args: argparse.Namespace, out: Output) -> int:
+    async with client(args) as kernel:
+        browsers = await kernel.invocations.list_browsers(args.id)
+    if args.output == "json":
+        for browser in browsers:
+            out.line(_json(browser))
+        return EXIT_OK
+    if not browsers:
+        out.line(f"invocation {args.id} has no browsers")
+        return EXIT_OK
+    out.table(
+        None,
+        ["SESSION", "NAME", "HEADLESS", "REGION", "CREATED", "LIVE VIEW"],
+        [_browser_row(b) for b in browsers],
+    )
+    return EXIT_OK
+
+
+def _browser_row(browser: Browser) -> list[str]:
+    return [
+        browser.session_id,
+        browser.name or "",
+        "yes" if browser.headless else "no",
+        browser.region,
+        browser.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+        browser.browser_live_view_url or "",
+    ]
+
+
+async def cmd_delete_browsers(args: argparse.Namespace, out: Output) -> int:
+    async with client(args) as kernel:
+        await kernel.invocations.delete_browsers(args.id)
+    out.line(f"deleted the browsers of invocation {args.id}")
     return EXIT_OK

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import signal
+import sys
 from collections.abc import Awaitable
 from datetime import datetime
 from typing import Any, TypeVar
@@ -13,6 +14,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from .._client import AsyncKernel
+from ..errors import KernelError
 from ..models import (
     ErrorEvent,
     Invocation,
@@ -32,25 +34,47 @@ class Interrupted(Exception):
     """Ctrl-C (SIGINT) arrived while a command was waiting on the API."""
 
 
+class UsageError(Exception):
+    """A bad argument, or a configuration that cannot work: exit code 2."""
+
+
 def client(args: argparse.Namespace) -> AsyncKernel:
-    return AsyncKernel(api_key=args.api_key, base_url=args.base_url)
+    """The client for ``--api-key`` / ``--base-url`` (or the environment)."""
+    try:
+        return AsyncKernel(api_key=args.api_key, base_url=args.base_url)
+    except KernelError as exc:  # no key, or a base URL that is not one
+        raise UsageError(str(exc)) from None
 
 
-def payload_arg(text: str | None) -> str | None:
-    """--payload: inline JSON, or @file with JSON in it. Validated before sending."""
-    if text is None:
-        return None
-    if text.startswith("@"):
-        try:
-            with open(text[1:], encoding="utf-8") as f:
-                text = f.read()
-        except OSError as exc:
-            raise ValueError(f"cannot read payload file: {exc}") from exc
+def read_text(path: str, what: str) -> str:
+    """A file's text, or standard input for ``-``."""
+    try:
+        if path == "-":
+            return sys.stdin.read()
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read {what}: {exc}") from exc
+
+
+def json_arg(text: str, what: str) -> str:
+    """``text`` if it is JSON, else a `UsageError` naming ``what``."""
     try:
         msgspec.json.decode(text)
     except msgspec.DecodeError as exc:
-        raise ValueError(f"--payload is not valid JSON: {exc}") from exc
+        raise UsageError(f"{what} is not valid JSON: {exc}") from exc
     return text
+
+
+def payload_arg(args: argparse.Namespace) -> str | None:
+    """The payload of ``-p/--payload`` (inline JSON, or @file) or ``-f/--payload-file``
+    (a path, ``-`` for stdin), checked to be JSON before anything is sent."""
+    text: str | None = args.payload
+    if args.payload_file is not None:
+        text = read_text(args.payload_file, "the payload file")
+    elif text is not None and text.startswith("@"):
+        text = read_text(text[1:], "the payload file")
+    return None if text is None else json_arg(text, "the payload")
 
 
 async def interruptible(awaitable: Awaitable[T]) -> T:

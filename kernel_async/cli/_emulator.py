@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import importlib
 import signal
 import statistics
@@ -35,6 +36,13 @@ async def cmd_serve(args: argparse.Namespace, out: Output) -> int:
     install_demo_actions(emulator)
     for spec in args.actions or ():
         load_actions(spec)(emulator)
+    try:
+        await emulator.start()
+    except OSError as exc:
+        await emulator.stop()
+        in_use = exc.errno == errno.EADDRINUSE or "in use" in str(exc)
+        reason = "the address is already in use" if in_use else (exc.strerror or str(exc))
+        raise KernelError(f"cannot serve on {args.host}:{args.port}: {reason}") from None
     async with emulator:
         out.line(f"Kernel API emulator on {emulator.url}", style="bold")
         out.line(f"export KERNEL_BASE_URL={emulator.url}")

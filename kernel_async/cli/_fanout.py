@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from collections import Counter
 from typing import Any
@@ -11,7 +10,17 @@ from typing import Any
 import msgspec
 
 from .._fanout import MapResult
-from ._common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, Interrupted, client, interruptible
+from ._common import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    Interrupted,
+    UsageError,
+    client,
+    interruptible,
+    json_arg,
+    read_text,
+)
 from ._output import Output, Progress
 
 __all__ = ["cmd_invoke_many", "read_payloads"]
@@ -21,27 +30,14 @@ _SHOWN_FAILURES = 10
 
 def read_payloads(path: str) -> list[str]:
     """The payloads of a JSON Lines file (``-``: standard input), one per non-blank line,
-    each checked to be JSON. Raises ``ValueError`` naming the first bad line."""
-    try:
-        if path == "-":
-            text = sys.stdin.read()
-        else:
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"cannot read payloads from {path}: {exc}") from exc
+    each checked to be JSON. Raises `UsageError` naming the first bad line."""
     payloads = []
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(read_text(path, "the payloads").splitlines(), 1):
         line = line.strip()
-        if not line:
-            continue
-        try:
-            msgspec.json.decode(line)
-        except msgspec.DecodeError as exc:
-            raise ValueError(f"{path}, line {number}: not valid JSON: {exc}") from exc
-        payloads.append(line)
+        if line:
+            payloads.append(json_arg(line, f"{path}, line {number}"))
     if not payloads:
-        raise ValueError(f"{path} has no payloads (one JSON value per line)")
+        raise UsageError(f"{path} has no payloads (one JSON value per line)")
     return payloads
 
 

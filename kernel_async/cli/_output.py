@@ -11,20 +11,21 @@ __all__ = ["Output", "Progress"]
 
 
 class Output:
-    """Terminal output: rich when installed (and wanted), plain text otherwise."""
+    """Terminal output: rich when installed, wanted, and writing to a terminal; plain text
+    otherwise, so that piped output has complete rows (no cut ids, no box drawing)."""
 
     def __init__(self, plain: bool = False) -> None:
         self.rich: Any = None
-        if not plain:
-            with contextlib.suppress(ImportError):
-                from rich.console import Console
-
-                self.rich = Console(highlight=False)
         self._err: Any = None
-        if self.rich is not None:
+        if plain:
+            return
+        with contextlib.suppress(ImportError):
             from rich.console import Console
 
-            self._err = Console(stderr=True, highlight=False)
+            if sys.stdout.isatty():
+                self.rich = Console(highlight=False)
+            if sys.stderr.isatty():
+                self._err = Console(stderr=True, highlight=False)
 
     def line(self, text: str, style: str | None = None) -> None:
         if self.rich is not None:
@@ -54,9 +55,10 @@ class Output:
         widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
         if title:
             print(title)
-        print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
+        print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
         for row in rows:
-            print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+            print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+        sys.stdout.flush()
 
 
 class Progress:

@@ -17,7 +17,8 @@ def install_demo_actions(emulator: KernelEmulator, *, seed: int | None = None) -
     """Register the demo app's actions on ``emulator``.
 
     * ``summarize``: logs a few steps, returns a word count (payload ``{"text": ...}``).
-    * ``crawl``: slow, logs each page it "visits" (payload ``{"pages": n}``).
+    * ``crawl``: slow, starts a browser and logs each page it "visits" (payload
+      ``{"pages": n}``).
     * ``flaky``: fails about one time in eight, like a real upstream would; payload
       ``{"fail": true}`` always fails it, ``{"fail": false}`` never does.
     * ``echo``: returns its payload at once.
@@ -34,6 +35,7 @@ def install_demo_actions(emulator: KernelEmulator, *, seed: int | None = None) -
 
     async def crawl(ctx: ActionContext, payload: Any) -> dict[str, Any]:
         pages = int((payload or {}).get("pages", 5))
+        ctx.start_browser(name="crawler")
         for page in range(1, pages + 1):
             ctx.log(f"visiting page {page}/{pages}")
             await asyncio.sleep(rng.uniform(0.02, 0.08))

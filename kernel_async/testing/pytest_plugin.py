@@ -15,10 +15,15 @@ needed for async tests; the fixtures are async)::
 ``kernel_emulator`` is a running `KernelEmulator` on 127.0.0.1 (a fresh one per test);
 ``kernel_client`` is an `AsyncKernel` pointed at it with retries' backoff shortened so
 injected faults do not slow tests down. Both are closed after the test.
+
+An ``async def`` test that takes either fixture is run by pytest-asyncio even in its
+default (strict) mode: the plugin marks it ``asyncio`` for you. Other async tests need
+pytest-asyncio's ``asyncio_mode = "auto"`` or the marker, as usual.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
@@ -28,7 +33,9 @@ if TYPE_CHECKING:
     from .._client import AsyncKernel
     from .emulator import KernelEmulator
 
-__all__ = ["kernel_client", "kernel_emulator"]
+__all__ = ["kernel_client", "kernel_emulator", "pytest_pycollect_makeitem"]
+
+_OURS = frozenset({"kernel_emulator", "kernel_client"})
 
 try:
     import pytest_asyncio
@@ -36,6 +43,20 @@ try:
     _fixture = pytest_asyncio.fixture
 except ImportError:  # pragma: no cover - without pytest-asyncio, async fixtures cannot run
     _fixture = pytest.fixture  # type: ignore[assignment]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: object) -> None:
+    """Mark ``async def`` tests that use these fixtures ``asyncio``, before pytest-asyncio
+    decides whether to run them: otherwise its strict mode (the default) leaves them to
+    pytest, which says "async def functions are not natively supported"."""
+    if not (inspect.iscoroutinefunction(obj) and name.startswith("test")):
+        return
+    if _OURS.isdisjoint(inspect.signature(obj).parameters):
+        return
+    marks = getattr(obj, "pytestmark", [])
+    if not any(getattr(mark, "name", None) == "asyncio" for mark in marks):
+        pytest.mark.asyncio(obj)
 
 
 @_fixture

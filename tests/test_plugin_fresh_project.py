@@ -1,0 +1,49 @@
+"""docs/testing.md's pytest setup, as written, in a fresh project: its code blocks are
+copied into a throwaway directory and pytest runs there with our plugin, no warnings."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def blocks(language: str) -> list[str]:
+    text = (ROOT / "docs" / "testing.md").read_text()
+    return re.findall(rf"```{language}\n(.*?)```", text, flags=re.S)
+
+
+def test_the_documented_fixture_setup_runs_as_written(tmp_path: Path) -> None:
+    test_file = next(b for b in blocks("python") if "kernel_emulator, kernel_client" in b)
+    [config] = blocks("toml")
+    (tmp_path / "test_agent.py").write_text(test_file)
+    (tmp_path / "pyproject.toml").write_text(config)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "error"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 passed" in done.stdout
+    assert "warning" not in done.stdout.lower()
+
+
+def test_without_the_setting_it_still_runs(tmp_path: Path) -> None:
+    test_file = next(b for b in blocks("python") if "kernel_emulator, kernel_client" in b)
+    (tmp_path / "test_agent.py").write_text(test_file)
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")  # strict mode, nothing else
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert "1 passed" in done.stdout, done.stdout + done.stderr
