@@ -7,17 +7,23 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from kernel_async import AsyncKernel
 from kernel_async.testing import KernelEmulator, Quotas
 from kernel_async.testing.demo import install_demo_actions
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from kernel_async import ClientOptions
+
 
 @asynccontextmanager
-async def kernel_client(**options: object) -> AsyncIterator[AsyncKernel]:
+async def kernel_client(**options: Unpack[ClientOptions]) -> AsyncIterator[AsyncKernel]:
     """Yield an AsyncKernel: the real API when configured, the emulator otherwise."""
     if os.environ.get("KERNEL_API_KEY"):
-        async with AsyncKernel(**options) as kernel:  # type: ignore[arg-type]
+        async with AsyncKernel(**options) as kernel:
             yield kernel
         return
     quotas = Quotas(max_running_per_app=20, requests_per_window=500, window=1.0)

@@ -12,7 +12,7 @@ async with AsyncKernel() as kernel:
 from ._client import AsyncKernel
 from ._fanout import InvocationMap, MapResult
 from ._limits import AppLimitStats, Limits, LimitStats
-from ._options import NOT_GIVEN, NotGiven, Timeout
+from ._options import NOT_GIVEN, ClientOptions, NotGiven, Timeout
 from ._pagination import AsyncPaginator
 from ._retry import RetryMiddleware, RetryPolicy
 from ._streaming import EventStream
@@ -64,6 +64,7 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "Browser",
+    "ClientOptions",
     "ConflictError",
     "Error",
     "ErrorDetail",

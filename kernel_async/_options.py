@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import os
-from typing import Final
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Final, TypedDict
 
 from aiohttp import ClientTimeout
 from yarl import URL
 
 from .errors import KernelError
 
+if TYPE_CHECKING:
+    from aiohttp import ClientMiddlewareType, ClientSession
+
+    from ._limits import Limits
+    from ._retry import RetryPolicy
+
 __all__ = [
     "DEFAULT_BASE_URL",
     "DEFAULT_TIMEOUT",
     "NOT_GIVEN",
+    "ClientOptions",
     "SYNC_INVOCATION_LIMIT",
     "NotGiven",
     "Timeout",
@@ -112,3 +120,21 @@ def replace_total(timeout: ClientTimeout, total: float) -> ClientTimeout:
         sock_connect=timeout.sock_connect,
         sock_read=timeout.sock_read,
     )
+
+
+class ClientOptions(TypedDict, total=False):
+    """The keyword options of `AsyncKernel`, for helpers that pass them on (typed)."""
+
+    api_key: str | None
+    base_url: str | None
+    timeout: Timeout | NotGiven
+    max_retries: int
+    retry: RetryPolicy | None
+    session: ClientSession | None
+    middlewares: Sequence[ClientMiddlewareType]
+    default_headers: Mapping[str, str] | None
+    default_query: Mapping[str, str] | None
+    project_id: str | None
+    project: str | None
+    connection_limit: int
+    limits: Limits | None

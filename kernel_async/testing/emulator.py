@@ -21,9 +21,10 @@ from .faults import Faults
 from .quotas import Quotas
 
 if TYPE_CHECKING:
-    from typing_extensions import Self
+    from typing_extensions import Self, Unpack
 
     from .._client import AsyncKernel
+    from .._options import ClientOptions
 
 __all__ = ["ActionContext", "KernelEmulator", "RecordedRequest"]
 
@@ -207,8 +208,9 @@ class KernelEmulator:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
 
-    def client(self, **options: Any) -> AsyncKernel:
-        """An `AsyncKernel` pointed at this emulator with its key (options pass through)."""
+    def client(self, **options: Unpack[ClientOptions]) -> AsyncKernel:
+        """An `AsyncKernel` pointed at this emulator with its key; any other `AsyncKernel`
+        option passes through (and only those: they are typed)."""
         from .._client import AsyncKernel
 
         options.setdefault("api_key", self.api_key)
