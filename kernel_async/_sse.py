@@ -16,7 +16,7 @@ Pure (no I/O, no asyncio), so it can be tested and fuzzed alone. It follows the 
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 
@@ -91,6 +91,16 @@ class SSEDecoder:
 
     def feed(self, chunk: bytes) -> list[SSEMessage]:
         """Decode one more chunk; return the events it completed, in order."""
+        messages: list[SSEMessage] = self._feed(chunk, False)
+        return messages
+
+    def feed_data(self, chunk: bytes) -> list[bytes]:
+        """Like `feed`, but return only each completed event's ``data`` (what a client of
+        a JSON event stream needs), skipping the message objects."""
+        data: list[bytes] = self._feed(chunk, True)
+        return data
+
+    def _feed(self, chunk: bytes, data_only: bool) -> list[Any]:
         if not chunk:
             return []
         if self._at_start:
@@ -123,7 +133,7 @@ class SSEDecoder:
             body = b"".join(self._partial)
             self._partial = []
             self._partial_size = 0
-        messages: list[SSEMessage] = []
+        messages: list[Any] = []
         # Complete events are separated by blank lines. The common one, a single
         # "data: ..." line, is emitted directly; anything else goes line by line.
         blocks = body.split(b"\n\n")
@@ -140,19 +150,19 @@ class SSEDecoder:
             limit = self.max_line_size
             for block in blocks:
                 if block.startswith(b"data: ") and len(block) <= limit:
-                    append(SSEMessage("message", block[6:], last_id))
+                    append(block[6:] if data_only else SSEMessage("message", block[6:], last_id))
                 else:
-                    self._line(block, messages)
-                    self._line(b"", messages)
+                    self._line(block, messages, data_only)
+                    self._line(b"", messages, data_only)
                     last_id = self._last_id
         else:
             for block in blocks:
                 for line in block.split(b"\n"):
-                    self._line(line, messages)
-                self._line(b"", messages)
+                    self._line(line, messages, data_only)
+                self._line(b"", messages, data_only)
         if last:
             for line in last[:-1].split(b"\n"):
-                self._line(line, messages)
+                self._line(line, messages, data_only)
         if rest:
             self._add_partial(rest)
         return messages
@@ -170,14 +180,14 @@ class SSEDecoder:
         self._partial_size = 0
         raise SSELimitError(f"an SSE line is longer than the {self.max_line_size}-byte limit")
 
-    def _line(self, line: bytes, messages: list[SSEMessage]) -> None:
+    def _line(self, line: bytes, messages: list[Any], data_only: bool) -> None:
         if len(line) > self.max_line_size:
             self._too_long()
         if not line:  # a blank line dispatches the event
             if self._data:
                 event = self._event.decode("utf-8", "replace") if self._event else "message"
                 data = self._data[0] if len(self._data) == 1 else b"\n".join(self._data)
-                messages.append(SSEMessage(event, data, self._last_id))
+                messages.append(data if data_only else SSEMessage(event, data, self._last_id))
                 self._data = []
                 self._data_size = 0
             self._event = b""

@@ -18,7 +18,7 @@ from yarl import URL
 from . import _retry
 from ._replay import ReplayFilter, prune, resume_from, rfc3339
 from ._retry import retry_after_from_headers
-from ._sse import DEFAULT_MAX_LINE_SIZE, SSEDecoder, SSELimitError, SSEMessage
+from ._sse import DEFAULT_MAX_LINE_SIZE, SSEDecoder, SSELimitError
 from ._transport import is_transport_error, transport_error
 from .errors import (
     APIConnectionError,
@@ -319,16 +319,17 @@ class EventStream:
             await self._resume(None)
             return
         try:
-            messages = self._decoder.feed(chunk)
+            payloads = self._decoder.feed_data(chunk)
         except SSELimitError as exc:
             raise APIResponseValidationError(str(exc), body=chunk[:1024]) from exc
-        self._deliver(messages)
+        self._deliver(payloads)
 
-    def _deliver(self, messages: list[SSEMessage]) -> None:
+    def _deliver(self, payloads: list[bytes]) -> None:
         """Decode and queue events; on a resumed connection, skip what it replays.
 
         This is the per-event hot path, so it is written inline: outside a replay, an
-        event costs a decode and two appends.
+        event costs a decode and an append. It runs only when the queue is empty, so what
+        is queued afterwards is this chunk's events, kept (at once) for a resume.
         """
         decode = event_decoder.decode
         queue = self._queue
@@ -336,8 +337,7 @@ class EventStream:
         replay = self._replay
         progress = False
         try:
-            for message in messages:
-                data = message.data
+            for data in payloads:
                 if not data:
                     continue
                 try:
@@ -360,7 +360,6 @@ class EventStream:
                         continue
                 else:
                     progress = True
-                recent.append(event)
                 queue.append(event)
                 if kind is InvocationStateEvent:
                     invocation = event.invocation  # type: ignore[union-attr]
@@ -371,6 +370,7 @@ class EventStream:
                         self._client._transport.backpressure.finished(self._id)
                         return
         finally:
+            recent.extend(queue)
             if progress:
                 self._progress = True
             if len(recent) >= self._prune_at:

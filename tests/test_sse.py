@@ -196,6 +196,15 @@ def test_any_chunking_decodes_to_the_same_messages(case: tuple[bytes, list[bytes
     assert decode(*chunks) == decode(stream)
 
 
+@settings(max_examples=400)
+@given(chunked())
+def test_feed_data_gives_exactly_the_data_of_feed(case: tuple[bytes, list[bytes]]) -> None:
+    _, chunks = case
+    decoder = SSEDecoder(max_line_size=1 << 20)
+    data = [d for chunk in chunks for d in decoder.feed_data(chunk)]
+    assert data == [m.data for m in decode(*chunks)]
+
+
 @given(st.binary(max_size=300), st.integers(1, 50))
 def test_binary_garbage_never_crashes(garbage: bytes, size: int) -> None:
     decoder = SSEDecoder(max_line_size=1 << 20)
