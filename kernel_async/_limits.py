@@ -16,6 +16,7 @@ FIFO queue of waiting tasks.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -261,11 +262,11 @@ class AdmissionPolicy:
 
     An app's *active* count is its creates in flight plus its invocations this client has
     not seen finish. A create may go when the active count is below the app's limit (and
-    the caps of `Limits`); its limit starts at `Limits.initial` and grows by one per
-    success that filled it (slow start), until a concurrency 429 sets it to the number of
-    ours running; after that it grows by one per full window of successes. It never grows
-    past the number running plus `Limits.initial`, so creates that piled up somewhere
-    cannot all reach the service at once.
+    the caps of `Limits`); its limit starts at `Limits.initial`, and the window of creates
+    in flight doubles every round trip (slow start: never past twice the number running
+    plus `Limits.initial`), until a concurrency 429 sets the limit to the number of ours
+    running; after that it grows by one per full window of successes, never past the
+    number running plus `Limits.initial` + 1.
 
     After a 429 the app is held for a backoff during which only a slot freed by one of
     ours finishing admits. When the backoff passes with the queue still blocked, its head
@@ -279,6 +280,8 @@ class AdmissionPolicy:
         self.initial_delay = initial_delay
         self.apps: dict[str, _App] = {}
         self.owner: dict[str, str] = {}  # invocation id -> app
+        # (lease expiry, invocation id), earliest first; a released one stays until popped
+        self._leases: list[tuple[float, str]] = []
         self.total_active = 0
         self.concurrency_limited = 0
         self.admitted = 0
@@ -342,10 +345,18 @@ class AdmissionPolicy:
             if state.held:  # and the oldest unseen one of ours presumably ended
                 self._release(next(iter(state.held)))
         elif state.active >= state.limit and self.limits.adaptive:
-            state.limit += 1.0 if state.limit < state.ssthresh else 1.0 / state.limit
-            # Grow with what runs, not with creates that piled up (behind a rate-limit
-            # pause, say): those would all reach the service at once.
-            state.limit = min(state.limit, len(state.held) + 1 + self.limits.initial)
+            running = len(state.held) + (invocation_id is not None)
+            if state.limit < state.ssthresh:
+                # Slow start: this create filled the window, and the window grows by
+                # two: it (at least) doubles every round trip, so a cap of N is found in
+                # about log2(N) round trips. At most twice what runs (plus the
+                # first window) may be admitted: creates that piled up (behind a
+                # rate-limit pause, say) cannot all reach the service at once.
+                state.limit = min(state.limit + 2.0, 2.0 * running + self.limits.initial)
+            else:  # after a 429: one more per full window of successes
+                state.limit = min(
+                    state.limit + 1.0 / state.limit, running + 1.0 + self.limits.initial
+                )
         if invocation_id is None:
             self._free(state)
             return
@@ -354,6 +365,11 @@ class AdmissionPolicy:
             state.credits -= 1
         state.held[invocation_id] = now + lease
         self.owner[invocation_id] = name
+        leases = self._leases
+        heapq.heappush(leases, (now + lease, invocation_id))
+        if len(leases) > 2 * len(self.owner) + 64:  # mostly released ones: compact
+            self._leases = [item for item in leases if self._live(*item)]
+            heapq.heapify(self._leases)
 
     def rejected(self, name: str, now: float, retry_after: float | None) -> float:
         """The create got a concurrency 429: free its slot, learn, and hold the app.
@@ -389,19 +405,28 @@ class AdmissionPolicy:
         return name
 
     def expire(self, now: float) -> list[str]:
-        """Free the slots of unseen invocations past their lease; returns the apps freed."""
+        """Free the slots of unseen invocations past their lease; returns the apps freed.
+        Costs nothing when no lease is due: leases are kept in a heap."""
         freed = []
-        for name, state in self.apps.items():
-            expired = [id for id, until in state.held.items() if until <= now]
-            for id in expired:
+        leases = self._leases
+        while leases and leases[0][0] <= now:
+            until, id = heapq.heappop(leases)
+            if self._live(until, id):
+                freed.append(self.owner[id])
                 self._release(id)
-            if expired:
-                freed.append(name)
         return freed
 
     def next_expiry(self) -> float | None:
         """The earliest lease expiry, if any invocation is held."""
-        return min((min(s.held.values()) for s in self.apps.values() if s.held), default=None)
+        leases = self._leases
+        while leases and not self._live(*leases[0]):
+            heapq.heappop(leases)  # released already: forget its lease
+        return leases[0][0] if leases else None
+
+    def _live(self, until: float, invocation_id: str) -> bool:
+        """Whether this lease is still the one of a held invocation."""
+        name = self.owner.get(invocation_id)
+        return name is not None and self.apps[name].held.get(invocation_id) == until
 
     def _probe_delay(self, state: _App) -> float:
         return min(MAX_PROBE_DELAY, self.initial_delay * 2.0 ** min(state.strikes, 32))

@@ -210,9 +210,9 @@ def test_slow_start_then_a_429_teaches_the_limit_then_it_grows_additively() -> N
         policy.started("a", now, inv, probe=probe, lease=100)
         running.append(inv)
 
-    for _ in range(10):  # slow start: the window grows by one per success that filled it
+    for _ in range(10):  # slow start: the window grows by two per success that filled it
         start_one(0.0)
-    assert policy.apps["a"].limit == 11
+    assert policy.apps["a"].limit == 12
     policy.admit("a", 0.0)
     assert policy.rejected("a", 0.0, None) == 0.5  # a 429 with 10 running
     assert policy.apps["a"].limit == 10
@@ -223,3 +223,29 @@ def test_slow_start_then_a_429_teaches_the_limit_then_it_grows_additively() -> N
         start_one(1.0 + step)
         policy.finished(running.pop(0), 1.0 + step)
     assert 10 < policy.apps["a"].limit < 11.5
+
+
+def test_leases_expire_in_order_and_released_ones_are_forgotten() -> None:
+    policy = AdmissionPolicy(Limits(max_running_per_app=3), initial_delay=0.5)
+    for i, lease in enumerate([30.0, 10.0, 20.0]):
+        policy.admit("a", 0.0)
+        policy.started("a", 0.0, f"inv{i}", probe=False, lease=lease)
+    assert not policy.may_admit("a", 0.0)  # capped
+    assert policy.next_expiry() == 10.0
+    policy.finished("inv1", 5.0)  # seen finished before its lease ran out
+    assert policy.next_expiry() == 20.0
+    assert policy.expire(19.0) == []
+    assert policy.expire(25.0) == ["a"]  # inv2's lease ran out: its slot is free
+    assert policy.may_admit("a", 25.0)
+    assert set(policy.owner) == {"inv0"}
+
+
+def test_many_held_invocations_stay_cheap_and_the_lease_heap_compact() -> None:
+    policy = AdmissionPolicy(Limits(), initial_delay=0.5)
+    for i in range(20_000):
+        policy.admit("a", float(i))
+        policy.started("a", float(i), f"inv{i}", probe=False, lease=1000.0)
+        if i % 2:
+            policy.finished(f"inv{i}", float(i))
+    assert len(policy._leases) <= 2 * len(policy.owner) + 64
+    assert policy.next_expiry() == 1000.0
