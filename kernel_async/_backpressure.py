@@ -34,6 +34,15 @@ class RateGate:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
 
+    def try_acquire(self) -> bool:
+        """Let a request through now if it need not wait (the common case costs no
+        coroutine); `acquire` otherwise."""
+        policy = self.policy
+        if not self._waiters and policy.room(self._loop.time()) != 0:
+            policy.sent()
+            return True
+        return False
+
     async def acquire(self, deadline: float | None, *, front: bool = False) -> None:
         """Wait until a request may be sent (``front``: ahead of every waiter, for a request
         going again after a 429). Raises `RateLimitError` at once when the pause would
@@ -132,6 +141,14 @@ class Admission:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
         self._last_reject: dict[str, float] = {}
+
+    def try_admit(self, app: str) -> Ticket | None:
+        """A slot for a create of ``app`` right now, or ``None`` if it would have to wait
+        (the common case costs no coroutine)."""
+        now = self._loop.time()
+        if not self._queues.get(app) and self.policy.may_admit(app, now):
+            return self._admit(app, now)
+        return None
 
     async def acquire(self, app: str, deadline: float | None, *, front: bool = False) -> Ticket:
         """Wait for a slot for a create of ``app``. ``front`` puts a create that was just
@@ -246,10 +263,12 @@ class Admission:
 
     def _pump(self) -> None:
         """Admit queue heads while the policy allows, oldest first across apps."""
+        queues = self._queues
+        if not any(queues.values()):
+            return  # nobody waits (the common case): nothing to admit, nothing to time
         policy = self.policy
         now = self._loop.time()
         policy.expire(now)
-        queues = self._queues
         while True:
             best: deque[tuple[int, asyncio.Future[Ticket]]] | None = None
             best_app = ""

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Final, TypeVar
 
 import aiohttp
 from aiohttp import ClientMiddlewareType, ClientSession
+from yarl import URL
 
 from ._backpressure import Backpressure
 from ._http import HTTPClient
@@ -26,7 +27,7 @@ from ._options import (
     normalize_base_url,
     to_client_timeout,
 )
-from ._retry import RetryMiddleware, RetryPolicy
+from ._retry import RETRY_COUNT_HEADER, RetryMiddleware, RetryPolicy
 from ._transport import (
     RedirectGuard,
     Transport,
@@ -153,9 +154,10 @@ class AsyncKernel(HTTPClient):
                 "KERNEL_API_KEY environment variable."
             )
         self._api_key = check_api_key(api_key)
-        self._base_url = normalize_base_url(
+        self._base_url = base = normalize_base_url(
             base_url or os.environ.get("KERNEL_BASE_URL") or DEFAULT_BASE_URL
         )
+        self._invocations_url = URL(base + "/invocations", encoded=True)
         self._timeout_set = not isinstance(timeout, NotGiven)
         self._timeout_option: Timeout = (
             DEFAULT_TIMEOUT if isinstance(timeout, NotGiven) else timeout
@@ -177,6 +179,7 @@ class AsyncKernel(HTTPClient):
             "User-Agent": _USER_AGENT,
             **self._default_headers,
             **project_headers,
+            RETRY_COUNT_HEADER: "0",
             "Authorization": f"Bearer {api_key}",
         }
         self._headers: dict[str, str] = headers
@@ -187,13 +190,13 @@ class AsyncKernel(HTTPClient):
             "Cache-Control": "no-cache",
         }
         backpressure = self._transport.backpressure
-        self._guard = RedirectGuard(self._base_url)
-        self._middleware = RetryMiddleware(retry, backpressure=backpressure)
+        guard = RedirectGuard(self._base_url)
+        self._middleware = RetryMiddleware(retry, backpressure=backpressure, guard=guard)
         # Streams resume on their own (counting against the same policy), so their
         # connection attempts get a middleware that only maps errors (and waits out the
         # rate limit, like every request): one retry layer.
         self._stream_middleware = RetryMiddleware(
-            retry.with_max_retries(0), backpressure=backpressure
+            retry.with_max_retries(0), backpressure=backpressure, guard=guard
         )
         self._chains: tuple[tuple[ClientMiddlewareType, ...], ...] | None = None
         self.invocations = Invocations(self)

@@ -18,7 +18,6 @@ from ._limits import classify_429
 from ._options import NOT_GIVEN, NotGiven, Timeout, replace_total, to_client_timeout
 from ._retry import RetryMiddleware, RetryPolicy, retry_after_from_headers
 from ._transport import (
-    RedirectGuard,
     Transport,
     admission_managed,
     call_method,
@@ -48,6 +47,7 @@ class HTTPClient:
     the URL, the headers, the timeout, the middlewares and the shared transport."""
 
     _base_url: str
+    _invocations_url: URL
     _timeout: ClientTimeout
     _retry: RetryPolicy
     _headers: dict[str, str]
@@ -55,7 +55,6 @@ class HTTPClient:
     _stream_headers: dict[str, str]
     _default_query: dict[str, str]
     _user_middlewares: tuple[ClientMiddlewareType, ...]
-    _guard: RedirectGuard
     _middleware: RetryMiddleware
     _stream_middleware: RetryMiddleware
     _chains: tuple[tuple[ClientMiddlewareType, ...], ...] | None
@@ -81,8 +80,8 @@ class HTTPClient:
             )
             rest = (*self._user_middlewares, *session_mws)
             chains = self._chains = (
-                (self._guard, self._middleware, *rest),
-                (self._guard, self._stream_middleware, *rest),
+                (self._middleware, *rest),
+                (self._stream_middleware, *rest),
             )
         return chains[1] if stream else chains[0]
 
@@ -200,16 +199,16 @@ class HTTPClient:
         ``on_sent`` is called once, when the create first leaves the queue.
         """
         admission = self._transport.backpressure.admission()
-        url = self._url("/invocations")
+        url = self._invocations_url
         loop = asyncio.get_running_loop()
-        ticket = await admission.acquire(app_name, deadline)
+        ticket = admission.try_admit(app_name) or await admission.acquire(app_name, deadline)
         if on_sent is not None:
             on_sent()
         while True:
             attempt = timeout
             if deadline is not None:
                 left = deadline - loop.time()
-                if attempt.total is None or attempt.total > left:
+                if attempt.total is None or attempt.total > left + 0.001:  # time was spent
                     attempt = replace_total(attempt, max(left, 0.001))
             token = admission_managed.set(True)
             try:

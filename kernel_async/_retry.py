@@ -25,6 +25,7 @@ from aiohttp import ClientHandlerType, ClientRequest, ClientResponse
 
 from ._limits import classify_429
 from ._transport import (
+    RedirectGuard,
     admission_managed,
     current_deadline,
     is_transport_error,
@@ -204,19 +205,30 @@ class RetryMiddleware:
 
     Only ``POST`` is treated as non-idempotent; see `RetryPolicy` for what that means.
     ``backpressure`` is the client's shared rate-limit gate (set by `AsyncKernel`); without
-    one, a rate-limit 429 only delays the request that got it.
+    one, a rate-limit 429 only delays the request that got it. ``guard`` checks every
+    attempt, redirect hops included, against the client's redirect policy (one middleware
+    doing both keeps aiohttp on its single-middleware fast path).
     """
 
-    __slots__ = ("backpressure", "policy")
+    __slots__ = ("backpressure", "guard", "policy")
 
-    def __init__(self, policy: RetryPolicy, *, backpressure: Backpressure | None = None) -> None:
+    def __init__(
+        self,
+        policy: RetryPolicy,
+        *,
+        backpressure: Backpressure | None = None,
+        guard: RedirectGuard | None = None,
+    ) -> None:
         self.policy = policy
         self.backpressure = backpressure
+        self.guard = guard
 
     def __repr__(self) -> str:
         return f"RetryMiddleware({self.policy!r})"
 
     async def __call__(self, req: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
+        if self.guard is not None:
+            self.guard.check(req)
         policy = self.policy
         idempotent = req.method != "POST"
         managed = not idempotent and admission_managed.get()
@@ -228,10 +240,12 @@ class RetryMiddleware:
         retries = rate_waits = 0
         front = False
         while True:
-            req.headers[RETRY_COUNT_HEADER] = (
-                _RETRY_COUNTS[retries] if retries < 64 else str(retries)
-            )
-            if gate is not None:
+            # The client's headers start at "0" (sized once, no growth per request).
+            if retries or RETRY_COUNT_HEADER not in req.headers:
+                req.headers[RETRY_COUNT_HEADER] = (
+                    _RETRY_COUNTS[retries] if retries < 64 else str(retries)
+                )
+            if gate is not None and (front or not gate.try_acquire()):
                 await gate.acquire(deadline, front=front)
             front = False
             headers = None

@@ -135,7 +135,8 @@ def _safe_location(location: str) -> str:
 
 
 class RedirectGuard:
-    """A client middleware that refuses redirects this client does not follow.
+    """A client middleware (or a check, `check`) that refuses redirects this client does
+    not follow.
 
     aiohttp runs the middlewares again for every hop of a redirect, and only a redirect
     can take a call away from the base URL's origin, so a request elsewhere is a hop. It is
@@ -153,6 +154,12 @@ class RedirectGuard:
         self.port = url.port
 
     async def __call__(self, req: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
+        self.check(req)
+        return await handler(req)
+
+    def check(self, req: ClientRequest) -> None:
+        """Raise `RedirectError` for a request this client does not send (the check alone,
+        for a middleware that runs it itself)."""
         url = req.url
         if url.raw_host != self.host or url.port != self.port or url.scheme != self.scheme:
             method = call_method.get() or req.method
@@ -172,7 +179,6 @@ class RedirectGuard:
                     url=where,
                     location=where,
                 )
-        return await handler(req)
 
 
 # --- sessions ----------------------------------------------------------------------------------

@@ -229,7 +229,7 @@ class Operations:
             offset=offset,
         )
         client = self._client
-        url = client._url("/invocations")
+        url = client._invocations_url
         seen = self._seen
 
         async def fetch(page_offset: int) -> Page[Invocation]:
