@@ -87,18 +87,24 @@ def _before(ts: datetime) -> datetime:
         return _MIN
 
 
-def prune(recent: deque[InvocationEvent]) -> None:
+def prune(chunks: list[list[InvocationEvent]]) -> int:
     """Forget the delivered events too old to be replayed by a resume (those stamped more
-    than `REPLAY_WINDOW` before the newest), oldest first."""
-    times = window_times(list(recent))
+    than `REPLAY_WINDOW` before the newest), a whole chunk at a time, oldest first; returns
+    how many events remain."""
+    times = window_times([event for chunk in chunks for event in chunk])
     known = [t for t in times if t is not None]
     if not known:
-        return
+        return len(times)
     cutoff = _before(max(known))
-    for ts in times:
-        if ts is None or ts >= cutoff:
+    start = old = 0
+    for chunk in chunks:
+        end = start + len(chunk)
+        if not all(t is not None and t < cutoff for t in times[start:end]):
             break
-        recent.popleft()
+        old += 1
+        start = end
+    del chunks[:old]
+    return len(times) - start
 
 
 class ReplayFilter:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from collections.abc import Mapping
 from datetime import datetime, timedelta
+from itertools import chain
 from types import TracebackType
 from typing import TYPE_CHECKING, Final
 
@@ -180,6 +180,7 @@ class EventStream:
         "_prune_at",
         "_queue",
         "_recent",
+        "_recent_count",
         "_replay",
         "_resp",
         "_since",
@@ -209,7 +210,8 @@ class EventStream:
         self._max_line_size = max_line_size
         self._resp: ClientResponse | None = None
         self._decoder = SSEDecoder(max_line_size)
-        self._queue: deque[InvocationEvent] = deque()
+        # Events decoded and not yet yielded, last first (popped from the end).
+        self._queue: list[InvocationEvent] = []
         self._done = False
         self._closed = False
         self._failures = 0
@@ -219,7 +221,8 @@ class EventStream:
         self._connected_at = 0.0
         # The events delivered within the replay window (for a resume), and on a resumed
         # connection the filter that recognises what it replays.
-        self._recent: deque[InvocationEvent] = deque()
+        self._recent: list[list[InvocationEvent]] = []  # the delivered events, by chunk
+        self._recent_count = 0
         self._prune_at = _PRUNE_AT
         self._replay: ReplayFilter | None = None
         self._last_state: Invocation | None = None
@@ -259,7 +262,7 @@ class EventStream:
     async def __anext__(self) -> InvocationEvent:
         queue = self._queue
         if queue:
-            return queue.popleft()
+            return queue.pop()
         while not queue:
             if self._failed is not None:  # raised once what came before it was delivered
                 error, self._failed = self._failed, None
@@ -275,7 +278,8 @@ class EventStream:
                 self._closed = self._done = True
                 self._close_response()
                 raise
-        return queue.popleft()
+            queue = self._queue
+        return queue.pop()
 
     async def aclose(self) -> None:
         """Close the connection now. Iterating afterwards ends at once; a task reading
@@ -328,12 +332,12 @@ class EventStream:
         """Decode and queue events; on a resumed connection, skip what it replays.
 
         This is the per-event hot path, so it is written inline: outside a replay, an
-        event costs a decode and an append. It runs only when the queue is empty, so what
-        is queued afterwards is this chunk's events, kept (at once) for a resume.
+        event costs a decode and an append. A chunk's events are kept for a resume as they
+        are, one list per chunk, and yielded from a reversed copy.
         """
         decode = event_decoder.decode
-        queue = self._queue
-        recent = self._recent
+        events: list[InvocationEvent] = []
+        deliver = events.append
         replay = self._replay
         progress = False
         try:
@@ -360,7 +364,7 @@ class EventStream:
                         continue
                 else:
                     progress = True
-                queue.append(event)
+                deliver(event)
                 if kind is InvocationStateEvent:
                     invocation = event.invocation  # type: ignore[union-attr]
                     self._last_state = invocation
@@ -370,12 +374,15 @@ class EventStream:
                         self._client._transport.backpressure.finished(self._id)
                         return
         finally:
-            recent.extend(queue)
+            if events:
+                self._recent.append(events)
+                self._queue = events[::-1]  # yielded by pop(), from the end
+                self._recent_count += len(events)
+                if self._recent_count >= self._prune_at:
+                    self._recent_count = prune(self._recent)
+                    self._prune_at = max(_PRUNE_AT, 2 * self._recent_count)
             if progress:
                 self._progress = True
-            if len(recent) >= self._prune_at:
-                prune(recent)
-                self._prune_at = max(_PRUNE_AT, 2 * len(recent))
 
     async def _resume(self, cause: BaseException | None) -> None:
         """The connection ended without a terminal state: reconnect, or give up."""
@@ -433,7 +440,7 @@ class EventStream:
             await _retry.sleep(delay)
 
     def _query(self) -> dict[str, str] | None:
-        replay = self._replay = resume_from(self._recent)
+        replay = self._replay = resume_from(chain.from_iterable(self._recent))
         if replay is not None:
             return None if replay.since is None else {"since": rfc3339(replay.since)}
         if self._since is not None:
