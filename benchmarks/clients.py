@@ -4,6 +4,8 @@
 * ``floor``: plain aiohttp + msgspec, no SDK layer: the least a client can do. It decodes
   into the same Structs, so the difference is the SDK's own overhead.
 * ``official``: the official `kernel` SDK (httpx + pydantic), retries off.
+* ``official_aiohttp``: the same SDK on its aiohttp backend (``kernel[aiohttp]``,
+  ``DefaultAioHttpClient``): the fair peer of an aiohttp SDK.
 * ``sse_client``: aiohttp-sse-client for the event stream, decoding each event with msgspec.
 """
 
@@ -27,7 +29,7 @@ from kernel_async.models import (
 API_KEY = "sk_bench_0123456789"
 ID = "rr33xuugxj9h0bkf1rdt2bet"
 PAYLOAD = '{"data":"example input"}'
-MAX_CONNECTIONS = 2000
+MAX_CONNECTIONS = 20_000  # more than any case opens: no client waits for a connection
 
 
 class Client:
@@ -57,7 +59,16 @@ class Client:
     async def list100(self) -> int:
         raise NotImplementedError
 
-    async def follow(self) -> int:
+    async def follow(self, id: str = ID) -> int:
+        """Follow a 10,000-event stream to its end; return the events seen."""
+        raise NotImplementedError
+
+    async def follow_burst(self) -> int:
+        """The same, every event sharing one timestamp."""
+        return await self.follow("burst")
+
+    async def lifecycle(self) -> None:
+        """Create an invocation asynchronously and follow it to its final state."""
         raise NotImplementedError
 
     async def hold(self) -> Any:
@@ -68,7 +79,9 @@ class Client:
         raise NotImplementedError
 
 
-ALL_OPS = frozenset({"retrieve", "create", "list100", "follow", "hold"})
+ALL_OPS = frozenset(
+    {"retrieve", "create", "list100", "follow", "follow_burst", "lifecycle", "hold"}
+)
 
 
 class KernelAsyncClient(Client):
@@ -92,11 +105,14 @@ class KernelAsyncClient(Client):
         page = await self.kernel.invocations.list(limit=100)
         return len(page.items)
 
-    async def follow(self) -> int:
+    async def follow(self, id: str = ID) -> int:
         count = 0
-        async for _ in self.kernel.invocations.follow(ID):
+        async for _ in self.kernel.invocations.follow(id):
             count += 1
         return count
+
+    async def lifecycle(self) -> None:
+        await self.kernel.invocations.run("my-app", "analyze", payload=PAYLOAD)
 
     async def hold(self) -> Any:
         stream = self.kernel.invocations.follow("hold")
@@ -153,10 +169,10 @@ class FloorClient(Client):
             r.headers.get("X-Has-More")
             return len(items)
 
-    async def follow(self) -> int:
+    async def follow(self, id: str = ID) -> int:
         count = 0
         async with self.session.get(
-            f"{self.url}/invocations/{ID}/events", headers=self.headers
+            f"{self.url}/invocations/{id}/events", headers=self.headers
         ) as r:
             buffer = b""
             async for chunk in r.content.iter_any():
@@ -169,6 +185,13 @@ class FloorClient(Client):
                         if isinstance(event, InvocationStateEvent):
                             return count
         return count
+
+    async def lifecycle(self) -> None:
+        async with self.session.post(
+            f"{self.url}/invocations", data=self.body, headers=self.json_headers
+        ) as r:
+            created = invoke_response_decoder.decode(await r.read())
+        await self.follow(created.id)
 
     async def hold(self) -> Any:
         response = await self.session.get(
@@ -192,14 +215,15 @@ class OfficialClient(Client):
         import httpx
         import kernel
 
+        limits = httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=100)
         self.client = kernel.AsyncKernel(
-            api_key=API_KEY,
-            base_url=url,
-            max_retries=0,
-            http_client=kernel.DefaultAsyncHttpxClient(
-                limits=httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=100)
-            ),
+            api_key=API_KEY, base_url=url, max_retries=0, http_client=self.http_client(limits)
         )
+
+    def http_client(self, limits: Any) -> Any:
+        import kernel
+
+        return kernel.DefaultAsyncHttpxClient(limits=limits)
 
     async def close(self) -> None:
         await self.client.close()
@@ -216,12 +240,22 @@ class OfficialClient(Client):
         page = await self.client.invocations.list(limit=100)
         return len(page.items)
 
-    async def follow(self) -> int:
+    async def follow(self, id: str = ID) -> int:
         count = 0
-        stream = await self.client.invocations.follow(ID)
+        stream = await self.client.invocations.follow(id)
         async for _ in stream:
             count += 1
         return count
+
+    async def lifecycle(self) -> None:
+        created = await self.client.invocations.create(
+            app_name="my-app", action_name="analyze", version="latest", payload=PAYLOAD, async_=True
+        )
+        stream = await self.client.invocations.follow(created.id)
+        async for event in stream:
+            if event.event == "invocation_state" and event.invocation.status == "succeeded":
+                break
+        await stream.close()
 
     async def hold(self) -> Any:
         stream = await self.client.invocations.follow("hold")
@@ -232,11 +266,22 @@ class OfficialClient(Client):
         await held.close()
 
 
+class OfficialAioHttpClient(OfficialClient):
+    """The official SDK on its aiohttp backend (``kernel[aiohttp]``), retries off."""
+
+    name = "official_aiohttp"
+
+    def http_client(self, limits: Any) -> Any:
+        import kernel
+
+        return kernel.DefaultAioHttpClient(limits=limits)
+
+
 class SSEClientClient(Client):
     """aiohttp-sse-client (follow only), each event decoded with msgspec."""
 
     name = "sse_client"
-    operations = frozenset({"follow", "hold"})
+    operations = frozenset({"follow", "follow_burst", "hold"})
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
@@ -253,9 +298,9 @@ class SSEClientClient(Client):
             f"{self.url}/invocations/{id}/events", session=self.session, headers=self.headers
         )
 
-    async def follow(self) -> int:
+    async def follow(self, id: str = ID) -> int:
         count = 0
-        async with self._source(ID) as source:
+        async with self._source(id) as source:
             async for message in source:
                 event = event_decoder.decode(message.data)
                 count += 1
@@ -275,5 +320,12 @@ class SSEClientClient(Client):
 
 
 CLIENTS: dict[str, type[Client]] = {
-    c.name: c for c in (KernelAsyncClient, FloorClient, OfficialClient, SSEClientClient)
+    c.name: c
+    for c in (
+        KernelAsyncClient,
+        FloorClient,
+        OfficialAioHttpClient,
+        OfficialClient,
+        SSEClientClient,
+    )
 }

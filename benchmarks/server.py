@@ -38,37 +38,69 @@ def _response(status: str, body: bytes, headers: dict[str, str] | None = None) -
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
-def _event(n: int) -> bytes:
-    minute, second, micro = (n // 60_000_000) % 60, (n // 1_000_000) % 60, n % 1_000_000
-    ts = f"2025-06-20T12:{minute:02d}:{second:02d}.{micro:06d}123Z"
+def _event(n: int, *, burst: bool = False) -> bytes:
+    """A log event: each one a microsecond after the last, or (``burst``) all at once."""
+    if burst:
+        ts = "2025-06-20T12:00:00.000000123Z"
+    else:
+        minute, second, micro = (n // 60_000_000) % 60, (n // 1_000_000) % 60, n % 1_000_000
+        ts = f"2025-06-20T12:{minute:02d}:{second:02d}.{micro:06d}123Z"
     data = json.dumps({"event": "log", "timestamp": ts, "message": f"step {n}: processed item"})
     return b"data: " + data.encode() + b"\n\n"
 
 
-def _stream(events: int) -> bytes:
-    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
-    final = {
+def _state(status: str, ts: str) -> bytes:
+    state = {
         "event": "invocation_state",
-        "timestamp": "2025-06-20T13:00:00.000000000Z",
-        "invocation": INVOCATION,
+        "timestamp": ts,
+        "invocation": {**INVOCATION, "status": status},
     }
-    body = b"".join(_event(n) for n in range(events))
-    return head + body + b"data: " + json.dumps(final).encode() + b"\n\n"
+    return b"data: " + json.dumps(state).encode() + b"\n\n"
+
+
+_SSE_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
+
+
+def _stream(events: int, *, burst: bool = False) -> bytes:
+    body = b"".join(_event(n, burst=burst) for n in range(events))
+    return _SSE_HEAD + body + _state("succeeded", "2025-06-20T13:00:00.000000000Z")
+
+
+def _life() -> bytes:
+    """One invocation's whole stream, as a short action makes it: running, three logs, done."""
+    return (
+        _SSE_HEAD
+        + _state("running", "2025-06-20T12:00:00.000000100Z")
+        + b"".join(_event(n) for n in range(3))
+        + _state("succeeded", "2025-06-20T12:00:01.000000100Z")
+    )
 
 
 RETRIEVE = _response("200 OK", json.dumps(INVOCATION).encode())
-CREATE = _response("202 Accepted", json.dumps(INVOKE_RESPONSE).encode())
+
+
+def _create(n: int) -> bytes:
+    """A create's answer, with an id of its own as the service gives."""
+    return _response(
+        "202 Accepted", json.dumps({**INVOKE_RESPONSE, "id": f"life{n:020d}"}).encode()
+    )
+
+
 LIST_100 = _response(
     "200 OK",
     json.dumps([{**INVOCATION, "id": f"inv{i:021d}"} for i in range(100)]).encode(),
     {"X-Limit": "100", "X-Offset": "0", "X-Has-More": "false"},
 )
 STREAM = _stream(STREAM_EVENTS)
+BURST = _stream(STREAM_EVENTS, burst=True)
+LIFE = _life()
 HOLD_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n" + _event(0)
 NOT_FOUND = _response("404 Not Found", b'{"code":"not_found","message":"no route"}')
 
 
 class CannedHTTP(asyncio.Protocol):
+    creates = 0
+
     def __init__(self) -> None:
         self.buffer = b""
         self.transport: asyncio.Transport | None = None
@@ -102,12 +134,18 @@ class CannedHTTP(asyncio.Protocol):
         if path.endswith(b"/events"):
             if path.startswith(b"/invocations/hold"):
                 transport.write(HOLD_HEAD)  # one event, then held open
+                return False
+            if path.startswith(b"/invocations/life"):
+                transport.write(LIFE)
+            elif path.startswith(b"/invocations/burst"):
+                transport.write(BURST)
             else:
                 transport.write(STREAM)
-                transport.close()
+            transport.close()
             return False
         if method == b"POST":
-            transport.write(CREATE)
+            CannedHTTP.creates += 1
+            transport.write(_create(CannedHTTP.creates))
         elif path == b"/invocations":
             transport.write(LIST_100)
         elif path.startswith(b"/invocations/"):

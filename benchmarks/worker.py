@@ -28,8 +28,12 @@ CASES: dict[str, tuple[str, int, int]] = {
     "create_c50": ("create", 5_000, 50),
     "list100": ("list100", 400, 1),
     "follow_10k": ("follow", 1, 1),
-    "streams_1000": ("hold", 1_000, 1_000),
+    "follow_burst": ("follow_burst", 1, 1),
+    "lifecycle_c200": ("lifecycle", 2_000, 200),
+    "streams_10k": ("hold", 10_000, 10_000),
 }
+#: The operations whose unit is an event (they return how many they saw).
+PER_EVENT = frozenset({"follow", "follow_burst"})
 
 
 def rss_mb() -> float:
@@ -64,7 +68,7 @@ async def measure(client: Client, case: str, scale: float, repeat: int) -> dict[
         units = 0
         for _ in range(count):
             result = await call()
-            units += result if op == "follow" else 1
+            units += result if op in PER_EVENT else 1
         return units
 
     async def concurrent() -> int:
@@ -85,7 +89,7 @@ async def measure(client: Client, case: str, scale: float, repeat: int) -> dict[
         cpu_per_unit.append(cpu / units)
         wall_per_unit.append(wall / units)
     return {
-        "unit": "event" if op == "follow" else "call",
+        "unit": "event" if op in PER_EVENT else ("invocation" if op == "lifecycle" else "call"),
         "cpu_us": statistics.median(cpu_per_unit) * 1e6,
         "wall_us": statistics.median(wall_per_unit) * 1e6,
         "cpu_us_runs": [x * 1e6 for x in cpu_per_unit],

@@ -5,6 +5,7 @@ Timings are never asserted; only that every case ran and produced numbers.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -37,10 +38,24 @@ def test_benchmark_quick_run(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads((tmp_path / "latest.json").read_text())
     assert report["quick"] is True
-    for case in ("retrieve_c1", "retrieve_c50", "create_c50", "list100", "follow_10k"):
+    cases = (
+        "retrieve_c1",
+        "retrieve_c50",
+        "create_c50",
+        "list100",
+        "follow_10k",
+        "follow_burst",
+        "lifecycle_c200",
+        "streams_10k",
+    )
+    for case in cases:
         for client in ("kernel_async", "floor"):
             assert report["results"][case][client]["cpu_us"] > 0
-    assert report["results"]["streams_1000"]["kernel_async"]["unit"] == "stream"
+    assert report["results"]["streams_10k"]["kernel_async"]["unit"] == "stream"
+    assert report["results"]["follow_burst"]["floor"]["unit"] == "event"
+    # The chart needs matplotlib (the bench extra); the test environment may not have it.
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert (tmp_path / "latest.png").stat().st_size > 0
     scenario, fanned = report["fanout"]["scenario"], report["fanout"]["results"]
     assert fanned["kernel_async"]["completed"] == scenario["n"]
     assert fanned["kernel_async"]["started_twice"] == 0
