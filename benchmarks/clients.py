@@ -1,6 +1,8 @@
 """The clients compared, each doing the same operations against the canned server.
 
 * ``kernel_async``: this SDK, default configuration (retry middleware on).
+* ``kernel_async_otel``: the same with OpenTelemetry on (the SDK's tracer and meter
+  providers, spans batched to an exporter that drops them): the cost of tracing.
 * ``floor``: plain aiohttp + msgspec, no SDK layer: the least a client can do. It decodes
   into the same Structs, so the difference is the SDK's own overhead.
 * ``official``: the official `kernel` SDK (httpx + pydantic), retries off.
@@ -122,6 +124,45 @@ class KernelAsyncClient(Client):
 
     async def release(self, held: Any) -> None:
         await held.aclose()
+
+
+class KernelAsyncOtelClient(KernelAsyncClient):
+    """kernel_async with telemetry on: spans (batched, then dropped) and metrics."""
+
+    name = "kernel_async_otel"
+    operations = frozenset({"retrieve", "create", "list100", "follow", "lifecycle"})
+
+    def __init__(self, url: str) -> None:
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import (
+            BatchSpanProcessor,
+            SpanExporter,
+            SpanExportResult,
+        )
+
+        from kernel_async.telemetry import Telemetry
+
+        class Drop(SpanExporter):
+            def export(self, spans: Any) -> SpanExportResult:
+                return SpanExportResult.SUCCESS
+
+        Client.__init__(self, url)
+        self.tracer_provider = TracerProvider()
+        self.tracer_provider.add_span_processor(BatchSpanProcessor(Drop()))
+        self.meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+        telemetry = Telemetry(
+            tracer_provider=self.tracer_provider, meter_provider=self.meter_provider
+        )
+        self.kernel = AsyncKernel(
+            API_KEY, base_url=url, connection_limit=MAX_CONNECTIONS, telemetry=telemetry
+        )
+
+    async def close(self) -> None:
+        await super().close()
+        self.tracer_provider.shutdown()
+        self.meter_provider.shutdown()
 
 
 class FloorClient(Client):
@@ -323,6 +364,7 @@ CLIENTS: dict[str, type[Client]] = {
     c.name: c
     for c in (
         KernelAsyncClient,
+        KernelAsyncOtelClient,
         FloorClient,
         OfficialAioHttpClient,
         OfficialClient,

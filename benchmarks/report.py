@@ -37,7 +37,10 @@ LABELS = {
     "official_aiohttp": "official SDK, aiohttp",
     "official": "official SDK, httpx",
     "sse_client": "aiohttp-sse-client",
+    "kernel_async_otel": "kernel_async + OpenTelemetry",
 }
+#: Shown in a table of their own, against kernel_async.
+VARIANTS = ("kernel_async_otel",)
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -85,6 +88,8 @@ def render(
     *,
     chart: str | None,
 ) -> str:
+    variants = [c for c in clients if c in VARIANTS]
+    clients = [c for c in clients if c not in VARIANTS]
     lines = [
         "# Benchmarks",
         "",
@@ -129,6 +134,7 @@ def render(
             + f"{verdict} |"
         )
     lines += memory_table(results, clients)
+    lines += telemetry_table(results, variants)
     lines += table_head(
         "Wall time per operation (µs) for reference; with one core per side it mostly tracks CPU:",
         clients,
@@ -169,6 +175,34 @@ def render(
     if errors:
         lines += ["", "Failures:", "", *errors]
     return "\n".join(lines) + "\n"
+
+
+def telemetry_table(
+    results: dict[str, dict[str, dict[str, Any]]], variants: list[str]
+) -> list[str]:
+    """The cost of telemetry: kernel_async with it on against itself with it off."""
+    if "kernel_async_otel" not in variants:
+        return []
+    lines = [
+        "",
+        "The cost of tracing: kernel_async with OpenTelemetry on (the SDK's providers, spans",
+        "batched to an exporter that drops them, metrics aggregated in memory) against the",
+        "same client with it off. A span per call (and per stream, per `run()`) and a few",
+        "metric updates; per event, one counter update per chunk read:",
+        "",
+        "| case | off (µs) | on (µs) | on − off (µs) | on ÷ off |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for case, by_client in results.items():
+        off = by_client.get("kernel_async", {}).get("cpu_us")
+        on = by_client.get("kernel_async_otel", {}).get("cpu_us")
+        if off is None or on is None:
+            continue
+        lines.append(
+            f"| {CASE_TITLES[case]} | {cell(by_client['kernel_async'])} | "
+            f"{cell(by_client['kernel_async_otel'])} | {on - off:.1f} | {fmt(on / off)} |"
+        )
+    return lines
 
 
 def memory_table(results: dict[str, dict[str, dict[str, Any]]], clients: list[str]) -> list[str]:

@@ -68,6 +68,7 @@ def available(client: str) -> bool:
         "official": "kernel",
         "official_aiohttp": "httpx_aiohttp",
         "sse_client": "aiohttp_sse_client",
+        "kernel_async_otel": "opentelemetry.sdk",
     }.get(client)
     if module is None:
         return True

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
     from .resources.invocations import Invocations
+    from .telemetry import Telemetry
 
 __all__ = ["AsyncKernel"]
 
@@ -85,6 +86,10 @@ class AsyncKernel(HTTPClient):
         limits: Caps on this client's running invocations (see `Limits`). Without it the
             client learns each app's limit from the service's 429s; either way, creates
             beyond the limit wait in a queue instead of failing.
+        telemetry: OpenTelemetry spans and metrics of what the client does (calls,
+            retries, 429 waits, stream resumes, invocation lifecycles): ``True`` for the
+            global providers, or a `kernel_async.telemetry.Telemetry`. Needs the ``otel``
+            extra. Off by default, at no cost.
 
     Raises:
         KernelError: No API key was given or found in ``KERNEL_API_KEY``, or ``base_url``
@@ -110,6 +115,7 @@ class AsyncKernel(HTTPClient):
         project: str | None = None,
         connection_limit: int = 100,
         limits: Limits | None = None,
+        telemetry: bool | Telemetry = False,
     ) -> None:
         if connection_limit < 0:
             raise ValueError(f"connection_limit must be >= 0, got {connection_limit}")
@@ -120,6 +126,7 @@ class AsyncKernel(HTTPClient):
             Backpressure(limits if limits is not None else Limits(), policy.initial_delay),
         )
         self._owns_transport = True
+        self._telemetry = _telemetry(telemetry)
         self._configure(
             api_key=api_key,
             base_url=base_url,
@@ -277,6 +284,7 @@ class AsyncKernel(HTTPClient):
         clone = object.__new__(type(self))
         clone._transport = self._transport
         clone._owns_transport = False
+        clone._telemetry = self._telemetry
         if isinstance(timeout, NotGiven) and self._timeout_set:
             timeout = self._timeout_option
         clone._configure(
@@ -308,3 +316,18 @@ class AsyncKernel(HTTPClient):
         """
         if self._owns_transport:
             await self._transport.aclose()
+
+
+def _telemetry(option: bool | Telemetry) -> Telemetry | None:
+    """The client's telemetry: imported only when asked for."""
+    if option is False:
+        return None
+    from .telemetry import Telemetry
+
+    if option is True:
+        return Telemetry()
+    if not isinstance(option, Telemetry):
+        raise TypeError(
+            f"telemetry must be True, False or a kernel_async.telemetry.Telemetry, got {option!r}"
+        )
+    return option

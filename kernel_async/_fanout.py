@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
     from .resources._params import Extras
     from .resources.invocations import Invocations
+    from .telemetry import LifecycleTrace
 
 __all__ = ["CANCEL_OUTPUT", "InvocationMap", "MapResult"]
 
@@ -153,7 +154,29 @@ async def _results(
     waiting = 0  # items started and not yet sent (queued for a slot)
     changed = asyncio.Event()
 
+    telemetry = invocations._client._telemetry
+    map_span = (
+        None
+        if telemetry is None
+        else telemetry._map_span(
+            {
+                "kernel.app.name": app_name,
+                "kernel.action.name": action_name,
+                "kernel.app.version": version,
+            }
+        )
+    )
+
     async def item(index: int, payload: Any) -> None:
+        if telemetry is None:
+            await run_item(index, payload, None)
+            return
+        attributes = telemetry._create_attributes(app_name, action_name, version, payload)
+        attributes["kernel.map.index"] = index
+        with telemetry._lifecycle("run", attributes, parent=map_span) as life:
+            await run_item(index, payload, life)
+
+    async def run_item(index: int, payload: Any, life: LifecycleTrace | None) -> None:
         nonlocal waiting
         deadline = None if timeout is None else loop.time() + timeout
         sent = False
@@ -183,12 +206,16 @@ async def _results(
             # Shielded: once sent, a create runs to its answer so that its invocation can
             # be cancelled if this item is.
             invocation_id = await asyncio.shield(created)
+            if life is not None:
+                life.created(invocation_id)
             left = None if deadline is None else max(deadline - loop.time(), 0.001)
-            final = await invocations.wait(
-                invocation_id, timeout=left, cancel_on_timeout=True, **extras
-            )
+            final = await invocations._wait_for(invocation_id, left, True, extras)
+            if life is not None:
+                life.finished(final)
             results.put_nowait(MapResult(index, payload, final, None, invocation_id))
         except KernelError as exc:
+            if life is not None:
+                life.failed(exc)
             results.put_nowait(MapResult(index, payload, None, exc, invocation_id))
         except asyncio.CancelledError:
             if invocation_id is None and created is not None:
@@ -248,6 +275,9 @@ async def _results(
         for task in items:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
+        if map_span is not None:
+            map_span.set_attribute("kernel.map.results", yielded)
+            map_span.end()
 
 
 async def _aiter(payloads: Iterable[Any] | AsyncIterable[Any]) -> AsyncGenerator[Any, None]:

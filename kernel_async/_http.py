@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 import msgspec
@@ -22,6 +22,7 @@ from ._transport import (
     admission_managed,
     call_method,
     current_deadline,
+    current_trace,
     is_transport_error,
     scrub,
     transport_error,
@@ -34,6 +35,10 @@ from .errors import (
     make_status_error,
 )
 from .models import InvokeResponse, invoke_response_decoder
+
+if TYPE_CHECKING:
+    from ._backpressure import Admission, Ticket
+    from .telemetry import Telemetry
 
 __all__ = ["HTTPClient", "decode_body"]
 
@@ -59,6 +64,7 @@ class HTTPClient:
     _stream_middleware: RetryMiddleware
     _chains: tuple[tuple[ClientMiddlewareType, ...], ...] | None
     _transport: Transport
+    _telemetry: Telemetry | None
 
     def _url(self, path: str) -> URL:
         """``path`` must already be quoted."""
@@ -95,12 +101,32 @@ class HTTPClient:
         timeout: Timeout | NotGiven = NOT_GIVEN,
         extra_headers: Mapping[str, str] | None = None,
         extra_query: Mapping[str, str] | None = None,
+        op: str | None = None,
     ) -> tuple[ClientResponse, bytes]:
         """Make one call (retries included) and return the response with its body.
 
         Raises the typed `APIStatusError` for an error status, `APIConnectionError` /
-        `APITimeoutError` for transport failures.
+        `APITimeoutError` for transport failures. ``op`` names the call's span, when
+        telemetry is on (``None``: part of a call traced already).
         """
+        telemetry = self._telemetry
+        if telemetry is not None and op is not None:
+            with telemetry._call(op, method, url, {}) as call:
+                traced = current_trace.set(call)
+                try:
+                    resp, content = await self._send(
+                        method,
+                        url,
+                        params=params,
+                        body=body,
+                        timeout=timeout,
+                        extra_headers=extra_headers,
+                        extra_query=extra_query,
+                    )
+                finally:
+                    current_trace.reset(traced)
+                call.status(resp.status)
+                return resp, content
         session = self._session()
         client_timeout = self._call_timeout(timeout)
         total = client_timeout.total
@@ -157,6 +183,7 @@ class HTTPClient:
         timeout: Timeout | NotGiven = NOT_GIVEN,
         extra_headers: Mapping[str, str] | None = None,
         extra_query: Mapping[str, str] | None = None,
+        op: str | None = None,
     ) -> T:
         resp, content = await self._send(
             method,
@@ -166,6 +193,7 @@ class HTTPClient:
             timeout=timeout,
             extra_headers=extra_headers,
             extra_query=extra_query,
+            op=op,
         )
         return decode_body(decoder, content, resp.status, resp.headers)
 
@@ -188,6 +216,7 @@ class HTTPClient:
         on_sent: Callable[[], None] | None = None,
         extra_headers: Mapping[str, str] | None = None,
         extra_query: Mapping[str, str] | None = None,
+        trace_attributes: dict[str, Any] | None = None,
     ) -> InvokeResponse:
         """``POST /invocations`` through admission control.
 
@@ -197,11 +226,31 @@ class HTTPClient:
         attempt is bounded by ``timeout`` and the deadline. Any other failure frees the
         slot and is raised: the create is never re-sent after an ambiguous failure.
         ``on_sent`` is called once, when the create first leaves the queue.
+        ``trace_attributes``: those of its span, when telemetry is on.
         """
-        admission = self._transport.backpressure.admission()
         url = self._invocations_url
+        telemetry = self._telemetry
+        if telemetry is not None and trace_attributes is not None:
+            with telemetry._call("create", "POST", url, trace_attributes) as call:
+                traced = current_trace.set(call)
+                try:
+                    result = await self._create(
+                        app_name,
+                        body,
+                        timeout=timeout,
+                        deadline=deadline,
+                        lease=lease,
+                        on_sent=on_sent,
+                        extra_headers=extra_headers,
+                        extra_query=extra_query,
+                    )
+                finally:
+                    current_trace.reset(traced)
+                call.created(result)
+                return result
+        admission = self._transport.backpressure.admission()
         loop = asyncio.get_running_loop()
-        ticket = admission.try_admit(app_name) or await admission.acquire(app_name, deadline)
+        ticket = admission.try_admit(app_name) or await _queue(admission, app_name, deadline)
         if on_sent is not None:
             on_sent()
         while True:
@@ -226,7 +275,10 @@ class HTTPClient:
                     admission.abandoned(ticket)
                     raise
                 admission.rejected(ticket, exc.retry_after)
-                ticket = await admission.acquire(app_name, deadline, front=True)
+                trace = current_trace.get()
+                if trace is not None:
+                    trace.rate_limited("concurrency", exc.retry_after)
+                ticket = await _queue(admission, app_name, deadline, front=True)
                 continue
             except BaseException:
                 admission.abandoned(ticket)
@@ -297,6 +349,21 @@ class HTTPClient:
         if is_transport_error(exc) or isinstance(exc, aiohttp.RedirectClientError):
             return transport_error(exc, method, str(url))
         return None
+
+
+async def _queue(
+    admission: Admission, app_name: str, deadline: float | None, *, front: bool = False
+) -> Ticket:
+    """Wait in ``app_name``'s admission queue (reported to the call's trace, if any)."""
+    trace = current_trace.get()
+    if trace is None:
+        return await admission.acquire(app_name, deadline, front=front)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        return await admission.acquire(app_name, deadline, front=front)
+    finally:
+        trace.waited("admission", loop.time() - started, app_name)
 
 
 def decode_body(

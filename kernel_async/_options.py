@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
     from ._limits import Limits
     from ._retry import RetryPolicy
+    from .telemetry import Telemetry
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -138,3 +139,4 @@ class ClientOptions(TypedDict, total=False):
     project: str | None
     connection_limit: int
     limits: Limits | None
+    telemetry: bool | Telemetry

@@ -127,6 +127,7 @@ class ReplayFilter:
         "_untimed_order",
         "newest",
         "since",
+        "skipped",
     )
 
     def __init__(
@@ -147,6 +148,8 @@ class ReplayFilter:
                 self._untimed_order.append(position)
         self._alive = len(self._untimed_order)  # untimed events still expected
         self._last: datetime | None = None
+        self.skipped = 0
+        """Replays recognised (and dropped) so far, counted by the stream."""
 
     @property
     def done(self) -> bool:

@@ -28,12 +28,13 @@ from ._transport import (
     RedirectGuard,
     admission_managed,
     current_deadline,
+    current_trace,
     is_transport_error,
     transport_error,
 )
 
 if TYPE_CHECKING:
-    from ._backpressure import Backpressure
+    from ._backpressure import Backpressure, RateGate
 
 __all__ = ["RetryMiddleware", "RetryPolicy", "backoff_delay", "parse_retry_after"]
 
@@ -246,7 +247,7 @@ class RetryMiddleware:
                     _RETRY_COUNTS[retries] if retries < 64 else str(retries)
                 )
             if gate is not None and (front or not gate.try_acquire()):
-                await gate.acquire(deadline, front=front)
+                await _wait_at(gate, deadline, front)
             front = False
             headers = None
             try:
@@ -272,6 +273,7 @@ class RetryMiddleware:
                 if _past_deadline(delay):
                     raise error from exc
                 reason = str(error)
+                short_reason = type(exc).__qualname__
             else:
                 status = resp.status
                 if status < 400:
@@ -297,6 +299,9 @@ class RetryMiddleware:
                         resp.release()
                         rate_waits += 1
                         front = True
+                        trace = current_trace.get()
+                        if trace is not None:
+                            trace.rate_limited("rate", retry_after)
                         if gate is None:
                             await sleep(delay)
                         continue
@@ -313,10 +318,14 @@ class RetryMiddleware:
                     return resp
                 resp.release()
                 reason = f"HTTP {status}"
+                short_reason = str(status)
             finally:
                 if gate is not None:
                     gate.received(headers)
             retries += 1
+            trace = current_trace.get()
+            if trace is not None:
+                trace.retry(short_reason, delay)
             logger.info(
                 "Retrying %s %s in %.2fs (retry %d of %d) after %s",
                 req.method,
@@ -327,6 +336,20 @@ class RetryMiddleware:
                 reason,
             )
             await sleep(delay)
+
+
+async def _wait_at(gate: RateGate, deadline: float | None, front: bool) -> None:
+    """Wait at the rate gate (reported to the call's trace, if any)."""
+    trace = current_trace.get()
+    if trace is None:
+        await gate.acquire(deadline, front=front)
+        return
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        await gate.acquire(deadline, front=front)
+    finally:
+        trace.waited("rate_limit", loop.time() - started)
 
 
 def _past_deadline(delay: float) -> bool:

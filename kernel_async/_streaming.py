@@ -19,7 +19,7 @@ from . import _retry
 from ._replay import ReplayFilter, prune, resume_from, rfc3339
 from ._retry import retry_after_from_headers
 from ._sse import DEFAULT_MAX_LINE_SIZE, SSEDecoder, SSELimitError
-from ._transport import is_transport_error, transport_error
+from ._transport import current_trace, is_transport_error, transport_error
 from .errors import (
     APIConnectionError,
     APIResponseValidationError,
@@ -184,6 +184,7 @@ class EventStream:
         "_replay",
         "_resp",
         "_since",
+        "_trace",
     )
 
     def __init__(
@@ -226,6 +227,8 @@ class EventStream:
         self._prune_at = _PRUNE_AT
         self._replay: ReplayFilter | None = None
         self._last_state: Invocation | None = None
+        telemetry = client._telemetry
+        self._trace = None if telemetry is None else telemetry._stream(invocation_id, path_url)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("open" if self._resp is not None else "idle")
@@ -268,15 +271,18 @@ class EventStream:
                 error, self._failed = self._failed, None
                 self._closed = self._done = True
                 self._close_response()
+                self._finish(error)
                 raise error
             if self._done:
                 self._close_response()
+                self._finish(None)
                 raise StopAsyncIteration
             try:
                 await self._fill()
-            except BaseException:
+            except BaseException as exc:
                 self._closed = self._done = True
                 self._close_response()
+                self._finish(exc)
                 raise
             queue = self._queue
         return queue.pop()
@@ -287,6 +293,7 @@ class EventStream:
         self._closed = self._done = True
         self._queue.clear()
         self._close_response()
+        self._finish(None)
 
     def __del__(self) -> None:
         resp = self._resp
@@ -294,6 +301,19 @@ class EventStream:
             resp.close()
 
     # --- internals ---------------------------------------------------------------------------
+
+    def _finish(self, exc: BaseException | None) -> None:
+        """Telemetry: the stream is over (once; nothing when telemetry is off)."""
+        trace = self._trace
+        if trace is not None:
+            self._end_replay()
+            trace.end(exc, self._last_state)
+
+    def _end_replay(self) -> None:
+        """A resumed connection no longer expects replays (telemetry: how many came)."""
+        replay, self._replay = self._replay, None
+        if replay is not None and self._trace is not None:
+            self._trace.replay_done(replay.skipped)
 
     def _close_response(self) -> None:
         resp, self._resp = self._resp, None
@@ -354,9 +374,11 @@ class EventStream:
                         return
                 if replay is not None:
                     if replay.is_replay(event):
+                        replay.skipped += 1
                         continue
                     if replay.done:
-                        replay = self._replay = None
+                        self._end_replay()
+                        replay = None
                 kind = type(event)
                 if kind is SSEHeartbeatEvent:
                     self._beats = True
@@ -381,6 +403,8 @@ class EventStream:
                 if self._recent_count >= self._prune_at:
                     self._recent_count = prune(self._recent)
                     self._prune_at = max(_PRUNE_AT, 2 * self._recent_count)
+                if self._trace is not None:
+                    self._trace.deliver(len(events))
             if progress:
                 self._progress = True
 
@@ -409,6 +433,8 @@ class EventStream:
             delay,
         )
         self._failures += 1
+        if self._trace is not None:
+            self._trace.resume(cause, delay)
         await _retry.sleep(delay)
         await self._connect_with_retries()
 
@@ -417,7 +443,6 @@ class EventStream:
         while not self._closed:
             try:
                 await self._connect()
-                return
             except APIStatusError as exc:
                 # Rate limits were waited out by the middleware already.
                 if (
@@ -429,6 +454,7 @@ class EventStream:
                 delay, retry_after = policy.delay_for(self._failures, exc.headers)
                 if retry_after is not None and retry_after > policy.max_retry_after:
                     raise
+                reason = str(exc.status)
             except APIConnectionError as exc:
                 cause = exc.__cause__
                 if self._failures >= policy.max_retries or (
@@ -436,10 +462,16 @@ class EventStream:
                 ):
                     raise
                 delay = policy.backoff(self._failures)
+                reason = type(cause or exc).__qualname__
+            else:
+                return
             self._failures += 1
+            if self._trace is not None:
+                self._trace.retry(reason, delay)
             await _retry.sleep(delay)
 
     def _query(self) -> dict[str, str] | None:
+        self._end_replay()
         replay = self._replay = resume_from(chain.from_iterable(self._recent))
         if replay is not None:
             return None if replay.since is None else {"since": rfc3339(replay.since)}
@@ -456,9 +488,21 @@ class EventStream:
             sock_connect=_CONNECT_TIMEOUT,
             sock_read=self._idle_timeout,
         )
-        resp = await self._client._open_stream(
-            self._path_url, self._query(), timeout, self._extra_headers, self._extra_query
-        )
+        query = self._query()
+        trace = self._trace
+        if trace is None:
+            resp = await self._client._open_stream(
+                self._path_url, query, timeout, self._extra_headers, self._extra_query
+            )
+        else:  # current while connecting: HTTP spans nest under it, waits report to it
+            with trace:
+                token = current_trace.set(trace)
+                try:
+                    resp = await self._client._open_stream(
+                        self._path_url, query, timeout, self._extra_headers, self._extra_query
+                    )
+                finally:
+                    current_trace.reset(token)
         if self._closed:  # aclose() while connecting: nothing more
             resp.close()
             return
@@ -494,6 +538,8 @@ class EventStream:
                 status=resp.status,
                 headers=resp.headers,
             )
+        if self._trace is not None:
+            self._trace.status(resp.status)
         self._resp = resp
 
 

@@ -18,6 +18,7 @@ from .errors import APIConnectionError, APITimeoutError, KernelError, RedirectEr
 
 if TYPE_CHECKING:
     from ._backpressure import Backpressure
+    from .telemetry import CallTrace
 
 __all__ = [
     "RedirectGuard",
@@ -25,6 +26,7 @@ __all__ = [
     "admission_managed",
     "call_method",
     "current_deadline",
+    "current_trace",
     "is_transport_error",
     "scrub",
     "transport_error",
@@ -40,6 +42,9 @@ admission_managed: ContextVar[bool] = ContextVar("kernel_async_admission", defau
 #: The method the call started with: a redirect may turn a POST into a GET, but it is
 #: still a call that is not idempotent.
 call_method: ContextVar[str | None] = ContextVar("kernel_async_method", default=None)
+#: The telemetry of the current call or stream connection, when the client has telemetry
+#: on: the retry middleware and admission report their retries and waits to it.
+current_trace: ContextVar[CallTrace | None] = ContextVar("kernel_async_trace", default=None)
 
 _IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "PATCH"})
 _SECRET_HEADERS: Final = ("Authorization", "Proxy-Authorization", "Cookie")

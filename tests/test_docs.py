@@ -9,10 +9,11 @@ from types import ModuleType
 import pytest
 
 import kernel_async
+import kernel_async.telemetry
 import kernel_async.testing
 from kernel_async.resources import invocations
 
-MODULES = [kernel_async, kernel_async.testing]
+MODULES = [kernel_async, kernel_async.testing, kernel_async.telemetry]
 
 
 def public_objects() -> list[tuple[str, object]]:

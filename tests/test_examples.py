@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from examples import agent_tool, aiohttp_relay, fan_out
+from examples import agent_tool, aiohttp_relay, fan_out, telemetry
 from kernel_async.testing import KernelEmulator
 from kernel_async.testing.demo import install_demo_actions
 
@@ -37,6 +39,24 @@ async def test_fan_out_runs_every_invocation_under_the_limits() -> None:
     assert mapped == {"succeeded": 60}
     assert stats.apps["demo-app"].limit in {20, 21}  # learnt from the emulator's cap
     assert stats.apps["demo-app"].learnt
+
+
+async def test_telemetry_traces_the_waits_and_the_resume(tmp_path: Path) -> None:
+    spans = await telemetry.main()
+    runs = [s for s in spans if s.name == "kernel.invocations.run"]
+    assert len(runs) == telemetry.N
+    assert all((s.attributes or {})["kernel.invocation.status"] == "succeeded" for s in runs)
+    events = Counter(e.name for s in spans for e in s.events)
+    assert events["kernel.admission.wait"] >= 1  # the cap of 3 made creates queue
+    assert events["kernel.rate_limited"] >= 2  # the rate-limit fault, and concurrency 429s
+    assert events["kernel.stream.resume"] == 1  # the cut stream
+    assert events["kernel.stream.replayed"] == 1
+    lines = telemetry.tree(spans)
+    assert lines[0].split()[-1] == "map"
+    assert any("stream.resume" in line for line in lines)
+    if importlib.util.find_spec("matplotlib") is not None:
+        telemetry.draw(spans, tmp_path / "trace.png")
+        assert (tmp_path / "trace.png").read_bytes().startswith(b"\x89PNG")
 
 
 def relay_lines(body: str) -> list[str]:

@@ -112,6 +112,7 @@ class Operations:
             # invocation running and report a timeout.
             total = max(total, SYNC_INVOCATION_LIMIT + 10.0)
             call_timeout = replace_total(call_timeout, total)
+        telemetry = client._telemetry
         return await client._create(
             app_name,
             body,
@@ -120,6 +121,9 @@ class Operations:
             lease=lease(async_timeout_seconds),
             extra_headers=extra_headers,
             extra_query=extra_query,
+            trace_attributes=None
+            if telemetry is None
+            else telemetry._create_attributes(app_name, action_name, version, payload),
         )
 
     async def retrieve(
@@ -138,6 +142,7 @@ class Operations:
             timeout=timeout,
             extra_headers=extra_headers,
             extra_query=extra_query,
+            op="retrieve",
         )
         return self._seen(invocation)
 
@@ -157,6 +162,18 @@ class Operations:
         ``output``: a ``str`` is sent as is, any other value is JSON-encoded. Setting
         ``failed`` also destroys the browsers the invocation started.
         """
+        return await self._update(id, status, output, timeout, extra_headers, extra_query)
+
+    async def _update(
+        self,
+        id: str,
+        status: str,
+        output: Any,
+        timeout: Timeout | NotGiven,
+        extra_headers: Extra,
+        extra_query: Extra,
+        op: str = "update",
+    ) -> Invocation:
         if status not in UPDATE_STATUSES:
             raise ValueError(f"status must be 'succeeded' or 'failed', got {status!r}")
         url = self._item_url(id)
@@ -171,6 +188,7 @@ class Operations:
             timeout=timeout,
             extra_headers=extra_headers,
             extra_query=extra_query,
+            op=op,
         )
         return self._seen(invocation)
 
@@ -184,13 +202,8 @@ class Operations:
         extra_query: Extra = None,
     ) -> Invocation:
         """Cancel an invocation: `update` with ``status="failed"``."""
-        return await self.update(
-            id,
-            status="failed",
-            output=output,
-            timeout=timeout,
-            extra_headers=extra_headers,
-            extra_query=extra_query,
+        return await self._update(
+            id, "failed", output, timeout, extra_headers, extra_query, op="cancel"
         )
 
     def list(
@@ -240,6 +253,7 @@ class Operations:
                 timeout=timeout,
                 extra_headers=extra_headers,
                 extra_query=extra_query,
+                op="list",
             )
             items = decode_body(invocation_list_decoder, content, resp.status, resp.headers)
             for item in items:
@@ -273,6 +287,7 @@ class Operations:
             timeout=timeout,
             extra_headers=extra_headers,
             extra_query=extra_query,
+            op="list_browsers",
         )
         return listed.browsers
 
@@ -292,6 +307,7 @@ class Operations:
             timeout=timeout,
             extra_headers={"Accept": "*/*", **(extra_headers or {})},
             extra_query=extra_query,
+            op="delete_browsers",
         )
 
     def follow(

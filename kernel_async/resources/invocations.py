@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterable, Callable, Iterable
-from typing import Any
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 from .._fanout import InvocationMap, run_map
 from ..errors import APIConnectionError, APITimeoutError
 from ..models import Invocation
 from ._operations import Extra, Operations
 from ._params import Extras, check_int, check_name, create_body, lease
+
+if TYPE_CHECKING:
+    from ..telemetry import LifecycleTrace
 
 __all__ = ["Invocations"]
 
@@ -42,10 +46,22 @@ class Invocations(Operations):
         falls back to `retrieve`. ``timeout`` (seconds, ``None`` for no limit) raises
         `APITimeoutError`; the invocation keeps running unless ``cancel_on_timeout=True``.
         """
-        url = self._item_url(id)
+        self._item_url(id)  # checks the id
         if timeout is not None and timeout <= 0:
             raise ValueError(f"timeout must be positive, got {timeout!r}")
         extras = Extras(extra_headers=extra_headers, extra_query=extra_query)
+        telemetry = self._client._telemetry
+        if telemetry is None:
+            return await self._wait_for(id, timeout, cancel_on_timeout, extras)
+        with telemetry._lifecycle("wait", {"kernel.invocation.id": id}) as life:
+            invocation = await self._wait_for(id, timeout, cancel_on_timeout, extras)
+            life.finished(invocation)
+            return invocation
+
+    async def _wait_for(
+        self, id: str, timeout: float | None, cancel_on_timeout: bool, extras: Extras
+    ) -> Invocation:
+        """`wait`, without its span: ``run`` and `map` items have their own."""
         try:
             return await asyncio.wait_for(self._wait(id, extras), timeout)
         except asyncio.TimeoutError:
@@ -55,7 +71,7 @@ class Invocations(Operations):
                 f"invocation {id} did not finish within {timeout}s"
                 + ("; it was cancelled" if cancel_on_timeout else "; it is still running"),
                 method="GET",
-                url=str(url),
+                url=str(self._item_url(id)),
             ) from None
 
     async def _wait(self, id: str, extras: Extras) -> Invocation:
@@ -92,6 +108,7 @@ class Invocations(Operations):
         timeout. Returns the new invocation's id."""
         client = self._client
         body = create_body(app_name, action_name, version, payload, True, async_timeout_seconds)
+        telemetry = client._telemetry
         created = await client._create(
             app_name,
             body,
@@ -101,6 +118,9 @@ class Invocations(Operations):
             on_sent=on_sent,
             extra_headers=extra_headers,
             extra_query=extra_query,
+            trace_attributes=None
+            if telemetry is None
+            else telemetry._create_attributes(app_name, action_name, version, payload),
         )
         return created.id
 
@@ -128,6 +148,39 @@ class Invocations(Operations):
         """
         if timeout is not None and timeout <= 0:
             raise ValueError(f"timeout must be positive, got {timeout!r}")
+        run = partial(
+            self._run,
+            app_name,
+            action_name,
+            payload,
+            version=version,
+            async_timeout_seconds=async_timeout_seconds,
+            timeout=timeout,
+            cancel_on_timeout=cancel_on_timeout,
+            extras=Extras(extra_headers=extra_headers, extra_query=extra_query),
+        )
+        telemetry = self._client._telemetry
+        if telemetry is None:
+            return await run(life=None)
+        attributes = telemetry._create_attributes(app_name, action_name, version, payload)
+        with telemetry._lifecycle("run", attributes) as life:
+            invocation = await run(life=life)
+            life.finished(invocation)
+            return invocation
+
+    async def _run(
+        self,
+        app_name: str,
+        action_name: str,
+        payload: Any,
+        *,
+        version: str,
+        async_timeout_seconds: int | None,
+        timeout: float | None,
+        cancel_on_timeout: bool,
+        extras: Extras,
+        life: LifecycleTrace | None,
+    ) -> Invocation:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         invocation_id = await self._create_async(
@@ -137,17 +190,12 @@ class Invocations(Operations):
             version=version,
             async_timeout_seconds=async_timeout_seconds,
             deadline=deadline,
-            extra_headers=extra_headers,
-            extra_query=extra_query,
+            **extras,
         )
+        if life is not None:
+            life.created(invocation_id)
         left = None if deadline is None else max(deadline - loop.time(), 0.001)
-        return await self.wait(
-            invocation_id,
-            timeout=left,
-            cancel_on_timeout=cancel_on_timeout,
-            extra_headers=extra_headers,
-            extra_query=extra_query,
-        )
+        return await self._wait_for(invocation_id, left, cancel_on_timeout, extras)
 
     def map(
         self,
