@@ -257,8 +257,13 @@ class OfficialClient(Client):
         import kernel
 
         limits = httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=100)
+        # A long timeout: opening 10,000 streams at once takes it minutes, not a failure.
         self.client = kernel.AsyncKernel(
-            api_key=API_KEY, base_url=url, max_retries=0, http_client=self.http_client(limits)
+            api_key=API_KEY,
+            base_url=url,
+            max_retries=0,
+            timeout=600,
+            http_client=self.http_client(limits),
         )
 
     def http_client(self, limits: Any) -> Any:

@@ -21,9 +21,9 @@ What is recorded:
 - a span per invocation's lifecycle (``kernel.invocations.run``, ``.wait``, and one per
   `map` item under a ``kernel.invocations.map`` span), from the create to the terminal
   state, with its id, app, action, version, final status and ``status_reason``;
-- metrics: calls by outcome and their duration, retries, 429s absorbed, time waited (for
-  the rate limit, for admission), open streams, resumes, events delivered, invocations
-  finished by status.
+- metrics: calls by outcome (the count of their duration histogram), retries, 429s
+  absorbed, time waited (for the rate limit, for admission), open streams, resumes, events
+  delivered, invocations finished by status.
 
 HTTP spans of ``opentelemetry-instrumentation-aiohttp-client`` nest under these spans.
 Neither the API key nor any header is recorded; payloads and outputs only with
@@ -87,11 +87,11 @@ class Telemetry:
         self.record_payloads = record_payloads
         self.tracer = trace.get_tracer(SCOPE, __version__, tracer_provider)
         meter = metrics.get_meter(SCOPE, __version__, meter_provider)
-        self._calls = meter.create_counter(
-            "kernel.client.calls", "{call}", "API calls, by operation and outcome"
-        )
         self._call_duration = meter.create_histogram(
-            "kernel.client.call.duration", "s", "Duration of API calls, waits and retries included"
+            "kernel.client.call.duration",
+            "s",
+            "Duration of API calls, waits and retries included, by operation and outcome "
+            "(its count is the calls by outcome)",
         )
         self._retries = meter.create_counter(
             "kernel.client.retries", "{retry}", "Attempts made again after a failure"
@@ -256,7 +256,6 @@ class CallTrace(_Current):
             span.set_status(Status(StatusCode.ERROR, _describe(exc)))
         span.end()
         telemetry = self.telemetry
-        telemetry._calls.add(1, outcome)
         telemetry._call_duration.record(time.perf_counter() - self._started, outcome)
 
     def status(self, status: int) -> None:

@@ -169,8 +169,12 @@ async def test_a_fan_out_under_faults_and_limits_is_traced(
     assert all(attrs(f)["http.response.status_code"] == 200 for f in follows)
     assert sum(attrs(f)["kernel.stream.events"] for f in follows) == 6 * 5
 
-    assert recorded.total("kernel.client.calls", kernel__operation="create", outcome="ok") == 6
-    assert recorded.total("kernel.client.calls", kernel__operation="follow", outcome="ok") == 6
+    assert (
+        recorded.total("kernel.client.call.duration", kernel__operation="create", outcome="ok") == 6
+    )
+    assert (
+        recorded.total("kernel.client.call.duration", kernel__operation="follow", outcome="ok") == 6
+    )
     assert recorded.total("kernel.client.retries", kernel__retry__reason="503") == 1
     rate_limited = 1 + emulator.quotas.stats.rate_rejected  # the fault, and the quota's
     assert (
@@ -236,8 +240,11 @@ async def test_calls_and_failures_are_spans_with_http_attributes(
     assert [e.name for e in missing.events] == ["exception"]
     (page,) = recorded.spans("kernel.invocations.list")
     assert "?" not in str(attrs(page)["url.full"])  # the query may hold default_query
-    assert recorded.total("kernel.client.calls", kernel__operation="retrieve", outcome="error") == 1
-    assert recorded.total("kernel.client.calls", error__type="404") == 1
+    assert (
+        recorded.total("kernel.client.call.duration", kernel__operation="retrieve", outcome="error")
+        == 1
+    )
+    assert recorded.total("kernel.client.call.duration", error__type="404") == 1
 
 
 def everything(recorded: Recorded) -> str:
