@@ -5,17 +5,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
-from datetime import datetime, timedelta
 from itertools import chain
 from types import TracebackType
 from typing import TYPE_CHECKING, Final
 
 import aiohttp
-import msgspec
 from aiohttp import ClientResponse, ClientTimeout
 from yarl import URL
 
 from . import _retry
+from ._events import UNDECODABLE, undecodable
 from ._replay import ReplayFilter, prune, resume_from, rfc3339
 from ._retry import retry_after_from_headers
 from ._sse import DEFAULT_MAX_LINE_SIZE, SSEDecoder, SSELimitError
@@ -27,14 +26,11 @@ from .errors import (
     make_status_error,
 )
 from .models import (
-    KNOWN_EVENT_TAGS,
     Invocation,
     InvocationEvent,
     InvocationStateEvent,
     SSEHeartbeatEvent,
-    UnknownEvent,
     event_decoder,
-    event_tag_decoder,
 )
 
 if TYPE_CHECKING:
@@ -42,7 +38,7 @@ if TYPE_CHECKING:
 
     from ._client import AsyncKernel
 
-__all__ = ["DEFAULT_IDLE_TIMEOUT", "EventStream", "decode_event", "format_since"]
+__all__ = ["DEFAULT_IDLE_TIMEOUT", "EventStream"]
 
 logger = logging.getLogger("kernel_async")
 
@@ -50,81 +46,10 @@ logger = logging.getLogger("kernel_async")
 #: resumed. The API sends heartbeats well within this.
 DEFAULT_IDLE_TIMEOUT: Final = 60.0
 _CONNECT_TIMEOUT: Final = 30.0
-_ONE_MICROSECOND: Final = timedelta(microseconds=1)
 #: Most bytes decoded in one go: bounds how long one read keeps the event loop busy.
 _READ_SIZE: Final = 2**16
 #: Delivered events kept for a resume are pruned to the replay window past this many.
 _PRUNE_AT: Final = 4096
-
-
-def format_since(since: str | datetime | timedelta) -> str:
-    """The ``since`` query value: a str as is, a datetime as RFC 3339, a timedelta as a
-    duration (``"90s"``, ``"1.5s"``).
-
-    Raises ``ValueError`` for a naive datetime (its zone would be a guess), a timedelta that
-    is not positive, or an empty string.
-    """
-    if isinstance(since, str):
-        if not since.strip():
-            raise ValueError("since must not be empty")
-        return since
-    if isinstance(since, datetime):
-        if since.tzinfo is None or since.utcoffset() is None:
-            raise ValueError(
-                "since must be a timezone-aware datetime (e.g. datetime.now(timezone.utc))"
-            )
-        return rfc3339(since)
-    if isinstance(since, timedelta):
-        seconds = since.total_seconds()
-        if seconds <= 0:
-            raise ValueError(f"since must be a positive duration, got {since!r}")
-        if seconds == int(seconds):
-            return f"{int(seconds)}s"
-        return f"{since // _ONE_MICROSECOND}us"
-    raise TypeError(f"since must be a str, datetime or timedelta, not {type(since).__name__}")
-
-
-def decode_event(data: bytes) -> InvocationEvent:
-    """Decode one SSE ``data`` payload into its typed event.
-
-    An unknown ``event`` tag gives `UnknownEvent`; anything that is not a valid event of a
-    known type raises `APIResponseValidationError` carrying the raw data.
-    """
-    try:
-        return event_decoder.decode(data)
-    except _UNDECODABLE as exc:
-        return _undecodable(data, exc)
-
-
-#: What the event decoder raises for data that is not a valid event of a known type
-#: (msgspec raises UnicodeDecodeError itself for invalid UTF-8 inside a string).
-_UNDECODABLE: Final = (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError)
-
-
-def _undecodable(data: bytes, exc: Exception) -> UnknownEvent:
-    """What ``data`` is when the event decoder rejected it with ``exc``: an event of a type
-    this SDK does not know, or else a validation error."""
-    if isinstance(exc, msgspec.ValidationError):
-        try:
-            tag = event_tag_decoder.decode(data)
-        except _UNDECODABLE:
-            tag = None
-        if tag is not None and tag.event not in KNOWN_EVENT_TAGS:
-            return UnknownEvent(event=tag.event, data=data, timestamp=_timestamp(tag.timestamp))
-        raise APIResponseValidationError(
-            f"an invocation event did not match the API schema: {exc}", body=data
-        ) from exc
-    what = "is not valid UTF-8" if isinstance(exc, UnicodeDecodeError) else "is not valid JSON"
-    raise APIResponseValidationError(f"an invocation event {what}: {exc}", body=data) from exc
-
-
-def _timestamp(value: object) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        return msgspec.convert(value, datetime)
-    except msgspec.ValidationError:
-        return None
 
 
 class EventStream:
@@ -366,9 +291,9 @@ class EventStream:
                     continue
                 try:
                     event: InvocationEvent = decode(data)
-                except _UNDECODABLE as exc:
+                except UNDECODABLE as exc:
                     try:
-                        event = _undecodable(data, exc)  # an unknown type, or a real error
+                        event = undecodable(data, exc)  # an unknown type, or a real error
                     except APIResponseValidationError as error:
                         self._failed = error  # what came before it is delivered first
                         return

@@ -8,10 +8,11 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+from .._events import format_since
 from .._http import decode_body
 from .._options import NOT_GIVEN, SYNC_INVOCATION_LIMIT, NotGiven, Timeout, replace_total
 from .._pagination import AsyncPaginator, parse_page_headers
-from .._streaming import DEFAULT_IDLE_TIMEOUT, EventStream, format_since
+from .._streaming import DEFAULT_IDLE_TIMEOUT, EventStream
 from ..models import (
     TERMINAL_STATUSES,
     Browser,

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any, Final, TypedDict
 
-from .._streaming import format_since
+from .._events import format_since
 from ..models import InvocationCreateRequest, encoder
 
 __all__ = [
