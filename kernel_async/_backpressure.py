@@ -22,17 +22,40 @@ logger = logging.getLogger("kernel_async")
 _SLACK: Final = 0.001  # timers fire this much late at most; avoids waking a hair early
 
 
-class RateGate:
+class _Pumped:
+    """A queue that a `_pump` moves on, now or at a time one timer keeps (the earliest)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
+
+    def _pump(self) -> None:
+        raise NotImplementedError
+
+    def _schedule(self, when: float) -> None:
+        """Pump at ``when`` (loop time), unless a pump is due sooner already."""
+        if self._timer is not None and self._timer_at <= when:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = self._loop.call_at(when + _SLACK, self._fire)
+
+    def _fire(self) -> None:
+        self._timer, self._timer_at = None, math.inf
+        self._pump()
+
+
+class RateGate(_Pumped):
     """Holds new requests back while the server's rate limit says so, first come first
     served. `acquire` before sending, `received` after (exactly once per acquire)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
         self.policy = RatePolicy()
         self.rate_limited = 0
-        self._loop = loop
         self._waiters: deque[asyncio.Future[None]] = deque()
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = math.inf
 
     def try_acquire(self) -> bool:
         """Let a request through now if it need not wait (the common case costs no
@@ -104,18 +127,6 @@ class RateGate:
             if wake is not None:
                 self._schedule(wake)
 
-    def _schedule(self, when: float) -> None:
-        if self._timer is not None and self._timer_at <= when:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer_at = when
-        self._timer = self._loop.call_at(when + _SLACK, self._fire)
-
-    def _fire(self) -> None:
-        self._timer, self._timer_at = None, math.inf
-        self._pump()
-
 
 class Ticket:
     """One admitted create: which app, when, and whether it went as a probe."""
@@ -128,18 +139,16 @@ class Ticket:
         self.probe = probe
 
 
-class Admission:
+class Admission(_Pumped):
     """Creates wait here, first in first out per app, until `AdmissionPolicy` lets them go."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, limits: Limits, initial_delay: float):
+        super().__init__(loop)
         self.policy = AdmissionPolicy(limits, initial_delay=initial_delay)
         self.queued_seconds = 0.0
         self.max_queued_seconds = 0.0
-        self._loop = loop
         self._queues: dict[str, deque[tuple[int, asyncio.Future[Ticket]]]] = {}
         self._seq = 0
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = math.inf
         self._last_reject: dict[str, float] = {}
 
     def try_admit(self, app: str) -> Ticket | None:
@@ -296,18 +305,6 @@ class Admission:
             wake = min(wake, expiry)
         if wake < math.inf:
             self._schedule(wake)
-
-    def _schedule(self, when: float) -> None:
-        if self._timer is not None and self._timer_at <= when:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer_at = when
-        self._timer = self._loop.call_at(when + _SLACK, self._fire)
-
-    def _fire(self) -> None:
-        self._timer, self._timer_at = None, math.inf
-        self._pump()
 
 
 class Backpressure:
