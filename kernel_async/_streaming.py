@@ -224,6 +224,18 @@ class EventStream:
         resp = self._resp
         if resp is not None:
             resp.close()
+        trace = self._trace
+        if trace is not None and not trace.ended:
+            # Never used to its end nor closed: end its span and its place in the open
+            # streams count, from the event loop (not from inside the garbage collector).
+            loop = self._client._transport.loop
+            try:
+                if loop is not None and not loop.is_closed():
+                    loop.call_soon_threadsafe(trace.abandon)
+                else:
+                    trace.abandon()
+            except Exception:  # interpreter shutdown: nothing to tell anyone
+                pass
 
     # --- internals ---------------------------------------------------------------------------
 

@@ -355,6 +355,16 @@ class StreamTrace(CallTrace):
         self.delivered += count
         self.telemetry._events.add(count)
 
+    @property
+    def ended(self) -> bool:
+        return self._ended
+
+    def abandon(self) -> None:
+        """The stream was garbage-collected without being read to its end or closed."""
+        if not self._ended:
+            self.span.set_attribute("kernel.stream.abandoned", True)
+            self.end(None, None)
+
     def end(self, exc: BaseException | None, last: Invocation | None) -> None:
         """The stream is over: at its terminal state, closed, or failed with ``exc``."""
         if self._ended:

@@ -4,6 +4,7 @@ runs against the emulator with faults and limits on; nothing at all when it is o
 from __future__ import annotations
 
 import asyncio
+import gc
 import subprocess
 import sys
 from collections import Counter
@@ -194,6 +195,27 @@ async def test_a_fan_out_under_faults_and_limits_is_traced(
     assert recorded.total("kernel.client.stream.events") == 6 * 5
     assert recorded.total("kernel.client.streams.open") == 0  # every one ended
     assert recorded.total("kernel.client.invocations", kernel__invocation__status="succeeded") == 6
+
+
+async def test_a_stream_dropped_without_closing_ends_its_span(
+    emulator: KernelEmulator, recorded: Recorded
+) -> None:
+    async with emulator.client(telemetry=recorded.telemetry()) as kernel:
+        created = await kernel.invocations.create(
+            "demo-app", "crawl", payload={"pages": 500}, async_=True
+        )
+        read_once = kernel.invocations.follow(created.id)
+        await read_once.__anext__()  # connected, then forgotten mid-stream
+        never_read = kernel.invocations.follow(created.id)
+        assert recorded.total("kernel.client.streams.open") == 2
+        del read_once, never_read
+        gc.collect()
+        await asyncio.sleep(0)  # the spans end from the event loop, not the collector
+        follows = recorded.spans("kernel.invocations.follow")
+        assert len(follows) == 2
+        assert all(attrs(s)["kernel.stream.abandoned"] is True for s in follows)
+        assert recorded.total("kernel.client.streams.open") == 0
+        await kernel.invocations.cancel(created.id)
 
 
 async def test_map_items_are_lifecycles_under_the_map_span(
