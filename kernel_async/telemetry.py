@@ -51,6 +51,7 @@ from ._version import __version__
 from .errors import APIStatusError
 
 if TYPE_CHECKING:
+    from typing_extensions import Self
     from yarl import URL
 
     from .models import Invocation, InvokeResponse
@@ -197,14 +198,36 @@ class _Current:
         self.span = span
         self._token: object | None = None
 
-    def __enter__(self) -> Any:
+    def __enter__(self) -> Self:
         self._token = otel_context.attach(trace.set_span_in_context(self.span))
         return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._detach()
+        self._exited(exc)
+
+    def _exited(self, exc: BaseException | None) -> None:
+        """What leaving the ``with`` means besides detaching (ending the span, usually)."""
 
     def _detach(self) -> None:
         token, self._token = self._token, None
         if token is not None:
             otel_context.detach(token)  # type: ignore[arg-type]
+
+    def _record_error(self, exc: BaseException) -> str:
+        """Mark the span failed with ``exc``; its ``error.type``."""
+        span = self.span
+        error_type = _error_type(exc)
+        span.set_attribute("error.type", error_type)
+        if isinstance(exc, Exception):
+            span.record_exception(exc)
+        span.set_status(Status(StatusCode.ERROR, _describe(exc)))
+        return error_type
 
     def event(self, name: str, attributes: _Attributes) -> None:
         self.span.add_event(name, attributes)
@@ -223,17 +246,7 @@ class CallTrace(_Current):
         self.resends = 0
         self._started = time.perf_counter()
 
-    def __enter__(self) -> CallTrace:
-        super().__enter__()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._detach()
+    def _exited(self, exc: BaseException | None) -> None:
         self.close(exc)
 
     def close(self, exc: BaseException | None) -> None:
@@ -245,15 +258,10 @@ class CallTrace(_Current):
         if exc is None:
             outcome["outcome"] = "ok"
         else:
-            error_type = _error_type(exc)
             outcome["outcome"] = "error"
-            outcome["error.type"] = error_type
-            span.set_attribute("error.type", error_type)
+            outcome["error.type"] = self._record_error(exc)
             if isinstance(exc, APIStatusError):
                 span.set_attribute("http.response.status_code", exc.status)
-            if isinstance(exc, Exception):
-                span.record_exception(exc)
-            span.set_status(Status(StatusCode.ERROR, _describe(exc)))
         span.end()
         telemetry = self.telemetry
         telemetry._call_duration.record(time.perf_counter() - self._started, outcome)
@@ -321,13 +329,8 @@ class StreamTrace(CallTrace):
         self.delivered = self.replayed = self.resumes = 0
         self._ended = False
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._detach()  # a connection attempt: the stream goes on
+    def _exited(self, exc: BaseException | None) -> None:
+        pass  # a connection attempt: the stream goes on
 
     def resume(self, cause: BaseException | None, delay: float) -> None:
         """The connection ended early (``cause``: how, ``None`` for a clean end) and the
@@ -394,17 +397,7 @@ class LifecycleTrace(_Current):
         self._invocation: Invocation | None = None
         self._error: BaseException | None = None
 
-    def __enter__(self) -> LifecycleTrace:
-        super().__enter__()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._detach()
+    def _exited(self, exc: BaseException | None) -> None:
         self.end(exc)
 
     def created(self, invocation_id: str) -> None:
@@ -438,10 +431,7 @@ class LifecycleTrace(_Current):
                     Status(StatusCode.ERROR, f"invocation failed: {invocation.status_reason or ''}")
                 )
         if exc is not None:
-            span.set_attribute("error.type", _error_type(exc))
-            if isinstance(exc, Exception):
-                span.record_exception(exc)
-            span.set_status(Status(StatusCode.ERROR, _describe(exc)))
+            self._record_error(exc)
         span.end()
 
 
