@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from .resources.invocations import Invocations
     from .telemetry import LifecycleTrace
 
-__all__ = ["CANCEL_OUTPUT", "InvocationMap", "MapResult"]
+__all__ = ["CANCEL_OUTPUT", "InvocationMap", "MapResult", "map_results"]
 
 logger = logging.getLogger("kernel_async")
 
@@ -99,33 +99,6 @@ class InvocationMap:
         await self._gen.aclose()
 
 
-def run_map(
-    invocations: Invocations,
-    app_name: str,
-    action_name: str,
-    payloads: Iterable[Any] | AsyncIterable[Any],
-    *,
-    version: str,
-    concurrency: int | None,
-    timeout: float | None,
-    async_timeout_seconds: int | None,
-    extras: Extras,
-) -> InvocationMap:
-    return InvocationMap(
-        _results(
-            invocations,
-            app_name,
-            action_name,
-            payloads,
-            version=version,
-            concurrency=concurrency,
-            timeout=timeout,
-            async_timeout_seconds=async_timeout_seconds,
-            extras=extras,
-        )
-    )
-
-
 @dataclass(frozen=True)
 class _End:
     count: int  # every payload was started: this many results in all
@@ -136,7 +109,7 @@ class _Failed:
     error: BaseException  # the payload source, or an item, raised something not an API error
 
 
-async def _results(
+async def map_results(
     invocations: Invocations,
     app_name: str,
     action_name: str,

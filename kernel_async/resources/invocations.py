@@ -8,7 +8,7 @@ from collections.abc import AsyncIterable, Callable, Iterable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from .._fanout import InvocationMap, run_map
+from .._fanout import InvocationMap, map_results
 from ..errors import APIConnectionError, APITimeoutError
 from ..models import Invocation
 from ._operations import Extra, Operations
@@ -250,14 +250,16 @@ class Invocations(Operations):
             check_int(async_timeout_seconds, "async_timeout_seconds", 10, 3600)
         if isinstance(payloads, (str, bytes)):
             raise TypeError("payloads must be an iterable of payloads, not a single str")
-        return run_map(
-            self,
-            app_name,
-            action_name,
-            payloads,
-            version=version,
-            concurrency=concurrency,
-            timeout=timeout,
-            async_timeout_seconds=async_timeout_seconds,
-            extras=Extras(extra_headers=extra_headers, extra_query=extra_query),
+        return InvocationMap(
+            map_results(
+                self,
+                app_name,
+                action_name,
+                payloads,
+                version=version,
+                concurrency=concurrency,
+                timeout=timeout,
+                async_timeout_seconds=async_timeout_seconds,
+                extras=Extras(extra_headers=extra_headers, extra_query=extra_query),
+            )
         )
