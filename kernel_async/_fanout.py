@@ -121,6 +121,7 @@ async def map_results(
     async_timeout_seconds: int | None,
     extras: Extras,
 ) -> AsyncGenerator[MapResult, None]:
+    """The results of `Invocations.map`, as they finish (wrap in `InvocationMap`)."""
     loop = asyncio.get_running_loop()
     results: asyncio.Queue[MapResult | _End | _Failed] = asyncio.Queue()
     items: set[asyncio.Task[None]] = set()
