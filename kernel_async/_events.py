@@ -1,4 +1,5 @@
-"""Pure event decoding and the ``since`` query value, shared by streams and list filters."""
+"""Pure event decoding (what a payload the event decoder rejected is) and the ``since``
+query value, shared by streams and list filters."""
 
 from __future__ import annotations
 
@@ -9,15 +10,9 @@ import msgspec
 
 from ._replay import rfc3339
 from .errors import APIResponseValidationError
-from .models import (
-    KNOWN_EVENT_TAGS,
-    InvocationEvent,
-    UnknownEvent,
-    event_decoder,
-    event_tag_decoder,
-)
+from .models import KNOWN_EVENT_TAGS, UnknownEvent, event_tag_decoder
 
-__all__ = ["UNDECODABLE", "decode_event", "format_since", "undecodable"]
+__all__ = ["UNDECODABLE", "format_since", "undecodable"]
 
 _ONE_MICROSECOND: Final = timedelta(microseconds=1)
 
@@ -47,18 +42,6 @@ def format_since(since: str | datetime | timedelta) -> str:
             return f"{int(seconds)}s"
         return f"{since // _ONE_MICROSECOND}us"
     raise TypeError(f"since must be a str, datetime or timedelta, not {type(since).__name__}")
-
-
-def decode_event(data: bytes) -> InvocationEvent:
-    """Decode one SSE ``data`` payload into its typed event.
-
-    An unknown ``event`` tag gives `UnknownEvent`; anything that is not a valid event of a
-    known type raises `APIResponseValidationError` carrying the raw data.
-    """
-    try:
-        return event_decoder.decode(data)
-    except UNDECODABLE as exc:
-        return undecodable(data, exc)
 
 
 #: What the event decoder raises for data that is not a valid event of a known type
