@@ -9,6 +9,7 @@ from typing import Final
 import msgspec
 
 from ._replay import rfc3339
+from ._utf8 import is_invalid_utf8
 from .errors import APIResponseValidationError
 from .models import KNOWN_EVENT_TAGS, UnknownEvent, event_tag_decoder
 
@@ -45,7 +46,7 @@ def format_since(since: str | datetime | timedelta) -> str:
 
 
 #: What the event decoder raises for data that is not a valid event of a known type
-#: (msgspec raises UnicodeDecodeError itself for invalid UTF-8 inside a string).
+#: (msgspec before 0.23 raises UnicodeDecodeError for invalid UTF-8 inside a string).
 UNDECODABLE: Final = (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError)
 
 
@@ -62,7 +63,7 @@ def undecodable(data: bytes, exc: Exception) -> UnknownEvent:
         raise APIResponseValidationError(
             f"an invocation event did not match the API schema: {exc}", body=data
         ) from exc
-    what = "is not valid UTF-8" if isinstance(exc, UnicodeDecodeError) else "is not valid JSON"
+    what = "is not valid UTF-8" if is_invalid_utf8(data, exc) else "is not valid JSON"
     raise APIResponseValidationError(f"an invocation event {what}: {exc}", body=data) from exc
 
 

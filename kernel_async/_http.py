@@ -27,6 +27,7 @@ from ._transport import (
     scrub,
     transport_error,
 )
+from ._utf8 import is_invalid_utf8
 from .errors import (
     APIConnectionError,
     APIResponseValidationError,
@@ -384,8 +385,10 @@ def decode_body(
     try:
         return decoder.decode(content)
     except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as exc:
-        if isinstance(exc, UnicodeDecodeError):
+        if is_invalid_utf8(content, exc):
             problem = f"is not valid UTF-8: {exc}"
+        elif isinstance(exc, msgspec.DecodeError):
+            problem = f"is not valid JSON: {exc}"
         else:
             problem = f"did not match the API schema: {exc}"
         raise APIResponseValidationError(

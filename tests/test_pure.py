@@ -1,16 +1,18 @@
-"""Property tests of the pure parts: Retry-After parsing and backoff bounds."""
+"""Property tests of the pure parts: Retry-After parsing, backoff bounds, UTF-8 errors."""
 
 from __future__ import annotations
 
 import email.utils
 import math
 
+import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from kernel_async import RetryPolicy
 from kernel_async._retry import backoff_delay, parse_retry_after
+from kernel_async._utf8 import is_invalid_utf8
 
 NOW = 1_750_000_000.0
 
@@ -81,3 +83,20 @@ def test_policy_backoff_grows_then_caps(retry: int) -> None:
 def test_policy_rejects_nonsense(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         RetryPolicy(**kwargs)  # type: ignore[arg-type]
+
+
+@given(st.binary(max_size=64))
+def test_invalid_utf8_is_told_apart_from_invalid_json(data: bytes) -> None:
+    """Whatever msgspec raises for these bytes, `is_invalid_utf8` says UTF-8 exactly when
+    the bytes are not UTF-8 (msgspec 0.23 raises DecodeError where 0.22 raised
+    UnicodeDecodeError)."""
+    body = b'{"a": "' + data + b'"}'
+    try:
+        msgspec.json.decode(body)
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError:
+            assert is_invalid_utf8(body, exc)
+        else:
+            assert not is_invalid_utf8(body, exc)
