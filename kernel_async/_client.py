@@ -12,9 +12,8 @@ import aiohttp
 from aiohttp import ClientMiddlewareType, ClientSession
 from yarl import URL
 
-from ._backpressure import Backpressure
 from ._http import HTTPClient
-from ._limits import Limits, LimitStats
+from ._limits import Backpressure, Limits, LimitStats
 from ._options import (
     DEFAULT_BASE_URL,
     DEFAULT_TIMEOUT,

@@ -38,7 +38,7 @@ from .errors import (
 from .models import InvokeResponse, invoke_response_decoder
 
 if TYPE_CHECKING:
-    from ._backpressure import Admission, Ticket
+    from ._limits import Admission, Ticket
     from .telemetry import Telemetry
 
 __all__ = ["HTTPClient", "decode_body"]

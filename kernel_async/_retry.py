@@ -34,7 +34,7 @@ from ._transport import (
 )
 
 if TYPE_CHECKING:
-    from ._backpressure import Backpressure, RateGate
+    from ._limits import Backpressure, RateGate
 
 __all__ = ["RetryMiddleware", "RetryPolicy", "backoff_delay", "parse_retry_after"]
 

@@ -17,7 +17,7 @@ from yarl import URL
 from .errors import APIConnectionError, APITimeoutError, KernelError, RedirectError
 
 if TYPE_CHECKING:
-    from ._backpressure import Backpressure
+    from ._limits import Backpressure
     from .telemetry import CallTrace
 
 __all__ = [

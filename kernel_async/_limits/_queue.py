@@ -1,7 +1,4 @@
-"""The asyncio side of backpressure: FIFO queues of waiting tasks around the pure policies
-of `kernel_async._limits`. One `Backpressure` per client (shared by its `with_options`
-copies); waiting holds no connection, since nothing is sent until a task is let through.
-"""
+"""The asyncio side of admission: creates wait here, FIFO per app, for `AdmissionPolicy`."""
 
 from __future__ import annotations
 
@@ -9,123 +6,15 @@ import asyncio
 import logging
 import math
 from collections import deque
-from collections.abc import Mapping
-from typing import Final
 
-from ._limits import DEFAULT_LEASE, AdmissionPolicy, Limits, LimitStats, RatePolicy
-from .errors import APITimeoutError, RateLimitError
+from ..errors import APITimeoutError
+from ._admission import AdmissionPolicy
+from ._config import DEFAULT_LEASE, Limits
+from ._pump import Pumped
 
-__all__ = ["Admission", "Backpressure", "RateGate", "Ticket"]
+__all__ = ["Admission", "Ticket"]
 
 logger = logging.getLogger("kernel_async")
-
-_SLACK: Final = 0.001  # timers fire this much late at most; avoids waking a hair early
-
-
-class _Pumped:
-    """A queue that a `_pump` moves on, now or at a time one timer keeps (the earliest)."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = math.inf
-
-    def _pump(self) -> None:
-        raise NotImplementedError
-
-    def _schedule(self, when: float) -> None:
-        """Pump at ``when`` (loop time), unless a pump is due sooner already."""
-        if self._timer is not None and self._timer_at <= when:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer_at = when
-        self._timer = self._loop.call_at(when + _SLACK, self._fire)
-
-    def _fire(self) -> None:
-        self._timer, self._timer_at = None, math.inf
-        self._pump()
-
-
-class RateGate(_Pumped):
-    """Holds new requests back while the server's rate limit says so, first come first
-    served. `acquire` before sending, `received` after (exactly once per acquire)."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(loop)
-        self.policy = RatePolicy()
-        self.rate_limited = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
-
-    def try_acquire(self) -> bool:
-        """Let a request through now if it need not wait (the common case costs no
-        coroutine); `acquire` otherwise."""
-        policy = self.policy
-        if not self._waiters and policy.room(self._loop.time()) != 0:
-            policy.sent()
-            return True
-        return False
-
-    async def acquire(self, deadline: float | None, *, front: bool = False) -> None:
-        """Wait until a request may be sent (``front``: ahead of every waiter, for a request
-        going again after a 429). Raises `RateLimitError` at once when the pause would
-        outlast ``deadline``."""
-        policy = self.policy
-        now = self._loop.time()
-        if not self._waiters and policy.room(now) != 0:
-            policy.sent()
-            return
-        if deadline is not None and policy.paused_until >= deadline:
-            wait = policy.paused_until - now
-            raise _past_deadline(wait)
-        fut: asyncio.Future[None] = self._loop.create_future()
-        if front:
-            self._waiters.appendleft(fut)
-        else:
-            self._waiters.append(fut)
-        self._pump()
-        try:
-            await fut
-        except BaseException:
-            if fut.done() and not fut.cancelled():
-                self.received(None)  # let through, then cancelled: give the place back
-            else:
-                self._waiters.remove(fut)
-                self._pump()
-            raise
-
-    def received(self, headers: Mapping[str, str] | None) -> None:
-        """The request ended with these response headers (``None``: no response)."""
-        self.policy.received(self._loop.time(), headers)
-        if self._waiters:
-            self._pump()
-
-    def rate_limited_for(self, retry_after: float | None, fallback: float) -> float:
-        """A 429 from the rate limit: pause everyone; returns the seconds paused."""
-        self.rate_limited += 1
-        before = self.policy.paused_until
-        wait = self.policy.rate_limited(self._loop.time(), retry_after, fallback)
-        if self.policy.paused_until > before:
-            logger.info("Rate limited by the server: holding new requests for %.2fs", wait)
-        return wait
-
-    def _pump(self) -> None:
-        policy = self.policy
-        now = self._loop.time()
-        waiters = self._waiters
-        while waiters:
-            room = policy.room(now)
-            if room == 0:
-                break
-            fut = waiters.popleft()
-            if fut.done():
-                continue
-            policy.sent()
-            fut.set_result(None)
-        if waiters:
-            wake = policy.wake_at(now)
-            if wake is not None:
-                self._schedule(wake)
 
 
 class Ticket:
@@ -139,7 +28,7 @@ class Ticket:
         self.probe = probe
 
 
-class Admission(_Pumped):
+class Admission(Pumped):
     """Creates wait here, first in first out per app, until `AdmissionPolicy` lets them go."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, limits: Limits, initial_delay: float):
@@ -307,61 +196,6 @@ class Admission(_Pumped):
             self._schedule(wake)
 
 
-class Backpressure:
-    """A client's rate-limit gate and admission queue, made in its event loop on first use."""
-
-    def __init__(self, limits: Limits, initial_delay: float) -> None:
-        self.limits = limits
-        self._initial_delay = initial_delay
-        self._gate: RateGate | None = None
-        self._admission: Admission | None = None
-
-    def gate(self) -> RateGate:
-        gate = self._gate
-        if gate is None:
-            gate = self._gate = RateGate(asyncio.get_running_loop())
-        return gate
-
-    def admission(self) -> Admission:
-        admission = self._admission
-        if admission is None:
-            admission = self._admission = Admission(
-                asyncio.get_running_loop(), self.limits, self._initial_delay
-            )
-        return admission
-
-    def finished(self, invocation_id: str) -> None:
-        """An invocation was seen finished: free its slot, if it held one."""
-        admission = self._admission
-        if admission is not None and admission.policy.owner:
-            admission.finished(invocation_id)
-
-    def close(self, error: BaseException) -> None:
-        if self._admission is not None:
-            self._admission.close(error)
-
-    def stats(self) -> LimitStats:
-        gate, admission = self._gate, self._admission
-        if admission is None:
-            apps = {}
-            concurrency = admitted = 0
-            queued = longest = 0.0
-        else:
-            apps = admission.policy.stats(admission.stats())
-            concurrency = admission.policy.concurrency_limited
-            admitted = admission.policy.admitted
-            queued, longest = admission.queued_seconds, admission.max_queued_seconds
-        return LimitStats(
-            apps=apps,
-            concurrency_limited=concurrency,
-            rate_limited=0 if gate is None else gate.rate_limited,
-            rate_paused_seconds=0.0 if gate is None else gate.policy.paused_seconds,
-            queued_seconds=queued,
-            max_queued_seconds=longest,
-            admitted=admitted,
-        )
-
-
 def _expire(fut: asyncio.Future[Ticket]) -> None:
     if not fut.done():
         fut.set_exception(APITimeoutError("deadline passed while queued"))
@@ -379,14 +213,3 @@ def _queue_timeout(app: str, waited: float) -> APITimeoutError:
         f"the call's deadline passed while its create waited {waited:.2f}s for a slot "
         f"(app {app!r} is at its concurrency limit); nothing was sent"
     )
-
-
-def _past_deadline(wait: float) -> RateLimitError:
-    error = RateLimitError(
-        f"rate limited by the server for another {wait:.2f}s, past this call's deadline; "
-        "nothing was sent",
-        status=429,
-        code="rate_limited",
-    )
-    error.retry_after = wait
-    return error

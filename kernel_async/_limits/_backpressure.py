@@ -1,0 +1,67 @@
+"""One client's rate-limit gate and admission queue (shared by its `with_options` copies);
+waiting holds no connection, since nothing is sent until a task is let through."""
+
+from __future__ import annotations
+
+import asyncio
+
+from ._config import Limits, LimitStats
+from ._gate import RateGate
+from ._queue import Admission
+
+__all__ = ["Backpressure"]
+
+
+class Backpressure:
+    """A client's rate-limit gate and admission queue, made in its event loop on first use."""
+
+    def __init__(self, limits: Limits, initial_delay: float) -> None:
+        self.limits = limits
+        self._initial_delay = initial_delay
+        self._gate: RateGate | None = None
+        self._admission: Admission | None = None
+
+    def gate(self) -> RateGate:
+        gate = self._gate
+        if gate is None:
+            gate = self._gate = RateGate(asyncio.get_running_loop())
+        return gate
+
+    def admission(self) -> Admission:
+        admission = self._admission
+        if admission is None:
+            admission = self._admission = Admission(
+                asyncio.get_running_loop(), self.limits, self._initial_delay
+            )
+        return admission
+
+    def finished(self, invocation_id: str) -> None:
+        """An invocation was seen finished: free its slot, if it held one."""
+        admission = self._admission
+        if admission is not None and admission.policy.owner:
+            admission.finished(invocation_id)
+
+    def close(self, error: BaseException) -> None:
+        if self._admission is not None:
+            self._admission.close(error)
+
+    def stats(self) -> LimitStats:
+        gate, admission = self._gate, self._admission
+        if admission is None:
+            apps = {}
+            concurrency = admitted = 0
+            queued = longest = 0.0
+        else:
+            apps = admission.policy.stats(admission.stats())
+            concurrency = admission.policy.concurrency_limited
+            admitted = admission.policy.admitted
+            queued, longest = admission.queued_seconds, admission.max_queued_seconds
+        return LimitStats(
+            apps=apps,
+            concurrency_limited=concurrency,
+            rate_limited=0 if gate is None else gate.rate_limited,
+            rate_paused_seconds=0.0 if gate is None else gate.policy.paused_seconds,
+            queued_seconds=queued,
+            max_queued_seconds=longest,
+            admitted=admitted,
+        )
