@@ -240,14 +240,17 @@ class RetryMiddleware:
         deadline = current_deadline.get()
         retries = rate_waits = 0
         front = False
+        ticket = 0
         while True:
             # The client's headers start at "0" (sized once, no growth per request).
             if retries or RETRY_COUNT_HEADER not in req.headers:
                 req.headers[RETRY_COUNT_HEADER] = (
                     _RETRY_COUNTS[retries] if retries < 64 else str(retries)
                 )
-            if gate is not None and (front or not gate.try_acquire()):
-                await _wait_at(gate, deadline, front)
+            if gate is not None:
+                ticket = 0 if front else gate.try_acquire()
+                if not ticket:
+                    ticket = await _wait_at(gate, deadline, front, rate_waits)
             front = False
             headers = None
             try:
@@ -321,7 +324,7 @@ class RetryMiddleware:
                 short_reason = str(status)
             finally:
                 if gate is not None:
-                    gate.received(headers)
+                    gate.received(ticket, headers)
             retries += 1
             trace = current_trace.get()
             if trace is not None:
@@ -338,16 +341,15 @@ class RetryMiddleware:
             await sleep(delay)
 
 
-async def _wait_at(gate: RateGate, deadline: float | None, front: bool) -> None:
-    """Wait at the rate gate (reported to the call's trace, if any)."""
+async def _wait_at(gate: RateGate, deadline: float | None, front: bool, sent: int) -> int:
+    """Wait at the rate gate (reported to the call's trace, if any); the request's ticket."""
     trace = current_trace.get()
     if trace is None:
-        await gate.acquire(deadline, front=front)
-        return
+        return await gate.acquire(deadline, front=front, sent=sent)
     loop = asyncio.get_running_loop()
     started = loop.time()
     try:
-        await gate.acquire(deadline, front=front)
+        return await gate.acquire(deadline, front=front, sent=sent)
     finally:
         trace.waited("rate_limit", loop.time() - started)
 

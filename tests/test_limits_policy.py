@@ -44,17 +44,17 @@ def test_classify_429_survives_garbage_bodies() -> None:
 
 
 class RateGateMachine(RuleBasedStateMachine):
-    """Requests are sent only when the policy has room; answers come back in any order."""
+    """Requests are sent only when the policy has room; answers come back in any order,
+    and some never come (a request in flight for as long as the test runs)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.policy = RatePolicy()
         self.now = 0.0
-        self.in_flight = 0
-        self.granted: int | None = (
-            None  # what the server's last answer with nothing else in flight allowed
-        )
+        self.in_flight: list[int] = []
+        self.granted: int | None = None  # what the newest answer allowed, until a probe
         self.sent_since = 0
+        self.newest_read = 0  # the ticket of the newest answer read
 
     @rule(seconds=st.floats(0, 2))
     def time_passes(self, seconds: float) -> None:
@@ -64,48 +64,64 @@ class RateGateMachine(RuleBasedStateMachine):
     @rule()
     def send(self) -> None:
         assert self.now >= self.policy.paused_until
-        self.policy.sent()
-        self.in_flight += 1
+        budget = self.policy.budget
+        if budget is not None and budget <= 0:
+            self.granted = None  # a probe: the budget's limit no longer applies
+        self.in_flight.append(self.policy.sent(self.now))
         self.sent_since += 1
 
-    @precondition(lambda self: self.in_flight > 0)
-    @rule(remaining=st.one_of(st.none(), st.integers(0, 5)), limited=st.booleans())
-    def answer(self, remaining: int | None, limited: bool) -> None:
+    @precondition(lambda self: self.in_flight)
+    @rule(
+        data=st.data(),
+        remaining=st.one_of(st.none(), st.integers(0, 5)),
+        reset=st.one_of(st.none(), st.floats(0, 3)),
+        limited=st.booleans(),
+    )
+    def answer(
+        self, data: st.DataObject, remaining: int | None, reset: float | None, limited: bool
+    ) -> None:
+        ticket = self.in_flight.pop(data.draw(st.integers(0, len(self.in_flight) - 1)))
         headers = {} if remaining is None else {"X-RateLimit-Remaining": str(remaining)}
-        self.in_flight -= 1
+        if reset is not None:
+            headers["X-RateLimit-Reset"] = str(reset)
         paused_before = self.now < self.policy.paused_until
-        pause_before = self.policy.paused_until
-        self.policy.received(self.now, headers)
+        read = ticket >= self.newest_read and not paused_before  # else stale, or paused
+        after = sum(1 for other in self.in_flight if other > ticket)  # maybe not counted
+        self.policy.received(self.now, ticket, headers)
+        if not paused_before:
+            self.newest_read = max(self.newest_read, ticket)
         if limited:
             self.policy.rate_limited(self.now, 0.5, 0.1)
             assert self.policy.room(self.now) == 0
             self.granted = None
-        elif remaining is not None and self.in_flight == 0 and not paused_before:
-            # Until the gate pauses to probe, it sends no more than the server granted.
-            self.granted, self.sent_since = remaining, 0
-            self.granted_pause = pause_before
-        else:
-            self.granted = None
+        elif read:
+            # Until a probe, no more than it granted beyond those sent after it.
+            self.granted = None if remaining is None else max(0, remaining - after)
+            self.sent_since = 0
 
-    @precondition(lambda self: self.in_flight > 0)
-    @rule()
-    def fail(self) -> None:
-        self.in_flight -= 1
-        self.policy.received(self.now, None)
+    @precondition(lambda self: self.in_flight)
+    @rule(data=st.data())
+    def fail(self, data: st.DataObject) -> None:
+        ticket = self.in_flight.pop(data.draw(st.integers(0, len(self.in_flight) - 1)))
+        self.policy.received(self.now, ticket, None)
 
     @invariant()
     def books_balance(self) -> None:
-        assert self.policy.in_flight == self.in_flight >= 0
+        assert self.policy.in_flight == len(self.in_flight) >= 0
 
     @invariant()
     def never_stuck(self) -> None:
-        """With nothing in flight, either there is room or a time at which there will be."""
-        if self.in_flight == 0 and self.policy.room(self.now) == 0:
-            assert self.policy.wake_at(self.now) is not None
+        """Without room there is always a time at which there will be, even while requests
+        are in flight (one may never answer)."""
+        if self.policy.room(self.now) == 0:
+            wake = self.policy.wake_at(self.now)
+            assert wake is not None
+            assert wake > self.now
+            assert self.policy.room(wake) != 0
 
     @invariant()
     def the_budget_is_not_overspent(self) -> None:
-        if self.granted is not None and self.policy.paused_until == self.granted_pause:
+        if self.granted is not None:
             assert self.sent_since <= self.granted
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 from collections import deque
 from collections.abc import Mapping
 
@@ -13,60 +15,77 @@ from ._rate import RatePolicy
 
 __all__ = ["RateGate"]
 
+#: A waiting request: its future (resolved with its ticket), deadline and times sent.
+_Waiter = tuple[asyncio.Future[int], float, int]
+
 logger = logging.getLogger("kernel_async")
 
 
 class RateGate(Pumped):
     """Holds new requests back while the server's rate limit says so, first come first
-    served. `acquire` before sending, `received` after (exactly once per acquire)."""
+    served. `acquire` (or `try_acquire`) before sending gives a ticket; `received` with it
+    after, exactly once."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(loop)
         self.policy = RatePolicy()
         self.rate_limited = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        # Waiting requests, first come first served. One cancelled (or failed) while waiting
+        # stays until it reaches the head, since removing it from the middle would be a
+        # linear scan: `_waiting` counts the ones still waiting.
+        self._waiters: deque[_Waiter] = deque()
+        self._waiting = 0
 
-    def try_acquire(self) -> bool:
-        """Let a request through now if it need not wait (the common case costs no
-        coroutine); `acquire` otherwise."""
-        policy = self.policy
-        if not self._waiters and policy.room(self._loop.time()) != 0:
-            policy.sent()
-            return True
-        return False
+    @property
+    def waiting(self) -> int:
+        """Requests waiting at the gate now."""
+        return self._waiting
 
-    async def acquire(self, deadline: float | None, *, front: bool = False) -> None:
-        """Wait until a request may be sent (``front``: ahead of every waiter, for a request
-        going again after a 429). Raises `RateLimitError` at once when the pause would
-        outlast ``deadline``."""
+    def try_acquire(self) -> int:
+        """A ticket to send a request now if it need not wait (the common case costs no
+        coroutine); ``0`` when it must `acquire`."""
         policy = self.policy
         now = self._loop.time()
-        if not self._waiters and policy.room(now) != 0:
-            policy.sent()
-            return
+        if not self._waiting and policy.room(now) != 0:
+            return policy.sent(now)
+        return 0
+
+    async def acquire(self, deadline: float | None, *, front: bool = False, sent: int = 0) -> int:
+        """Wait until a request may be sent; returns its ticket. ``front``: ahead of every
+        waiter, for a request going again after a 429. Raises `RateLimitError` at once when
+        the pause would outlast ``deadline`` (``sent``: how many times this request was sent
+        already, for the error's message)."""
+        policy = self.policy
+        now = self._loop.time()
+        if not self._waiting and policy.room(now) != 0:
+            return policy.sent(now)
         if deadline is not None and policy.paused_until >= deadline:
-            wait = policy.paused_until - now
-            raise _past_deadline(wait)
-        fut: asyncio.Future[None] = self._loop.create_future()
+            raise _past_deadline(policy.paused_until - now, sent)
+        fut: asyncio.Future[int] = self._loop.create_future()
+        waiter = (fut, math.inf if deadline is None else deadline, sent)
         if front:
-            self._waiters.appendleft(fut)
+            self._waiters.appendleft(waiter)
         else:
-            self._waiters.append(fut)
+            self._waiters.append(waiter)
+        self._waiting += 1
         self._pump()
         try:
-            await fut
+            return await fut
         except BaseException:
-            if fut.done() and not fut.cancelled():
-                self.received(None)  # let through, then cancelled: give the place back
-            else:
-                self._waiters.remove(fut)
+            if not fut.done():
+                fut.cancel()
+            if fut.cancelled() or fut.exception() is not None:
+                self._waiting -= 1  # it stays in the deque until it reaches the head
                 self._pump()
+            else:
+                self.received(fut.result(), None)  # let through, then cancelled: give it back
             raise
 
-    def received(self, headers: Mapping[str, str] | None) -> None:
-        """The request ended with these response headers (``None``: no response)."""
-        self.policy.received(self._loop.time(), headers)
-        if self._waiters:
+    def received(self, ticket: int, headers: Mapping[str, str] | None) -> None:
+        """The request with ``ticket`` ended with these response headers (``None``: no
+        response)."""
+        self.policy.received(self._loop.time(), ticket, headers, time.time())
+        if self._waiting:
             self._pump()
 
     def rate_limited_for(self, retry_after: float | None, fallback: float) -> float:
@@ -76,31 +95,47 @@ class RateGate(Pumped):
         wait = self.policy.rate_limited(self._loop.time(), retry_after, fallback)
         if self.policy.paused_until > before:
             logger.info("Rate limited by the server: holding new requests for %.2fs", wait)
+            self._fail_past(self.policy.paused_until)
         return wait
+
+    def _fail_past(self, until: float) -> None:
+        """The gate is paused until ``until``: waiters whose deadline comes first fail now
+        rather than at their deadline (a pause is rare: scanning the waiters is fine)."""
+        now = self._loop.time()
+        for fut, deadline, sent in self._waiters:
+            if deadline <= until and not fut.done():
+                fut.set_exception(_past_deadline(until - now, sent))
+
+    def paused_for(self) -> float:
+        """Seconds the gate still holds every new request back (``0.0``: not paused)."""
+        return max(0.0, self.policy.paused_until - self._loop.time())
 
     def _pump(self) -> None:
         policy = self.policy
         now = self._loop.time()
         waiters = self._waiters
         while waiters:
-            room = policy.room(now)
-            if room == 0:
-                break
-            fut = waiters.popleft()
-            if fut.done():
+            if waiters[0][0].done():  # cancelled or failed while waiting: counted out already
+                waiters.popleft()
                 continue
-            policy.sent()
-            fut.set_result(None)
-        if waiters:
+            if policy.room(now) == 0:
+                break
+            self._waiting -= 1
+            waiters.popleft()[0].set_result(policy.sent(now))
+        if self._waiting:
             wake = policy.wake_at(now)
             if wake is not None:
                 self._schedule(wake)
 
 
-def _past_deadline(wait: float) -> RateLimitError:
+def _past_deadline(wait: float, sent: int) -> RateLimitError:
+    what = (
+        "nothing was sent"
+        if not sent
+        else f"it was sent {sent} time(s) and refused with 429 each time"
+    )
     error = RateLimitError(
-        f"rate limited by the server for another {wait:.2f}s, past this call's deadline; "
-        "nothing was sent",
+        f"rate limited by the server for another {wait:.2f}s, past this call's deadline; " + what,
         status=429,
         code="rate_limited",
     )
