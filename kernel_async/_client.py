@@ -122,7 +122,11 @@ class AsyncKernel(HTTPClient):
         self._transport = Transport(
             session,
             connection_limit,
-            Backpressure(limits if limits is not None else Limits(), policy.initial_delay),
+            Backpressure(
+                limits if limits is not None else Limits(),
+                policy.initial_delay,
+                policy.max_retry_after,
+            ),
         )
         self._owns_transport = True
         self._telemetry = _telemetry(telemetry)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
@@ -19,7 +20,6 @@ from ._options import NOT_GIVEN, NotGiven, Timeout, replace_total, to_client_tim
 from ._retry import RetryMiddleware, RetryPolicy, retry_after_from_headers
 from ._transport import (
     Transport,
-    admission_managed,
     call_method,
     current_deadline,
     current_trace,
@@ -29,8 +29,8 @@ from ._transport import (
 )
 from ._utf8 import is_invalid_utf8
 from .errors import (
-    APIConnectionError,
     APIResponseValidationError,
+    ClientClosedError,
     KernelError,
     RateLimitError,
     make_status_error,
@@ -38,7 +38,6 @@ from .errors import (
 from .models import InvokeResponse, invoke_response_decoder
 
 if TYPE_CHECKING:
-    from ._limits import Admission, Ticket
     from .telemetry import Telemetry
 
 __all__ = ["HTTPClient", "decode_body"]
@@ -213,7 +212,8 @@ class HTTPClient:
         *,
         timeout: ClientTimeout,
         deadline: float | None,
-        lease: float | None,
+        async_timeout_seconds: int | None,
+        land: bool = False,
         on_sent: Callable[[], None] | None = None,
         extra_headers: Mapping[str, str] | None = None,
         extra_query: Mapping[str, str] | None = None,
@@ -224,10 +224,12 @@ class HTTPClient:
         The create waits for a slot of ``app_name`` (first in, first out), is sent, and on
         a concurrency 429 goes back to the head of the queue to wait for a slot again:
         until ``deadline`` (loop time; ``None`` for none), never giving up early. Each
-        attempt is bounded by ``timeout`` and the deadline. Any other failure frees the
-        slot and is raised: the create is never re-sent after an ambiguous failure.
-        ``on_sent`` is called once, when the create first leaves the queue.
-        ``trace_attributes``: those of its span, when telemetry is on.
+        attempt is bounded by ``timeout`` and, unless ``land``, by the deadline too:
+        ``land`` lets an attempt in flight get its answer past the deadline, so that the
+        invocation it may have started is known (`run` and `map` cancel it). Any other
+        failure frees the slot and is raised: the create is never re-sent after an
+        ambiguous failure. ``on_sent`` is called once, when the create first leaves the
+        queue. ``trace_attributes``: those of its span, when telemetry is on.
         """
         url = self._invocations_url
         telemetry = self._telemetry
@@ -240,7 +242,8 @@ class HTTPClient:
                         body,
                         timeout=timeout,
                         deadline=deadline,
-                        lease=lease,
+                        async_timeout_seconds=async_timeout_seconds,
+                        land=land,
                         on_sent=on_sent,
                         extra_headers=extra_headers,
                         extra_query=extra_query,
@@ -251,43 +254,36 @@ class HTTPClient:
                 return result
         admission = self._transport.backpressure.admission()
         loop = asyncio.get_running_loop()
-        ticket = admission.try_admit(app_name) or await _queue(admission, app_name, deadline)
-        if on_sent is not None:
-            on_sent()
-        while True:
-            attempt = timeout
-            if deadline is not None:
-                left = deadline - loop.time()
-                if attempt.total is None or attempt.total > left + 0.001:  # time was spent
-                    attempt = replace_total(attempt, max(left, 0.001))
-            token = admission_managed.set(True)
-            try:
-                resp, content = await self._send(
-                    "POST",
-                    url,
-                    body=body,
-                    timeout=attempt,
-                    extra_headers=extra_headers,
-                    extra_query=extra_query,
-                )
+        trace = current_trace.get()
+        report = None if trace is None else partial(trace.waited, "admission", app=app_name)
+        async with admission.slot(app_name, deadline, async_timeout_seconds, report) as slot:
+            if on_sent is not None:
+                on_sent()
+            while True:
+                attempt = timeout
+                if deadline is not None and not land:
+                    left = deadline - loop.time()
+                    if attempt.total is None or attempt.total > left + 0.001:  # time was spent
+                        attempt = replace_total(attempt, max(left, 0.001))
+                try:
+                    resp, content = await self._send(
+                        "POST",
+                        url,
+                        body=body,
+                        timeout=attempt,
+                        extra_headers=extra_headers,
+                        extra_query=extra_query,
+                    )
+                except RateLimitError as exc:
+                    if classify_429(exc.headers, exc.body) != "concurrency":
+                        raise
+                    if trace is not None:
+                        trace.rate_limited("concurrency", exc.retry_after)
+                    await slot.requeue(exc.retry_after)
+                    continue
                 result = decode_body(invoke_response_decoder, content, resp.status, resp.headers)
-            except RateLimitError as exc:
-                if classify_429(exc.headers, exc.body) != "concurrency":
-                    admission.abandoned(ticket)
-                    raise
-                admission.rejected(ticket, exc.retry_after)
-                trace = current_trace.get()
-                if trace is not None:
-                    trace.rate_limited("concurrency", exc.retry_after)
-                ticket = await _queue(admission, app_name, deadline, front=True)
-                continue
-            except BaseException:
-                admission.abandoned(ticket)
-                raise
-            finally:
-                admission_managed.reset(token)
-            admission.started(ticket, None if result.is_terminal else result.id, lease)
-            return result
+                slot.started(None if result.is_terminal else result.id)
+                return result
 
     def _attempt_timeout(self) -> ClientTimeout:
         """The client's timeout for one attempt of a call whose caller set no deadline
@@ -342,7 +338,7 @@ class HTTPClient:
         raise as it is). Whatever is chained to it is scrubbed of credentials."""
         if self._transport.closed:  # aiohttp fails in odd ways when its session closes
             scrub(exc)
-            return APIConnectionError(
+            return ClientClosedError(
                 f"{method} {url}: the client was closed while the request was in flight",
                 method=method,
                 url=str(url),
@@ -350,21 +346,6 @@ class HTTPClient:
         if is_transport_error(exc) or isinstance(exc, aiohttp.RedirectClientError):
             return transport_error(exc, method, str(url))
         return None
-
-
-async def _queue(
-    admission: Admission, app_name: str, deadline: float | None, *, front: bool = False
-) -> Ticket:
-    """Wait in ``app_name``'s admission queue (reported to the call's trace, if any)."""
-    trace = current_trace.get()
-    if trace is None:
-        return await admission.acquire(app_name, deadline, front=front)
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    try:
-        return await admission.acquire(app_name, deadline, front=front)
-    finally:
-        trace.waited("admission", loop.time() - started, app_name)
 
 
 def decode_body(

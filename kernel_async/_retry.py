@@ -26,7 +26,6 @@ from aiohttp import ClientHandlerType, ClientRequest, ClientResponse
 from ._limits import classify_429
 from ._transport import (
     RedirectGuard,
-    admission_managed,
     current_deadline,
     current_trace,
     is_transport_error,
@@ -232,7 +231,8 @@ class RetryMiddleware:
             self.guard.check(req)
         policy = self.policy
         idempotent = req.method != "POST"
-        managed = not idempotent and admission_managed.get()
+        # The client's creates wait for a slot in its admission queue on a concurrency 429.
+        managed = not idempotent and self.backpressure is not None
         # Streams hand the open response to their reader; everything else is read here, so
         # that a body cut off mid-way is a retryable failure like any other.
         read_body = req.headers.get("Accept") != "text/event-stream"

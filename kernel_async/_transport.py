@@ -14,7 +14,12 @@ from aiohttp import ClientHandlerType, ClientRequest, ClientResponse, ClientSess
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from .errors import APIConnectionError, APITimeoutError, KernelError, RedirectError
+from .errors import (
+    APIConnectionError,
+    APITimeoutError,
+    ClientClosedError,
+    RedirectError,
+)
 
 if TYPE_CHECKING:
     from ._limits import Backpressure
@@ -23,7 +28,6 @@ if TYPE_CHECKING:
 __all__ = [
     "RedirectGuard",
     "Transport",
-    "admission_managed",
     "call_method",
     "current_deadline",
     "current_trace",
@@ -36,9 +40,6 @@ __all__ = [
 
 #: Monotonic deadline of the current call (loop time), so waits do not run past it.
 current_deadline: ContextVar[float | None] = ContextVar("kernel_async_deadline", default=None)
-#: Set around a create that goes through admission control: a concurrency 429 is then
-#: handed back to it (to wait for a slot) instead of being retried by the middleware.
-admission_managed: ContextVar[bool] = ContextVar("kernel_async_admission", default=False)
 #: The method the call started with: a redirect may turn a POST into a GET, but it is
 #: still a call that is not idempotent.
 call_method: ContextVar[str | None] = ContextVar("kernel_async_method", default=None)
@@ -238,7 +239,7 @@ class Transport:
 
     def _open(self, session: ClientSession | None, limit: int) -> ClientSession:
         if self.closed:
-            raise RuntimeError("this AsyncKernel client is closed")
+            raise ClientClosedError("this AsyncKernel client is closed")
         loop = asyncio.get_running_loop()
         if session is None:
             session = ClientSession(
@@ -260,7 +261,7 @@ class Transport:
 
     async def aclose(self) -> None:
         self.closed = True
-        self.backpressure.close(KernelError("the AsyncKernel client was closed"))
+        self.backpressure.close(ClientClosedError("the AsyncKernel client was closed"))
         sessions = {self.session, self.stream_session} - {None}
         self.session = self.stream_session = None
         if self.owns_session:

@@ -3,7 +3,8 @@
 ```
 KernelError
 ├── APIConnectionError            transport failed; the request may not have arrived
-│   ├── APITimeoutError
+│   ├── APITimeoutError           .invocation_id when an invocation was started
+│   ├── ClientClosedError         the client was closed (`aclose`) before or during the call
 │   └── RedirectError             a redirect this client will not follow
 ├── APIResponseValidationError    body did not match the schema (.body holds the raw bytes)
 └── APIStatusError                .status .code .message .details .inner_error .headers .body
@@ -33,6 +34,7 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "ClientClosedError",
     "ConflictError",
     "InternalServerError",
     "KernelError",
@@ -70,12 +72,34 @@ class APIConnectionError(KernelError):
 
 
 class APITimeoutError(APIConnectionError):
-    """The request, or a stream, did not complete within its timeout."""
+    """The request, or a stream, did not complete within its timeout.
+
+    ``invocation_id`` is set when the call had started an invocation (a `run` or a `map`
+    item whose deadline passed): it may still be running, unless it was cancelled.
+    """
 
     def __init__(
-        self, message: str = "Request timed out.", *, method: str = "", url: str = ""
+        self,
+        message: str = "Request timed out.",
+        *,
+        method: str = "",
+        url: str = "",
+        invocation_id: str | None = None,
     ) -> None:
         super().__init__(message, method=method, url=url)
+        self.invocation_id = invocation_id
+        """The invocation the call had started, if any (``None``: none was started)."""
+
+
+class ClientClosedError(APIConnectionError):
+    """The client was closed (`AsyncKernel.aclose`) before or while this call ran.
+
+    Every call waiting when the client closes (for a slot, at the rate gate, for an answer,
+    on an event stream) ends with it, and so does every call made afterwards.
+    """
+
+    def __init__(self, message: str = "the AsyncKernel client is closed", **kwargs: str) -> None:
+        super().__init__(message, **kwargs)
 
 
 class RedirectError(APIConnectionError):

@@ -9,7 +9,14 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from kernel_async import APITimeoutError, AsyncKernel, KernelError, NotFoundError, __version__
+from kernel_async import (
+    APITimeoutError,
+    AsyncKernel,
+    ClientClosedError,
+    KernelError,
+    NotFoundError,
+    __version__,
+)
 from kernel_async.testing import KernelEmulator
 
 from .conftest import API_KEY, INVOCATION_JSON, ServerFactory, json_response
@@ -73,7 +80,7 @@ async def test_aclose_closes_its_own_session_and_then_refuses_calls(
     assert session is not None
     assert session.closed
     assert kernel.is_closed
-    with pytest.raises(RuntimeError, match="closed"):
+    with pytest.raises(ClientClosedError, match="closed"):
         await kernel.invocations.retrieve("inv_1")
 
 

@@ -22,9 +22,10 @@ from ._config import (
     Limits,
     LimitStats,
     classify_429,
+    lease_for,
 )
 from ._gate import RateGate
-from ._queue import Admission, Ticket
+from ._queue import Admission, Slot, Ticket
 from ._rate import RatePolicy
 
 __all__ = [
@@ -39,6 +40,8 @@ __all__ = [
     "Limits",
     "RateGate",
     "RatePolicy",
+    "Slot",
     "Ticket",
     "classify_429",
+    "lease_for",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+from ..errors import ClientClosedError
 from ._config import Limits, LimitStats
 from ._gate import RateGate
 from ._queue import Admission
@@ -15,9 +16,10 @@ __all__ = ["Backpressure"]
 class Backpressure:
     """A client's rate-limit gate and admission queue, made in its event loop on first use."""
 
-    def __init__(self, limits: Limits, initial_delay: float) -> None:
+    def __init__(self, limits: Limits, initial_delay: float, max_retry_after: float = 60.0):
         self.limits = limits
         self._initial_delay = initial_delay
+        self._max_retry_after = max_retry_after
         self._gate: RateGate | None = None
         self._admission: Admission | None = None
 
@@ -31,7 +33,10 @@ class Backpressure:
         admission = self._admission
         if admission is None:
             admission = self._admission = Admission(
-                asyncio.get_running_loop(), self.limits, self._initial_delay
+                asyncio.get_running_loop(),
+                self.limits,
+                self._initial_delay,
+                self._max_retry_after,
             )
         return admission
 
@@ -41,7 +46,9 @@ class Backpressure:
         if admission is not None and admission.policy.owner:
             admission.finished(invocation_id)
 
-    def close(self, error: BaseException) -> None:
+    def close(self, error: ClientClosedError) -> None:
+        """The client is closing: every create waiting for a slot, and every later one,
+        fails with ``error``."""
         if self._admission is not None:
             self._admission.close(error)
 

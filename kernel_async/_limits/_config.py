@@ -19,6 +19,7 @@ __all__ = [
     "Limits",
     "classify_429",
     "int_header",
+    "lease_for",
 ]
 
 #: After the rate-limit budget runs out with nothing in flight (so no answer will refresh
@@ -29,6 +30,14 @@ MAX_PROBE_DELAY: Final = 30.0
 #: How long an unobserved invocation holds its slot when no ``async_timeout_seconds`` was
 #: given: the service's default asynchronous timeout (15 minutes), plus a margin.
 DEFAULT_LEASE: Final = 15 * 60.0 + 60.0
+
+
+def lease_for(async_timeout_seconds: int | None) -> float:
+    """How long an unseen invocation holds its admission slot: its async timeout (the
+    service's default when ``None``), plus a margin. The one place the lease is computed."""
+    if async_timeout_seconds is None:
+        return DEFAULT_LEASE
+    return async_timeout_seconds + 60.0
 
 
 @dataclass(frozen=True)

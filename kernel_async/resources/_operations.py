@@ -25,7 +25,7 @@ from ..models import (
     invocation_decoder,
     invocation_list_decoder,
 )
-from ._params import UPDATE_STATUSES, Since, create_body, json_string, lease, list_params
+from ._params import UPDATE_STATUSES, Since, create_body, json_string, list_params
 
 if TYPE_CHECKING:
     from yarl import URL
@@ -119,7 +119,7 @@ class Operations:
             body,
             timeout=call_timeout,
             deadline=None if total is None else asyncio.get_running_loop().time() + total,
-            lease=lease(async_timeout_seconds),
+            async_timeout_seconds=async_timeout_seconds,
             extra_headers=extra_headers,
             extra_query=extra_query,
             trace_attributes=None

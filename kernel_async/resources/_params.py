@@ -18,7 +18,6 @@ __all__ = [
     "check_name",
     "create_body",
     "json_string",
-    "lease",
     "list_params",
 ]
 
@@ -88,12 +87,6 @@ def create_body(
             async_timeout_seconds=async_timeout_seconds,
         )
     )
-
-
-def lease(async_timeout_seconds: int | None) -> float | None:
-    """How long an unseen invocation holds its admission slot: its async timeout, plus a
-    margin (``None``: the service's default)."""
-    return None if async_timeout_seconds is None else async_timeout_seconds + 60.0
 
 
 def list_params(

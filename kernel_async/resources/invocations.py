@@ -12,7 +12,7 @@ from .._fanout import InvocationMap, map_results
 from ..errors import APIConnectionError, APITimeoutError
 from ..models import Invocation
 from ._operations import Extra, Operations
-from ._params import Extras, check_int, check_name, create_body, lease
+from ._params import Extras, check_int, check_name, create_body
 
 if TYPE_CHECKING:
     from ..telemetry import LifecycleTrace
@@ -114,7 +114,8 @@ class Invocations(Operations):
             body,
             timeout=client._attempt_timeout(),
             deadline=deadline,
-            lease=lease(async_timeout_seconds),
+            async_timeout_seconds=async_timeout_seconds,
+            land=True,
             on_sent=on_sent,
             extra_headers=extra_headers,
             extra_query=extra_query,
