@@ -26,20 +26,33 @@ What is recorded:
   delivered, invocations finished by status.
 
 HTTP spans of ``opentelemetry-instrumentation-aiohttp-client`` nest under these spans.
-Neither the API key nor any header is recorded; payloads and outputs only with
-``Telemetry(record_payloads=True)``.
+Neither the API key, any header nor any query string (it may carry ``default_query``
+tokens: it is cut from URLs in error messages and tracebacks too) is recorded; payloads
+and outputs only with ``Telemetry(record_payloads=True)``.
+
+Telemetry never changes a call's outcome: an exception raised by OpenTelemetry (a span
+processor's ``on_end``, a broken meter...) is logged once, at WARNING on the
+``kernel_async`` logger, and ignored.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 import time
+import traceback
+from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+if TYPE_CHECKING:
+    from typing_extensions import ParamSpec
 
 try:
     from opentelemetry import context as otel_context
     from opentelemetry import metrics, trace
-    from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+    from opentelemetry.trace import INVALID_SPAN, Span, SpanContext, SpanKind, Status, StatusCode
+    from opentelemetry.util.types import Attributes
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         'kernel_async.telemetry needs OpenTelemetry: pip install "kernel-async[otel]"'
@@ -62,6 +75,104 @@ __all__ = ["Telemetry"]
 SCOPE: Final = "kernel_async"
 
 _Attributes = dict[str, Any]
+
+logger = logging.getLogger("kernel_async")
+
+if TYPE_CHECKING:
+    _P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+class _Guard:
+    """Runs telemetry's calls into OpenTelemetry so that nothing they raise reaches a call:
+    a span processor, exporter or meter that fails is logged (once per `Telemetry`, at
+    WARNING) and ignored. Only ``Exception``: cancellation and interrupts go through."""
+
+    __slots__ = ("warned",)
+
+    def __init__(self) -> None:
+        self.warned = False
+
+    def run(
+        self, function: Callable[_P, _R], default: _R, *args: _P.args, **kwargs: _P.kwargs
+    ) -> _R:
+        """``function(*args, **kwargs)``, or ``default`` if it raised."""
+        try:
+            return function(*args, **kwargs)
+        except Exception as exc:
+            if not self.warned:
+                self.warned = True
+                logger.warning(
+                    "OpenTelemetry raised %s in %s; kernel_async ignores its telemetry "
+                    "errors (this is logged once)",
+                    type(exc).__qualname__,
+                    getattr(function, "__qualname__", function),
+                    exc_info=exc,
+                )
+            return default
+
+
+class _GuardedSpan(Span):
+    """A span whose every method is run through a `_Guard`."""
+
+    __slots__ = ("_guard", "_span")
+
+    def __init__(self, span: Span, guard: _Guard) -> None:
+        self._span = span
+        self._guard = guard
+
+    def end(self, end_time: int | None = None) -> None:
+        self._guard.run(self._span.end, None, end_time)
+
+    def get_span_context(self) -> SpanContext:
+        return self._guard.run(self._span.get_span_context, INVALID_SPAN.get_span_context())
+
+    def set_attributes(self, attributes: Mapping[str, Any]) -> None:
+        self._guard.run(self._span.set_attributes, None, attributes)
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        self._guard.run(self._span.set_attribute, None, key, value)
+
+    def add_event(
+        self, name: str, attributes: Attributes = None, timestamp: int | None = None
+    ) -> None:
+        self._guard.run(self._span.add_event, None, name, attributes, timestamp)
+
+    def update_name(self, name: str) -> None:
+        self._guard.run(self._span.update_name, None, name)
+
+    def is_recording(self) -> bool:
+        return self._guard.run(self._span.is_recording, False)
+
+    def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
+        self._guard.run(self._span.set_status, None, status, description)
+
+    def record_exception(
+        self,
+        exception: BaseException,
+        attributes: Attributes = None,
+        timestamp: int | None = None,
+        escaped: bool = False,
+    ) -> None:
+        self._guard.run(
+            self._span.record_exception, None, exception, attributes, timestamp, escaped
+        )
+
+
+class _GuardedInstrument:
+    """A counter or histogram whose ``add`` / ``record`` are run through a `_Guard`."""
+
+    __slots__ = ("_guard", "_instrument")
+
+    def __init__(self, instrument: Any, guard: _Guard) -> None:
+        self._instrument = instrument
+        self._guard = guard
+
+    def add(self, amount: float, attributes: Attributes = None) -> None:
+        self._guard.run(self._instrument.add, None, amount, attributes)
+
+    def record(self, amount: float, attributes: Attributes = None) -> None:
+        self._guard.run(self._instrument.record, None, amount, attributes)
 
 
 class Telemetry:
@@ -86,38 +197,61 @@ class Telemetry:
         record_payloads: bool = False,
     ) -> None:
         self.record_payloads = record_payloads
+        self._guard = guard = _Guard()
         self.tracer = trace.get_tracer(SCOPE, __version__, tracer_provider)
         meter = metrics.get_meter(SCOPE, __version__, meter_provider)
-        self._call_duration = meter.create_histogram(
+
+        def guarded(
+            create: Callable[[str, str, str], Any], name: str, unit: str, description: str
+        ) -> _GuardedInstrument:
+            return _GuardedInstrument(create(name, unit, description), guard)
+
+        self._call_duration = guarded(
+            meter.create_histogram,
             "kernel.client.call.duration",
             "s",
             "Duration of API calls, waits and retries included, by operation and outcome "
             "(its count is the calls by outcome)",
         )
-        self._retries = meter.create_counter(
-            "kernel.client.retries", "{retry}", "Attempts made again after a failure"
+        self._retries = guarded(
+            meter.create_counter,
+            "kernel.client.retries",
+            "{retry}",
+            "Attempts made again after a failure",
         )
-        self._rate_limited = meter.create_counter(
+        self._rate_limited = guarded(
+            meter.create_counter,
             "kernel.client.rate_limited",
             "{response}",
             "429 responses absorbed (waited out), by kind: rate or concurrency",
         )
-        self._wait_duration = meter.create_histogram(
+        self._wait_duration = guarded(
+            meter.create_histogram,
             "kernel.client.wait.duration",
             "s",
             "Time requests waited before being sent: for the rate limit, or queued for an "
             "app's admission (its concurrency limit)",
         )
-        self._streams_open = meter.create_up_down_counter(
-            "kernel.client.streams.open", "{stream}", "Event streams open"
+        self._streams_open = guarded(
+            meter.create_up_down_counter,
+            "kernel.client.streams.open",
+            "{stream}",
+            "Event streams open",
         )
-        self._resumes = meter.create_counter(
-            "kernel.client.stream.resumes", "{resume}", "Event stream reconnections, by cause"
+        self._resumes = guarded(
+            meter.create_counter,
+            "kernel.client.stream.resumes",
+            "{resume}",
+            "Event stream reconnections, by cause",
         )
-        self._events = meter.create_counter(
-            "kernel.client.stream.events", "{event}", "Stream events delivered (repeats dropped)"
+        self._events = guarded(
+            meter.create_counter,
+            "kernel.client.stream.events",
+            "{event}",
+            "Stream events delivered (repeats dropped)",
         )
-        self._invocations = meter.create_counter(
+        self._invocations = guarded(
+            meter.create_counter,
             "kernel.client.invocations",
             "{invocation}",
             "Invocations seen through to their end (run, wait, map), by final status",
@@ -128,21 +262,31 @@ class Telemetry:
 
     # --- spans --------------------------------------------------------------------------------
 
+    def _start_span(
+        self, name: str, kind: SpanKind, attributes: _Attributes, context: Any = None
+    ) -> Span:
+        """A span started now, guarded (a do-nothing one if starting it failed)."""
+        span = self._guard.run(
+            self.tracer.start_span,
+            INVALID_SPAN,
+            name,
+            context=context,
+            kind=kind,
+            attributes=attributes,
+        )
+        return _GuardedSpan(span, self._guard)
+
     def _call(self, operation: str, method: str, url: URL, attributes: _Attributes) -> CallTrace:
         """The span of one API call (a context manager: current while the call runs)."""
         attributes.update(_http_attributes(operation, method, url))
-        span = self.tracer.start_span(
-            "kernel.invocations." + operation, kind=SpanKind.CLIENT, attributes=attributes
-        )
+        span = self._start_span("kernel.invocations." + operation, SpanKind.CLIENT, attributes)
         return CallTrace(self, span, operation)
 
     def _stream(self, invocation_id: str, url: URL) -> StreamTrace:
         """The span of an event stream, started now, ended by `StreamTrace.end`."""
         attributes = _http_attributes("follow", "GET", url)
         attributes["kernel.invocation.id"] = invocation_id
-        span = self.tracer.start_span(
-            "kernel.invocations.follow", kind=SpanKind.CLIENT, attributes=attributes
-        )
+        span = self._start_span("kernel.invocations.follow", SpanKind.CLIENT, attributes)
         self._streams_open.add(1)
         return StreamTrace(self, span, "follow")
 
@@ -155,11 +299,11 @@ class Telemetry:
     ) -> LifecycleTrace:
         """The span of an invocation from its create to its end (a context manager)."""
         context = None if parent is None else trace.set_span_in_context(parent)
-        span = self.tracer.start_span(
+        span = self._start_span(
             "kernel.invocations." + operation,
-            context=context,
-            kind=SpanKind.INTERNAL,
-            attributes={"kernel.operation": operation, **attributes},
+            SpanKind.INTERNAL,
+            {"kernel.operation": operation, **attributes},
+            context,
         )
         return LifecycleTrace(self, span)
 
@@ -181,10 +325,8 @@ class Telemetry:
 
     def _map_span(self, attributes: _Attributes) -> Span:
         """The span of a `map` call; its items' lifecycles are its children."""
-        return self.tracer.start_span(
-            "kernel.invocations.map",
-            kind=SpanKind.INTERNAL,
-            attributes={"kernel.operation": "map", **attributes},
+        return self._start_span(
+            "kernel.invocations.map", SpanKind.INTERNAL, {"kernel.operation": "map", **attributes}
         )
 
 
@@ -199,7 +341,8 @@ class _Current:
         self._token: object | None = None
 
     def __enter__(self) -> Self:
-        self._token = otel_context.attach(trace.set_span_in_context(self.span))
+        context = trace.set_span_in_context(self.span)
+        self._token = self.telemetry._guard.run(otel_context.attach, None, context)
         return self
 
     def __exit__(
@@ -217,15 +360,23 @@ class _Current:
     def _detach(self) -> None:
         token, self._token = self._token, None
         if token is not None:
-            otel_context.detach(token)  # type: ignore[arg-type]
+            self.telemetry._guard.run(otel_context.detach, None, token)  # type: ignore[arg-type]
 
     def _record_error(self, exc: BaseException) -> str:
-        """Mark the span failed with ``exc``; its ``error.type``."""
+        """Mark the span failed with ``exc``; its ``error.type``. The exception's message
+        and traceback lose their URLs' query strings, as ``url.full`` does."""
         span = self.span
         error_type = _error_type(exc)
         span.set_attribute("error.type", error_type)
-        if isinstance(exc, Exception):
-            span.record_exception(exc)
+        if isinstance(exc, Exception) and span.is_recording():
+            stacktrace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            span.record_exception(
+                exc,
+                {
+                    "exception.message": _without_queries(str(exc)),
+                    "exception.stacktrace": _without_queries(stacktrace),
+                },
+            )
         span.set_status(Status(StatusCode.ERROR, _describe(exc)))
         return error_type
 
@@ -475,6 +626,20 @@ def _error_type(exc: BaseException) -> str:
     return type(exc).__qualname__
 
 
+#: A URL's query string: from the ``?`` after a scheme and host to the next blank or quote,
+#: keeping the punctuation just before it (``(GET https://host/path?token=...)``).
+_QUERY: Final = re.compile(
+    r"""([A-Za-z][A-Za-z0-9+.-]*://[^\s?#'"]*)\?[^\s'"]*?(?=[)\]:,;.]*(?:[\s'"]|$))"""
+)
+
+
+def _without_queries(text: str) -> str:
+    """``text`` with the query strings of the URLs in it cut (they may carry the user's
+    ``default_query``: tokens)."""
+    return _QUERY.sub(r"\1", text) if "?" in text else text
+
+
 def _describe(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
+    """A span status description: ``exc``'s message, no query strings, at most 300 chars."""
+    text = _without_queries(str(exc)) or type(exc).__name__
     return text if len(text) <= 300 else text[:297] + "..."
