@@ -37,7 +37,7 @@ class Routes:
     async def create(self, request: web.Request) -> web.StreamResponse:
         em = self.emulator
         try:
-            body = wire.create_decoder.decode(await request.read())
+            body = wire.decode(wire.create_decoder, await request.read())
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             return error(400, "bad_request", "Invalid request body", str(exc))
         problems = []
@@ -47,7 +47,7 @@ class Routes:
         payload_value: Any = None
         if body.payload is not None:
             try:
-                payload_value = msgspec.json.decode(body.payload)
+                payload_value = wire.decode(wire.payload_decoder, body.payload)
             except msgspec.DecodeError:
                 problems.append("payload must be a JSON string")
         if problems:
@@ -101,7 +101,7 @@ class Routes:
         if inv is None:
             return not_found(request.match_info["id"])
         try:
-            body = wire.update_decoder.decode(await request.read())
+            body = wire.decode(wire.update_decoder, await request.read())
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             return error(400, "bad_request", "Invalid request body", str(exc))
         if body.status not in TERMINAL:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import time
 from datetime import datetime, timezone
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import msgspec
 
@@ -110,6 +110,19 @@ class ErrorEventWire(msgspec.Struct, tag_field="event", tag="error"):
 encode: Final = msgspec.json.Encoder().encode
 create_decoder: Final = msgspec.json.Decoder(CreateBody)
 update_decoder: Final = msgspec.json.Decoder(UpdateBody)
+payload_decoder: Final = msgspec.json.Decoder()
+
+_T = TypeVar("_T")
+
+
+def decode(decoder: msgspec.json.Decoder[_T], data: bytes | str) -> _T:
+    """``data`` decoded; JSON nested deeper than the decoder can follow is a
+    ``msgspec.DecodeError`` like any other bad JSON (a 400, not a ``RecursionError``)."""
+    try:
+        return decoder.decode(data)
+    except RecursionError:
+        raise msgspec.DecodeError("JSON is nested too deeply") from None
+
 
 _last_ns = 0
 
@@ -140,23 +153,31 @@ _UNITS: Final = {
     "m": 60_000_000_000,
     "h": 3_600_000_000_000,
 }
-_DURATION: Final = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_DURATION: Final = re.compile(r"(\d*)(?:\.(\d*))?(ns|us|µs|μs|ms|s|m|h)")
+#: The longest duration there is (Go's ``time.Duration``: int64 nanoseconds, ~292 years);
+#: a longer one is invalid, as Go's ``time.ParseDuration`` says.
+MAX_DURATION_NS: Final = 2**63 - 1
 _RFC3339: Final = re.compile(
     r"(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})\Z"
 )
 
 
 def parse_duration_ns(text: str) -> int | None:
-    """A Go-style duration (``5m``, ``1h30m``, ``1.5s``, ``300ms``) in ns, or None."""
-    pos, total = 0, 0.0
+    """A Go-style duration (``5m``, ``1h30m``, ``1.5s``, ``300ms``) in ns, or None (not
+    one, or longer than `MAX_DURATION_NS`). Exact: integers, fractions of a ns dropped."""
+    pos, total = 0, 0
     if not text:
         return None
     for m in _DURATION.finditer(text):
-        if m.start() != pos:
+        whole, fraction, unit = m.group(1), m.group(2) or "", _UNITS[m.group(3)]
+        if m.start() != pos or not (whole or fraction) or len(whole.lstrip("0")) > 20:
             return None
-        total += float(m.group(1)) * _UNITS[m.group(2)]
+        fraction = fraction[:20]  # digits past a ns of the largest unit change nothing
+        total += int(whole or "0") * unit + int(fraction or "0") * unit // 10 ** len(fraction)
+        if total > MAX_DURATION_NS:
+            return None
         pos = m.end()
-    return int(total) if pos == len(text) else None
+    return total if pos == len(text) else None
 
 
 def parse_since_ns(text: str, now: int | None = None) -> int | None:
@@ -167,9 +188,10 @@ def parse_since_ns(text: str, now: int | None = None) -> int | None:
         tz = "+00:00" if zone in ("Z", "z") else zone
         try:
             dt = datetime.fromisoformat(f"{date}T{clock}{tz}")
-        except ValueError:
+            # OverflowError: an offset that takes the instant out of years 1-9999 in UTC
+            base = int(dt.astimezone(timezone.utc).timestamp()) * 1_000_000_000
+        except (ValueError, OverflowError):
             return None
-        base = int(dt.astimezone(timezone.utc).timestamp()) * 1_000_000_000
         return base + int((frac or "0").ljust(9, "0"))
     duration = parse_duration_ns(text)
     if duration is None:
