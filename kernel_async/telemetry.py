@@ -37,22 +37,16 @@ processor's ``on_end``, a broken meter...) is logged once, at WARNING on the
 
 from __future__ import annotations
 
-import logging
-import re
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, TypeVar
-
-if TYPE_CHECKING:
-    from typing_extensions import ParamSpec
+from typing import TYPE_CHECKING, Any, Final
 
 try:
     from opentelemetry import context as otel_context
     from opentelemetry import metrics, trace
-    from opentelemetry.trace import INVALID_SPAN, Span, SpanContext, SpanKind, Status, StatusCode
-    from opentelemetry.util.types import Attributes
+    from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         'kernel_async.telemetry needs OpenTelemetry: pip install "kernel-async[otel]"'
@@ -60,6 +54,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 import msgspec
 
+from ._telemetry_safety import Guard, GuardedInstrument, GuardedSpan, without_queries
 from ._version import __version__
 from .errors import APIStatusError
 
@@ -75,104 +70,6 @@ __all__ = ["Telemetry"]
 SCOPE: Final = "kernel_async"
 
 _Attributes = dict[str, Any]
-
-logger = logging.getLogger("kernel_async")
-
-if TYPE_CHECKING:
-    _P = ParamSpec("_P")
-_R = TypeVar("_R")
-
-
-class _Guard:
-    """Runs telemetry's calls into OpenTelemetry so that nothing they raise reaches a call:
-    a span processor, exporter or meter that fails is logged (once per `Telemetry`, at
-    WARNING) and ignored. Only ``Exception``: cancellation and interrupts go through."""
-
-    __slots__ = ("warned",)
-
-    def __init__(self) -> None:
-        self.warned = False
-
-    def run(
-        self, function: Callable[_P, _R], default: _R, *args: _P.args, **kwargs: _P.kwargs
-    ) -> _R:
-        """``function(*args, **kwargs)``, or ``default`` if it raised."""
-        try:
-            return function(*args, **kwargs)
-        except Exception as exc:
-            if not self.warned:
-                self.warned = True
-                logger.warning(
-                    "OpenTelemetry raised %s in %s; kernel_async ignores its telemetry "
-                    "errors (this is logged once)",
-                    type(exc).__qualname__,
-                    getattr(function, "__qualname__", function),
-                    exc_info=exc,
-                )
-            return default
-
-
-class _GuardedSpan(Span):
-    """A span whose every method is run through a `_Guard`."""
-
-    __slots__ = ("_guard", "_span")
-
-    def __init__(self, span: Span, guard: _Guard) -> None:
-        self._span = span
-        self._guard = guard
-
-    def end(self, end_time: int | None = None) -> None:
-        self._guard.run(self._span.end, None, end_time)
-
-    def get_span_context(self) -> SpanContext:
-        return self._guard.run(self._span.get_span_context, INVALID_SPAN.get_span_context())
-
-    def set_attributes(self, attributes: Mapping[str, Any]) -> None:
-        self._guard.run(self._span.set_attributes, None, attributes)
-
-    def set_attribute(self, key: str, value: Any) -> None:
-        self._guard.run(self._span.set_attribute, None, key, value)
-
-    def add_event(
-        self, name: str, attributes: Attributes = None, timestamp: int | None = None
-    ) -> None:
-        self._guard.run(self._span.add_event, None, name, attributes, timestamp)
-
-    def update_name(self, name: str) -> None:
-        self._guard.run(self._span.update_name, None, name)
-
-    def is_recording(self) -> bool:
-        return self._guard.run(self._span.is_recording, False)
-
-    def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
-        self._guard.run(self._span.set_status, None, status, description)
-
-    def record_exception(
-        self,
-        exception: BaseException,
-        attributes: Attributes = None,
-        timestamp: int | None = None,
-        escaped: bool = False,
-    ) -> None:
-        self._guard.run(
-            self._span.record_exception, None, exception, attributes, timestamp, escaped
-        )
-
-
-class _GuardedInstrument:
-    """A counter or histogram whose ``add`` / ``record`` are run through a `_Guard`."""
-
-    __slots__ = ("_guard", "_instrument")
-
-    def __init__(self, instrument: Any, guard: _Guard) -> None:
-        self._instrument = instrument
-        self._guard = guard
-
-    def add(self, amount: float, attributes: Attributes = None) -> None:
-        self._guard.run(self._instrument.add, None, amount, attributes)
-
-    def record(self, amount: float, attributes: Attributes = None) -> None:
-        self._guard.run(self._instrument.record, None, amount, attributes)
 
 
 class Telemetry:
@@ -197,14 +94,14 @@ class Telemetry:
         record_payloads: bool = False,
     ) -> None:
         self.record_payloads = record_payloads
-        self._guard = guard = _Guard()
+        self._guard = guard = Guard()
         self.tracer = trace.get_tracer(SCOPE, __version__, tracer_provider)
         meter = metrics.get_meter(SCOPE, __version__, meter_provider)
 
         def guarded(
             create: Callable[[str, str, str], Any], name: str, unit: str, description: str
-        ) -> _GuardedInstrument:
-            return _GuardedInstrument(create(name, unit, description), guard)
+        ) -> GuardedInstrument:
+            return GuardedInstrument(create(name, unit, description), guard)
 
         self._call_duration = guarded(
             meter.create_histogram,
@@ -274,7 +171,7 @@ class Telemetry:
             kind=kind,
             attributes=attributes,
         )
-        return _GuardedSpan(span, self._guard)
+        return GuardedSpan(span, self._guard)
 
     def _call(self, operation: str, method: str, url: URL, attributes: _Attributes) -> CallTrace:
         """The span of one API call (a context manager: current while the call runs)."""
@@ -373,8 +270,8 @@ class _Current:
             span.record_exception(
                 exc,
                 {
-                    "exception.message": _without_queries(str(exc)),
-                    "exception.stacktrace": _without_queries(stacktrace),
+                    "exception.message": without_queries(str(exc)),
+                    "exception.stacktrace": without_queries(stacktrace),
                 },
             )
         span.set_status(Status(StatusCode.ERROR, _describe(exc)))
@@ -626,20 +523,7 @@ def _error_type(exc: BaseException) -> str:
     return type(exc).__qualname__
 
 
-#: A URL's query string: from the ``?`` after a scheme and host to the next blank or quote,
-#: keeping the punctuation just before it (``(GET https://host/path?token=...)``).
-_QUERY: Final = re.compile(
-    r"""([A-Za-z][A-Za-z0-9+.-]*://[^\s?#'"]*)\?[^\s'"]*?(?=[)\]:,;.]*(?:[\s'"]|$))"""
-)
-
-
-def _without_queries(text: str) -> str:
-    """``text`` with the query strings of the URLs in it cut (they may carry the user's
-    ``default_query``: tokens)."""
-    return _QUERY.sub(r"\1", text) if "?" in text else text
-
-
 def _describe(exc: BaseException) -> str:
     """A span status description: ``exc``'s message, no query strings, at most 300 chars."""
-    text = _without_queries(str(exc)) or type(exc).__name__
+    text = without_queries(str(exc)) or type(exc).__name__
     return text if len(text) <= 300 else text[:297] + "..."
