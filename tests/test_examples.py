@@ -37,7 +37,9 @@ async def test_fan_out_runs_every_invocation_under_the_limits() -> None:
     gathered, mapped, stats = await fan_out.main(n=60)
     assert gathered == {"succeeded": 60}
     assert mapped == {"succeeded": 60}
-    assert stats.apps["demo-app"].limit in {20, 21}  # learnt from the emulator's cap
+    limit = stats.apps["demo-app"].limit
+    assert limit is not None
+    assert 16 <= limit <= 21  # learnt from the cap of 20 (AIMD: 0.8x of it after a cut)
     assert stats.apps["demo-app"].learnt
 
 

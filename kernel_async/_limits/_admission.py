@@ -5,11 +5,26 @@ from __future__ import annotations
 
 import heapq
 import math
+import random
 from collections.abc import Mapping
+from typing import Final
 
 from ._config import MAX_PROBE_DELAY, AppLimitStats, Limits
 
-__all__ = ["AdmissionPolicy"]
+__all__ = ["DECREASE", "IDLE_PROBE_DELAY", "INCREASE", "RECOVER", "AdmissionPolicy"]
+
+#: On a concurrency 429 the learnt limit is cut to this fraction of what ran (the
+#: multiplicative decrease of AIMD: clients sharing one cap converge to equal shares).
+DECREASE: Final = 0.8
+#: After a concurrency 429 the limit grows by this much per full window of successes
+#: (the additive increase: small, so that many clients growing at once rarely overshoot).
+INCREASE: Final = 0.5
+#: With nothing of ours running (so no finish of ours will free a slot), a blocked app
+#: probes again after at most this long (jittered): another tenant's slots come back soon.
+IDLE_PROBE_DELAY: Final = 1.0
+#: Below the limit at the last 429, the limit grows back by this fraction of the gap per
+#: full window (a single client recovers its share in a few round trips).
+RECOVER: Final = 0.5
 
 
 class _App:
@@ -23,6 +38,7 @@ class _App:
         "limit",
         "limited",
         "next_probe",
+        "peak",
         "ssthresh",
         "strikes",
     )
@@ -30,6 +46,7 @@ class _App:
     def __init__(self, initial: float) -> None:
         self.limit = initial  # the learnt window (math.inf when not adaptive)
         self.ssthresh = math.inf  # slow start below this; learnt on the first 429
+        self.peak = 0.0  # what ran when the last 429 came: recovered quickly, then probed
         self.active = 0  # admitted: creates in flight + invocations held
         self.held: dict[str, float] = {}  # invocation id -> lease expiry, oldest first
         self.hold_until = -math.inf  # after a 429: only freed slots admit until then
@@ -40,26 +57,45 @@ class _App:
 
 
 class AdmissionPolicy:
-    """Which creates may be sent now, per app. Pure: the caller passes ``now``.
+    """Which creates may be sent now, per app. Pure: the caller passes ``now`` (and, for
+    the jitter, may pass ``rng``).
 
     An app's *active* count is its creates in flight plus its invocations this client has
     not seen finish. A create may go when the active count is below the app's limit (and
-    the caps of `Limits`); its limit starts at `Limits.initial`, and the window of creates
-    in flight doubles every round trip (slow start: never past twice the number running
-    plus `Limits.initial`), until a concurrency 429 sets the limit to the number of ours
-    running; after that it grows by one per full window of successes, never past the
-    number running plus `Limits.initial` + 1.
+    the caps of `Limits`). The limit is learnt AIMD-style, like TCP's congestion window,
+    so that processes sharing one cap without talking to each other converge to equal
+    shares and, together, use the whole cap:
+
+    * slow start: the limit starts at `Limits.initial` (or at a cap the service told,
+      `seed`) and the window of creates in flight doubles every round trip (never past
+      twice the number running plus `Limits.initial`), until the first concurrency 429;
+    * multiplicative decrease: a concurrency 429 cuts the limit to `DECREASE` times what
+      ran (never above what still runs, so no create goes until one of ours finishes);
+    * additive increase: then it grows by `INCREASE` per full window of successes, never
+      past the number running plus `Limits.initial` + 1.
 
     After a 429 the app is held for a backoff during which only a slot freed by one of
-    ours finishing admits. When the backoff passes with the queue still blocked, its head
-    goes as a probe, beyond the learnt limit (never beyond a cap): other clients may have
-    freed room, or some of ours ended unseen. A probe that succeeds takes that as news
-    that the oldest unseen one of ours ended, and the next one probes at once.
+    ours finishing admits. With nothing of ours running, no finish will come: the hold is
+    a short, jittered `IDLE_PROBE_DELAY` at most (another tenant's slots may come back any
+    moment). With some running, when the hold passes and nothing of ours was seen finishing
+    for a backoff, the queue's head goes as a probe, beyond the learnt limit (never beyond
+    a cap): some of ours may have ended unseen. A probe that succeeds takes that as news
+    that the oldest unseen one of ours ended, and the next one probes at once. Every hold
+    is capped by ``max_hold`` (a ``Retry-After`` included).
     """
 
-    def __init__(self, limits: Limits, *, initial_delay: float = 0.5) -> None:
+    def __init__(
+        self,
+        limits: Limits,
+        *,
+        initial_delay: float = 0.5,
+        max_hold: float = MAX_PROBE_DELAY,
+        rng: random.Random | None = None,
+    ) -> None:
         self.limits = limits
         self.initial_delay = initial_delay
+        self.max_hold = max_hold
+        self._rng = rng if rng is not None else random.Random()
         self.apps: dict[str, _App] = {}
         self.owner: dict[str, str] = {}  # invocation id -> app
         # (lease expiry, invocation id), earliest first; a released one stays until popped
@@ -88,7 +124,7 @@ class AdmissionPolicy:
         if self._capped(state):
             return False
         if now < state.hold_until:
-            return state.credits > 0
+            return state.credits > 0 and state.active < state.limit
         return state.active < state.limit or now >= state.next_probe
 
     def wake_at(self, name: str, now: float) -> float | None:
@@ -121,8 +157,8 @@ class AdmissionPolicy:
         """The create succeeded. ``invocation_id`` holds the slot until it is seen to finish
         (``None``: it already finished, e.g. a synchronous invocation)."""
         state = self.app(name)
+        state.strikes = 0  # there was room: backoffs start over
         if probe:
-            state.strikes = 0
             state.next_probe = now  # room was there: try the next one at once
             if state.held:  # and the oldest unseen one of ours presumably ended
                 self._release(next(iter(state.held)))
@@ -135,9 +171,12 @@ class AdmissionPolicy:
                 # first window) may be admitted: creates that piled up (behind a
                 # rate-limit pause, say) cannot all reach the service at once.
                 state.limit = min(state.limit + 2.0, 2.0 * running + self.limits.initial)
-            else:  # after a 429: one more per full window of successes
+            else:
+                # Back quickly (half the gap per window) to what ran at the last 429, then
+                # additive increase: INCREASE per full window of successes.
+                step = max(INCREASE, RECOVER * (state.peak - state.limit))
                 state.limit = min(
-                    state.limit + 1.0 / state.limit, running + 1.0 + self.limits.initial
+                    state.limit + step / state.limit, running + 1.0 + self.limits.initial
                 )
         if invocation_id is None:
             self._free(state)
@@ -153,18 +192,33 @@ class AdmissionPolicy:
             self._leases = [item for item in leases if self._live(*item)]
             heapq.heapify(self._leases)
 
+    def seed(self, name: str, cap: int) -> None:
+        """The service told app ``name``'s cap (a project's ``max_concurrent_invocations``):
+        start from it instead of slow start, unless a 429 taught a limit already."""
+        state = self.app(name)
+        if self.limits.adaptive and not state.limited and cap >= 1:
+            state.limit = state.ssthresh = float(cap)
+
     def rejected(self, name: str, now: float, retry_after: float | None) -> float:
-        """The create got a concurrency 429: free its slot, learn, and hold the app.
+        """The create got a concurrency 429: free its slot, cut the limit, and hold the app.
         Returns the hold, in seconds."""
         state = self.app(name)
         self._free(state)
         self.concurrency_limited += 1
+        running = len(state.held)
         if self.limits.adaptive:
-            state.limit = state.ssthresh = float(max(1, len(state.held)))
+            # Multiplicative decrease, from what ran (this create included), and never
+            # above what still runs: the next create waits for one of ours to finish.
+            ran = min(state.limit, running + 1.0)
+            # A peak lower than the last one: others want more, give up more (TCP's
+            # "fast convergence").
+            state.peak = ran if ran >= state.peak else ran * (1.0 + DECREASE) / 2.0
+            cut = DECREASE * ran
+            state.limit = state.ssthresh = max(1.0, min(cut, float(running)))
             state.limited = True
-        delay = min(MAX_PROBE_DELAY, self.initial_delay * 2.0 ** min(state.strikes, 32))
+        delay = self._probe_delay(state) if running else self._idle_delay(state)
         if retry_after is not None:
-            delay = max(delay, retry_after)
+            delay = max(delay, min(retry_after, self.max_hold))
         state.strikes += 1
         state.hold_until = state.next_probe = now + delay
         state.credits = 0
@@ -211,7 +265,13 @@ class AdmissionPolicy:
         return name is not None and self.apps[name].held.get(invocation_id) == until
 
     def _probe_delay(self, state: _App) -> float:
-        return min(MAX_PROBE_DELAY, self.initial_delay * 2.0 ** min(state.strikes, 32))
+        """Exponential backoff since the last success, capped by ``max_hold``."""
+        return min(self.max_hold, self.initial_delay * 2.0 ** min(state.strikes, 32))
+
+    def _idle_delay(self, state: _App) -> float:
+        """A short, jittered backoff for an app with nothing of ours running."""
+        delay = min(self._probe_delay(state), IDLE_PROBE_DELAY)
+        return delay * self._rng.uniform(0.5, 1.0)
 
     def _release(self, invocation_id: str) -> None:
         """One of ours ended: its slot is free on the service too, so even a held app may
