@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 
-from .errors import BadRequestError, ConflictError, KernelError
+from .errors import APITimeoutError, ClientClosedError, KernelError
 from .models import Invocation
+from .resources._lifecycle import CANCEL_OUTPUT, Landing
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -20,17 +21,14 @@ if TYPE_CHECKING:
     from .resources.invocations import Invocations
     from .telemetry import LifecycleTrace
 
-__all__ = ["CANCEL_OUTPUT", "InvocationMap", "MapResult", "map_results"]
+__all__ = ["CANCEL_OUTPUT", "Fanout", "InvocationMap", "MapResult"]
 
 logger = logging.getLogger("kernel_async")
 
-#: The output an invocation is cancelled with, as the Kernel CLI does on Ctrl-C.
-CANCEL_OUTPUT: Final = {"error": "Invocation cancelled by user"}
-#: Items kept waiting for a slot ahead of need when ``concurrency`` is not given: enough to
-#: use every slot that frees, few enough that an endless payload source stays bounded.
+#: Without ``concurrency``: most items waiting for a slot ahead of need (enough to use
+#: every slot that frees), and most results waiting for the consumer. Creating waits for
+#: the consumer, so an endless payload source stays bounded.
 _PREFETCH: Final = 16
-#: How long cleanup may take to cancel the invocations started, on exit.
-_CANCEL_TIMEOUT: Final = 10.0
 
 
 @dataclass(frozen=True)
@@ -52,8 +50,21 @@ class MapResult:
 
     @property
     def ok(self) -> bool:
-        """Whether the invocation succeeded."""
+        """Whether the invocation succeeded (then `value` is its final state)."""
         return self.invocation is not None and self.invocation.status == "succeeded"
+
+    @property
+    def value(self) -> Invocation:
+        """The invocation's final state, typed ``Invocation`` (``succeeded`` or
+        ``failed``); raises `error` when the SDK could not see it through::
+
+            if result.ok:
+                print(result.value.output)
+        """
+        if self.invocation is None:
+            assert self.error is not None
+            raise self.error
+        return self.invocation
 
 
 class InvocationMap:
@@ -66,16 +77,20 @@ class InvocationMap:
             print(result.index, result.invocation.status if result.invocation else result.error)
     ```
 
-    Every payload gives exactly one `MapResult`; none is started twice. Leaving early
-    (``break``, an exception, cancellation, `aclose`) cancels the invocations it started
-    and has not seen finish, setting them to ``failed`` as the Kernel CLI does on Ctrl-C.
-    A plain ``async for`` does that too, once the loop lets go of the iterator.
+    Every payload gives exactly one `MapResult`; none is started twice. Creating waits for
+    the consumer: at most ``concurrency`` items are in progress or unread at once (16
+    unread without it), so an endless source and a slow consumer stay bounded. Leaving
+    early (``break``, an exception, cancellation, `aclose`) cancels the invocations it
+    started and has not seen finish, setting them to ``failed`` as the Kernel CLI does on
+    Ctrl-C. A plain ``async for`` does that too, once the loop lets go of the iterator.
+    The payload source raising (anything, ``CancelledError`` included) ends the iteration
+    with that error, and so does the client being closed (`ClientClosedError`).
     """
 
     __slots__ = ("__weakref__", "_gen")
 
-    def __init__(self, gen: AsyncGenerator[MapResult, None]) -> None:
-        self._gen = gen
+    def __init__(self, fanout: Fanout) -> None:
+        self._gen = fanout.results()
 
     def __aiter__(self) -> Self:
         return self
@@ -99,159 +114,197 @@ class InvocationMap:
         await self._gen.aclose()
 
 
-@dataclass(frozen=True)
-class _End:
-    count: int  # every payload was started: this many results in all
+class Fanout:
+    """One `map` call's state: the payloads read, the items in progress, the results not
+    yet read. A feeder task starts items while there is room; the consumer takes results.
+    """
 
+    def __init__(
+        self,
+        invocations: Invocations,
+        app_name: str,
+        action_name: str,
+        payloads: Iterable[Any] | AsyncIterable[Any],
+        *,
+        version: str,
+        concurrency: int | None,
+        timeout: float | None,
+        async_timeout_seconds: int | None,
+        extras: Extras,
+    ) -> None:
+        self._invocations = invocations
+        self._app_name = app_name
+        self._action_name = action_name
+        self._payloads = payloads
+        self._version = version
+        self._concurrency = concurrency
+        self._timeout = timeout
+        self._async_timeout_seconds = async_timeout_seconds
+        self._extras = extras
+        self._items: set[asyncio.Task[None]] = set()  # in progress
+        self._unsent = 0  # items in progress whose create waits for a slot
+        self._results: deque[MapResult] = deque()  # finished, not yet read
+        self._total: int | None = None  # how many payloads, once the source is exhausted
+        self._failure: BaseException | None = None  # ends the iteration once results are read
+        self._stopping = False
+        self._room_changed = asyncio.Event()  # wakes the feeder
+        self._news = asyncio.Event()  # wakes the consumer
 
-@dataclass(frozen=True)
-class _Failed:
-    error: BaseException  # the payload source, or an item, raised something not an API error
+    # --- the consumer ------------------------------------------------------------------------
 
-
-async def map_results(
-    invocations: Invocations,
-    app_name: str,
-    action_name: str,
-    payloads: Iterable[Any] | AsyncIterable[Any],
-    *,
-    version: str,
-    concurrency: int | None,
-    timeout: float | None,
-    async_timeout_seconds: int | None,
-    extras: Extras,
-) -> AsyncGenerator[MapResult, None]:
-    """The results of `Invocations.map`, as they finish (wrap in `InvocationMap`)."""
-    loop = asyncio.get_running_loop()
-    results: asyncio.Queue[MapResult | _End | _Failed] = asyncio.Queue()
-    items: set[asyncio.Task[None]] = set()
-    waiting = 0  # items started and not yet sent (queued for a slot)
-    changed = asyncio.Event()
-
-    telemetry = invocations._client._telemetry
-    map_span = (
-        None
-        if telemetry is None
-        else telemetry._map_span(
-            {
-                "kernel.app.name": app_name,
-                "kernel.action.name": action_name,
-                "kernel.app.version": version,
-            }
-        )
-    )
-
-    async def item(index: int, payload: Any) -> None:
-        if telemetry is None:
-            await run_item(index, payload, None)
-            return
-        attributes = telemetry._create_attributes(app_name, action_name, version, payload)
-        attributes["kernel.map.index"] = index
-        with telemetry._lifecycle("run", attributes, parent=map_span) as life:
-            await run_item(index, payload, life)
-
-    async def run_item(index: int, payload: Any, life: LifecycleTrace | None) -> None:
-        nonlocal waiting
-        deadline = None if timeout is None else loop.time() + timeout
-        sent = False
-        created: asyncio.Future[str] | None = None
-        invocation_id: str | None = None
-
-        def on_sent() -> None:
-            nonlocal sent, waiting
-            if not sent:
-                sent = True
-                waiting -= 1
-                changed.set()
-
-        try:
-            created = asyncio.ensure_future(
-                invocations._create_async(
-                    app_name,
-                    action_name,
-                    payload,
-                    version=version,
-                    async_timeout_seconds=async_timeout_seconds,
-                    deadline=deadline,
-                    on_sent=on_sent,
-                    **extras,
-                )
+    async def results(self) -> AsyncGenerator[MapResult, None]:
+        """The results, as they finish; leaving stops everything started."""
+        telemetry = self._invocations._client._telemetry
+        span = (
+            None
+            if telemetry is None
+            else telemetry._map_span(
+                {
+                    "kernel.app.name": self._app_name,
+                    "kernel.action.name": self._action_name,
+                    "kernel.app.version": self._version,
+                }
             )
-            # Shielded: once sent, a create runs to its answer so that its invocation can
-            # be cancelled if this item is.
-            invocation_id = await asyncio.shield(created)
+        )
+        feeder = asyncio.create_task(self._feed(span))
+        read = 0
+        try:
+            while self._total is None or read < self._total:
+                if self._results:
+                    read += 1
+                    result = self._results.popleft()
+                    self._room_changed.set()
+                    yield result
+                elif self._failure is not None:
+                    raise self._failure
+                else:
+                    self._news.clear()
+                    await self._news.wait()
+        finally:
+            await self._stop(feeder)
+            if span is not None:
+                span.set_attribute("kernel.map.results", read)
+                span.end()
+
+    async def _stop(self, feeder: asyncio.Task[None]) -> None:
+        """Cancel the feeder and every item (each cancels its invocation), and wait."""
+        self._stopping = True
+        pending = [feeder, *self._items]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    def _fail(self, error: BaseException) -> None:
+        if self._failure is None:
+            self._failure = error
+        self._news.set()
+
+    # --- the feeder --------------------------------------------------------------------------
+
+    def _has_room(self) -> bool:
+        """Whether another payload may be started: creating waits for the consumer."""
+        if self._concurrency is not None:
+            return len(self._items) + len(self._results) < self._concurrency
+        return self._unsent < _PREFETCH and len(self._results) < _PREFETCH
+
+    async def _feed(self, span: Any) -> None:
+        index = 0
+        payloads = _aiter(self._payloads)
+        try:
+            while self._failure is None:
+                while not self._has_room():
+                    self._room_changed.clear()
+                    await self._room_changed.wait()
+                try:
+                    payload = await payloads.__anext__()
+                except StopAsyncIteration:
+                    break
+                self._unsent += 1
+                task = asyncio.create_task(self._item(index, payload, span))
+                self._items.add(task)
+                task.add_done_callback(self._item_done)
+                index += 1
+        except BaseException as exc:  # the payload source raised, whatever it raised
+            if self._stopping:
+                raise
+            self._fail(exc)
+            return
+        finally:
+            await payloads.aclose()
+        self._total = index
+        self._news.set()
+
+    def _item_done(self, task: asyncio.Task[None]) -> None:
+        self._items.discard(task)
+        self._room_changed.set()
+
+    # --- one item ----------------------------------------------------------------------------
+
+    async def _item(self, index: int, payload: Any, span: Any) -> None:
+        telemetry = self._invocations._client._telemetry
+        if telemetry is None:
+            await self._run_item(index, payload, None)
+            return
+        attributes = telemetry._create_attributes(
+            self._app_name, self._action_name, self._version, payload
+        )
+        attributes["kernel.map.index"] = index
+        with telemetry._lifecycle("run", attributes, parent=span) as life:
+            await self._run_item(index, payload, life)
+
+    async def _run_item(self, index: int, payload: Any, life: LifecycleTrace | None) -> None:
+        invocations = self._invocations
+        loop = asyncio.get_running_loop()
+        deadline = None if self._timeout is None else loop.time() + self._timeout
+        landing = Landing(self._sent)
+        invocation_id: str | None = None
+        try:
+            invocation_id = await invocations._start(
+                self._app_name,
+                self._action_name,
+                payload,
+                version=self._version,
+                async_timeout_seconds=self._async_timeout_seconds,
+                deadline=deadline,
+                extras=self._extras,
+                landing=landing,
+                cancel_on_exit=True,
+                output=CANCEL_OUTPUT,
+            )
             if life is not None:
                 life.created(invocation_id)
-            left = None if deadline is None else max(deadline - loop.time(), 0.001)
-            final = await invocations._wait_for(invocation_id, left, True, extras)
+            final = await invocations._see_through(
+                invocation_id,
+                deadline,
+                cancel_on_timeout=True,
+                cancel_on_exit=True,
+                extras=self._extras,
+                output=CANCEL_OUTPUT,
+            )
             if life is not None:
                 life.finished(final)
-            results.put_nowait(MapResult(index, payload, final, None, invocation_id))
+            result = MapResult(index, payload, final, None, invocation_id)
+        except ClientClosedError as exc:
+            self._fail(exc)
+            return
         except KernelError as exc:
             if life is not None:
                 life.failed(exc)
-            results.put_nowait(MapResult(index, payload, None, exc, invocation_id))
-        except asyncio.CancelledError:
-            if invocation_id is None and created is not None:
-                if sent:
-                    with contextlib.suppress(BaseException):
-                        invocation_id = await asyncio.wait_for(created, _CANCEL_TIMEOUT)
-                else:
-                    created.cancel()
-            if invocation_id is not None:
-                await _cancel(invocations, invocation_id, extras)
-            raise
+            if isinstance(exc, APITimeoutError) and exc.invocation_id is not None:
+                invocation_id = exc.invocation_id
+            result = MapResult(index, payload, None, exc, invocation_id)
         except Exception as exc:
-            results.put_nowait(_Failed(exc))
+            self._fail(exc)
+            return
         finally:
-            on_sent()  # never sent: it no longer waits for a slot either
+            if not landing.sent:
+                self._sent()  # never sent: it no longer waits for a slot either
+        self._results.append(result)
+        self._news.set()
 
-    def done(task: asyncio.Task[None]) -> None:
-        items.discard(task)
-        changed.set()
-
-    async def feed() -> None:
-        nonlocal waiting
-        index = 0
-        try:
-            async for payload in _aiter(payloads):
-                while (concurrency is not None and len(items) >= concurrency) or (
-                    waiting >= _PREFETCH
-                ):
-                    changed.clear()
-                    await changed.wait()
-                waiting += 1
-                task = asyncio.create_task(item(index, payload))
-                items.add(task)
-                task.add_done_callback(done)
-                index += 1
-        except Exception as exc:
-            results.put_nowait(_Failed(exc))
-        else:
-            results.put_nowait(_End(index))
-
-    feeder = asyncio.create_task(feed())
-    total: int | None = None
-    yielded = 0
-    try:
-        while total is None or yielded < total:
-            got = await results.get()
-            if isinstance(got, _End):
-                total = got.count
-            elif isinstance(got, _Failed):
-                raise got.error
-            else:
-                yielded += 1
-                yield got
-    finally:
-        feeder.cancel()
-        pending = [*items, feeder]
-        for task in items:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-        if map_span is not None:
-            map_span.set_attribute("kernel.map.results", yielded)
-            map_span.end()
+    def _sent(self) -> None:
+        self._unsent -= 1
+        self._room_changed.set()
 
 
 async def _aiter(payloads: Iterable[Any] | AsyncIterable[Any]) -> AsyncGenerator[Any, None]:
@@ -261,19 +314,3 @@ async def _aiter(payloads: Iterable[Any] | AsyncIterable[Any]) -> AsyncGenerator
     else:
         for payload in payloads:
             yield payload
-
-
-async def _cancel(invocations: Invocations, invocation_id: str, extras: Extras) -> None:
-    """Set a started invocation to ``failed``, whatever happens to the task doing it."""
-    cancelling = asyncio.ensure_future(
-        invocations.cancel(invocation_id, output=CANCEL_OUTPUT, timeout=_CANCEL_TIMEOUT, **extras)
-    )
-    try:
-        await asyncio.shield(cancelling)
-    except asyncio.CancelledError:
-        with contextlib.suppress(BaseException):
-            await asyncio.wait_for(cancelling, _CANCEL_TIMEOUT)
-    except (BadRequestError, ConflictError) as exc:  # it had finished meanwhile
-        logger.debug("Invocation %r was not cancelled: %s", invocation_id, exc)
-    except KernelError as exc:
-        logger.warning("Could not cancel invocation %r: %s", invocation_id, exc)

@@ -23,6 +23,8 @@ from .errors import (
     APIConnectionError,
     APIResponseValidationError,
     APIStatusError,
+    ClientClosedError,
+    KernelError,
     make_status_error,
 )
 from .models import (
@@ -141,7 +143,7 @@ class EventStream:
         self._done = False
         self._closed = False
         self._failures = 0
-        self._failed: APIResponseValidationError | None = None
+        self._failed: KernelError | None = None
         self._progress = False  # this connection delivered a new event
         self._beats = False  # this connection brought a heartbeat
         self._connected_at = 0.0
@@ -219,6 +221,16 @@ class EventStream:
         self._queue.clear()
         self._close_response()
         self._finish(None)
+
+    def abort(self, error: ClientClosedError) -> None:
+        """The client is closing: the task reading the stream, or the next one, gets
+        ``error`` (after the events already received)."""
+        if self._done:
+            return
+        self._failed = error
+        resp = self._resp
+        if resp is not None:
+            resp.content.set_exception(error)  # wakes a read in progress
 
     def __del__(self) -> None:
         resp = self._resp
@@ -350,6 +362,8 @@ class EventStream:
         self._close_response()
         if self._closed:
             return
+        if self._failed is not None:  # the client closed: nothing to resume
+            raise self._failed
         lasted = asyncio.get_running_loop().time() - self._connected_at
         if self._progress or (self._beats and lasted >= self._idle_timeout):
             self._failures = 0  # it delivered, or it was healthy for a good while
@@ -380,6 +394,8 @@ class EventStream:
         while not self._closed:
             try:
                 await self._connect()
+            except ClientClosedError:
+                raise
             except APIStatusError as exc:
                 # Rate limits were waited out by the middleware already.
                 if (
@@ -478,6 +494,7 @@ class EventStream:
         if self._trace is not None:
             self._trace.status(resp.status)
         self._resp = resp
+        self._client._transport.streams.add(self)
 
 
 def _media_type(content_type: str) -> str:

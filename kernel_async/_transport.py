@@ -5,9 +5,10 @@ failures mapped to kernel_async errors (scrubbed of credentials), and the redire
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Iterator
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 import aiohttp
 from aiohttp import ClientHandlerType, ClientRequest, ClientResponse, ClientSession
@@ -190,6 +191,13 @@ class RedirectGuard:
 # --- sessions ----------------------------------------------------------------------------------
 
 
+class Abortable(Protocol):
+    """What the transport ends when the client closes (an open event stream)."""
+
+    def abort(self, error: ClientClosedError) -> None:
+        """End now: a reader waiting, or the next one, gets ``error``."""
+
+
 class Transport:
     """The aiohttp sessions of a client and its `with_options` copies.
 
@@ -208,6 +216,7 @@ class Transport:
         "owns_session",
         "session",
         "stream_session",
+        "streams",
     )
 
     def __init__(
@@ -220,6 +229,9 @@ class Transport:
         self.backpressure = backpressure
         self.closed = False
         self.loop: asyncio.AbstractEventLoop | None = None
+        #: The event streams open now: closing ends them (aiohttp would leave a read of
+        #: an open response waiting for ever once its session closes).
+        self.streams: weakref.WeakSet[Abortable] = weakref.WeakSet()
 
     def get(self) -> ClientSession:
         """The session for calls."""
@@ -260,8 +272,13 @@ class Transport:
             )
 
     async def aclose(self) -> None:
+        """Close: every call waiting (for a slot, on a stream) and every later one fails
+        with `ClientClosedError`; then the sessions the client owns are closed."""
         self.closed = True
-        self.backpressure.close(ClientClosedError("the AsyncKernel client was closed"))
+        error = ClientClosedError("the AsyncKernel client was closed")
+        self.backpressure.close(error)
+        for stream in list(self.streams):
+            stream.abort(error)
         sessions = {self.session, self.stream_session} - {None}
         self.session = self.stream_session = None
         if self.owns_session:

@@ -4,23 +4,23 @@ map)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, Callable, Iterable
+from collections.abc import AsyncIterable, Iterable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from .._fanout import InvocationMap, map_results
-from ..errors import APIConnectionError, APITimeoutError
 from ..models import Invocation
-from ._operations import Extra, Operations
-from ._params import Extras, check_int, check_name, create_body
+from ._lifecycle import Landing, Lifecycle
+from ._operations import Extra
+from ._params import Extras, check_int, check_name
 
 if TYPE_CHECKING:
+    from .._fanout import InvocationMap
     from ..telemetry import LifecycleTrace
 
 __all__ = ["Invocations"]
 
 
-class Invocations(Operations):
+class Invocations(Lifecycle):
     """Run an app's actions, follow their events, and list, update or cancel invocations.
 
     Reached as ``kernel.invocations``. Arguments the API would reject raise ``ValueError``
@@ -50,80 +50,22 @@ class Invocations(Operations):
         if timeout is not None and timeout <= 0:
             raise ValueError(f"timeout must be positive, got {timeout!r}")
         extras = Extras(extra_headers=extra_headers, extra_query=extra_query)
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        see_through = partial(
+            self._see_through,
+            id,
+            deadline,
+            cancel_on_timeout=cancel_on_timeout,
+            cancel_on_exit=False,
+            extras=extras,
+        )
         telemetry = self._client._telemetry
         if telemetry is None:
-            return await self._wait_for(id, timeout, cancel_on_timeout, extras)
+            return await see_through()
         with telemetry._lifecycle("wait", {"kernel.invocation.id": id}) as life:
-            invocation = await self._wait_for(id, timeout, cancel_on_timeout, extras)
+            invocation = await see_through()
             life.finished(invocation)
             return invocation
-
-    async def _wait_for(
-        self, id: str, timeout: float | None, cancel_on_timeout: bool, extras: Extras
-    ) -> Invocation:
-        """`wait`, without its span: ``run`` and `map` items have their own."""
-        try:
-            return await asyncio.wait_for(self._wait(id, extras), timeout)
-        except asyncio.TimeoutError:
-            if cancel_on_timeout:
-                await self.cancel(id, **extras)
-            raise APITimeoutError(
-                f"invocation {id} did not finish within {timeout}s"
-                + ("; it was cancelled" if cancel_on_timeout else "; it is still running"),
-                method="GET",
-                url=str(self._item_url(id)),
-            ) from None
-
-    async def _wait(self, id: str, extras: Extras) -> Invocation:
-        stream = self.follow(id, **extras)
-        try:
-            async with stream:
-                async for _ in stream:
-                    pass
-        except APIConnectionError:
-            invocation = await self.retrieve(id, **extras)
-            if invocation.is_terminal:
-                return invocation
-            raise
-        state = stream.last_state
-        if state is None or not state.is_terminal:  # pragma: no cover - stream ends on terminal
-            return await self.retrieve(id, **extras)
-        return state
-
-    async def _create_async(
-        self,
-        app_name: str,
-        action_name: str,
-        payload: Any,
-        *,
-        version: str,
-        async_timeout_seconds: int | None,
-        deadline: float | None,
-        on_sent: Callable[[], None] | None = None,
-        extra_headers: Extra = None,
-        extra_query: Extra = None,
-    ) -> str:
-        """An asynchronous create for `run` and `map`: it may wait for a slot until
-        ``deadline`` (loop time, ``None`` for ever), each attempt bounded by the client's
-        timeout. Returns the new invocation's id."""
-        client = self._client
-        body = create_body(app_name, action_name, version, payload, True, async_timeout_seconds)
-        telemetry = client._telemetry
-        created = await client._create(
-            app_name,
-            body,
-            timeout=client._attempt_timeout(),
-            deadline=deadline,
-            async_timeout_seconds=async_timeout_seconds,
-            land=True,
-            on_sent=on_sent,
-            extra_headers=extra_headers,
-            extra_query=extra_query,
-            trace_attributes=None
-            if telemetry is None
-            else telemetry._create_attributes(app_name, action_name, version, payload),
-        )
-        return created.id
 
     async def run(
         self,
@@ -135,6 +77,7 @@ class Invocations(Operations):
         async_timeout_seconds: int | None = None,
         timeout: float | None = None,
         cancel_on_timeout: bool = False,
+        cancel_on_exit: bool = False,
         extra_headers: Extra = None,
         extra_query: Extra = None,
     ) -> Invocation:
@@ -142,10 +85,19 @@ class Invocations(Operations):
         ``async_=True``, then `wait`.
 
         ``timeout`` bounds the whole call, the wait for a slot under the app's concurrency
-        limit included (seconds, ``None`` for no limit), and raises `APITimeoutError`,
-        cancelling the invocation only with ``cancel_on_timeout=True``. Without a timeout, a
-        ``gather`` of many runs finishes however long the queue: each create waits for a
-        slot, and each HTTP attempt is bounded by the client's timeout.
+        limit included (seconds, ``None`` for no limit), and raises `APITimeoutError` with
+        the ``invocation_id`` once one was created, cancelling it only with
+        ``cancel_on_timeout=True``. A create already sent when the deadline passes is
+        allowed to get its answer, so that its invocation is known (and cancelled when
+        asked); one that finished as the deadline passed is returned, not an error.
+        Without a timeout, a ``gather`` of many runs finishes however long the queue: each
+        create waits for a slot, and each HTTP attempt is bounded by the client's timeout.
+
+        Cancelling the call (``asyncio.timeout``, a request handler going away) leaves the
+        invocation running on the service, unless ``cancel_on_exit=True``: then a create in
+        flight is let land and the invocation is cancelled (status ``failed``), within
+        about ten seconds. Either way its admission slot is freed once it ends: the client
+        checks the service's list of running invocations while creates wait for a slot.
         """
         if timeout is not None and timeout <= 0:
             raise ValueError(f"timeout must be positive, got {timeout!r}")
@@ -158,6 +110,7 @@ class Invocations(Operations):
             async_timeout_seconds=async_timeout_seconds,
             timeout=timeout,
             cancel_on_timeout=cancel_on_timeout,
+            cancel_on_exit=cancel_on_exit,
             extras=Extras(extra_headers=extra_headers, extra_query=extra_query),
         )
         telemetry = self._client._telemetry
@@ -179,24 +132,31 @@ class Invocations(Operations):
         async_timeout_seconds: int | None,
         timeout: float | None,
         cancel_on_timeout: bool,
+        cancel_on_exit: bool,
         extras: Extras,
         life: LifecycleTrace | None,
     ) -> Invocation:
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        invocation_id = await self._create_async(
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        invocation_id = await self._start(
             app_name,
             action_name,
             payload,
             version=version,
             async_timeout_seconds=async_timeout_seconds,
             deadline=deadline,
-            **extras,
+            extras=extras,
+            landing=Landing(),
+            cancel_on_exit=cancel_on_exit,
         )
         if life is not None:
             life.created(invocation_id)
-        left = None if deadline is None else max(deadline - loop.time(), 0.001)
-        return await self._wait_for(invocation_id, left, cancel_on_timeout, extras)
+        return await self._see_through(
+            invocation_id,
+            deadline,
+            cancel_on_timeout=cancel_on_timeout,
+            cancel_on_exit=cancel_on_exit,
+            extras=extras,
+        )
 
     def map(
         self,
@@ -251,8 +211,10 @@ class Invocations(Operations):
             check_int(async_timeout_seconds, "async_timeout_seconds", 10, 3600)
         if isinstance(payloads, (str, bytes)):
             raise TypeError("payloads must be an iterable of payloads, not a single str")
+        from .._fanout import Fanout, InvocationMap  # it builds on this module
+
         return InvocationMap(
-            map_results(
+            Fanout(
                 self,
                 app_name,
                 action_name,

@@ -1,0 +1,204 @@
+"""An invocation's life as `run` and `map` see it through: created (through admission,
+the create allowed to land so that its id is known), waited for, and stopped on a timeout
+or on exit. Every end the service answers frees the invocation's admission slot."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any, Final
+
+from .._options import NOT_GIVEN, NotGiven
+from ..errors import (
+    APIConnectionError,
+    APITimeoutError,
+    BadRequestError,
+    ConflictError,
+    KernelError,
+    NotFoundError,
+)
+from ..models import Invocation
+from ._operations import Operations
+from ._params import Extras, create_body
+
+__all__ = ["CANCEL_OUTPUT", "Landing", "Lifecycle"]
+
+logger = logging.getLogger("kernel_async")
+
+#: The output an invocation is cancelled with on exit, as the Kernel CLI does on Ctrl-C.
+CANCEL_OUTPUT: Final = {"error": "Invocation cancelled by user"}
+#: How long cleanup on exit may take: a create landing, then the cancel of its invocation.
+CANCEL_TIMEOUT: Final = 10.0
+
+
+class Landing:
+    """Whether a create left the admission queue (was sent); ``on_sent`` is called once,
+    when it does."""
+
+    __slots__ = ("_on_sent", "sent")
+
+    def __init__(self, on_sent: Callable[[], None] | None = None) -> None:
+        self._on_sent = on_sent
+        self.sent = False
+
+    def __call__(self) -> None:
+        if not self.sent:
+            self.sent = True
+            if self._on_sent is not None:
+                self._on_sent()
+
+
+class Lifecycle(Operations):
+    """What `run` and `map` are made of (`Invocations` builds on it)."""
+
+    __slots__ = ()
+
+    async def _start(
+        self,
+        app_name: str,
+        action_name: str,
+        payload: Any,
+        *,
+        version: str,
+        async_timeout_seconds: int | None,
+        deadline: float | None,
+        extras: Extras,
+        landing: Landing,
+        cancel_on_exit: bool,
+        output: Any = None,
+    ) -> str:
+        """Create asynchronously, waiting for a slot until ``deadline`` (loop time). A
+        create once sent gets its answer even past the deadline, so the id is known. With
+        ``cancel_on_exit``, a caller cancelled meanwhile lets a sent create land (bounded)
+        and cancels its invocation with ``output``. Returns the invocation's id."""
+        client = self._client
+        body = create_body(app_name, action_name, version, payload, True, async_timeout_seconds)
+        telemetry = client._telemetry
+        create = client._create(
+            app_name,
+            body,
+            timeout=client._attempt_timeout(),
+            deadline=deadline,
+            async_timeout_seconds=async_timeout_seconds,
+            land=True,
+            on_sent=landing,
+            trace_attributes=None
+            if telemetry is None
+            else telemetry._create_attributes(app_name, action_name, version, payload),
+            **extras,
+        )
+        if not cancel_on_exit:
+            return (await create).id
+        task = asyncio.ensure_future(create)
+        try:
+            return (await asyncio.shield(task)).id
+        except asyncio.CancelledError:
+            invocation_id = await _landed(task, landing.sent)
+            if invocation_id is not None:
+                await self._cancel_quietly(invocation_id, output, extras)
+            raise
+
+    async def _see_through(
+        self,
+        id: str,
+        deadline: float | None,
+        *,
+        cancel_on_timeout: bool,
+        cancel_on_exit: bool,
+        extras: Extras,
+        output: Any = None,
+    ) -> Invocation:
+        """Wait for ``id`` to finish until ``deadline`` (loop time). On the deadline: raise
+        `APITimeoutError` (with the ``invocation_id``), cancelling it first with
+        ``cancel_on_timeout``, unless it turns out to have finished on its own meanwhile:
+        then its final state is returned. A caller cancelled meanwhile cancels it too, with
+        ``cancel_on_exit``."""
+        loop = asyncio.get_running_loop()
+        left = None if deadline is None else deadline - loop.time()
+        try:
+            return await asyncio.wait_for(self._wait(id, extras), left)
+        except asyncio.TimeoutError:
+            pass
+        except asyncio.CancelledError:
+            if cancel_on_exit:
+                await self._cancel_quietly(id, output, extras)
+            raise
+        if cancel_on_timeout:
+            final, cancelled = await self._stop(id, output, extras)
+            if not cancelled:
+                return final  # it finished as its time ran out: that is its result
+        raise APITimeoutError(
+            f"invocation {id} did not finish within the call's timeout"
+            + ("; it was cancelled" if cancel_on_timeout else "; it is still running"),
+            method="GET",
+            url=str(self._item_url(id)),
+            invocation_id=id,
+        )
+
+    async def _wait(self, id: str, extras: Extras) -> Invocation:
+        """Follow ``id`` to its end (a stream that cannot be resumed: `retrieve`)."""
+        stream = self.follow(id, **extras)
+        try:
+            async with stream:
+                async for _ in stream:
+                    pass
+        except APIConnectionError:
+            if self._client.is_closed:
+                raise
+            invocation = await self.retrieve(id, **extras)
+            if invocation.is_terminal:
+                return invocation
+            raise
+        state = stream.last_state
+        if state is None or not state.is_terminal:  # pragma: no cover - stream ends on terminal
+            return await self.retrieve(id, **extras)
+        return state
+
+    async def _stop(
+        self, id: str, output: Any, extras: Extras, timeout: float | NotGiven = NOT_GIVEN
+    ) -> tuple[Invocation, bool]:
+        """Cancel ``id``; returns its final state and whether this cancel ended it. A
+        cancel refused because it had finished (400, 409) learns the final state instead;
+        one it cannot find (404) is gone. Either way its slot is freed."""
+        try:
+            return await self.cancel(id, output=output, timeout=timeout, **extras), True
+        except (BadRequestError, ConflictError):
+            final = await self.retrieve(id, timeout=timeout, **extras)  # frees the slot
+            if final.is_terminal:
+                return final, False
+            raise
+        except NotFoundError:
+            self._client._transport.backpressure.finished(id)
+            raise
+
+    async def _cancel_quietly(self, id: str, output: Any, extras: Extras) -> None:
+        """On exit: cancel ``id`` within `CANCEL_TIMEOUT`, whatever happens to the task
+        asking (a failure is logged, not raised)."""
+        task = asyncio.ensure_future(self._stop(id, output, extras, CANCEL_TIMEOUT))
+        try:
+            await asyncio.wait({task}, timeout=CANCEL_TIMEOUT)
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.wait({task})
+        if task.cancelled():
+            return
+        error = task.exception()
+        if isinstance(error, KernelError):
+            logger.warning("Could not cancel invocation %r: %s", id, error)
+        elif error is not None:
+            raise error
+
+
+async def _landed(task: asyncio.Future[Any], sent: bool) -> str | None:
+    """The id a create ``task`` gets once it lands (within `CANCEL_TIMEOUT`), or ``None``:
+    a create never sent is dropped, and one that fails started nothing."""
+    if sent:
+        await asyncio.wait({task}, timeout=CANCEL_TIMEOUT)
+    if not task.done():
+        task.cancel()
+        await asyncio.wait({task})
+    if task.cancelled() or task.exception() is not None:
+        return None
+    return str(task.result().id)
