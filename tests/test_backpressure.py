@@ -79,10 +79,11 @@ async def test_a_gather_of_run_finishes_under_a_rate_limit_and_a_cap() -> None:
             >= (requests - emulator.quotas.stats.rate_rejected) / 80 - 0.25
         )
         assert stats.rate_paused_seconds > 0
-        # ... but the client paced itself from X-RateLimit-Remaining: at most a probe per
-        # window found it closed.
+        # ... but the client paced itself from X-RateLimit-Remaining: few requests found
+        # the window closed (a burst of creates refused by the cap, which count against the
+        # window too, can overrun it by a few when AIMD cuts the limit).
         assert stats.rate_limited == emulator.quotas.stats.rate_rejected
-        assert emulator.quotas.stats.rate_rejected <= requests / 20
+        assert emulator.quotas.stats.rate_rejected <= requests / 10
 
 
 async def test_an_org_cap_is_shared_by_apps() -> None:
