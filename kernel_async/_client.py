@@ -199,7 +199,7 @@ class AsyncKernel(HTTPClient):
             "Accept": "text/event-stream",
             "Cache-Control": "no-cache",
         }
-        backpressure = self._transport.backpressure
+        backpressure = self._backpressure = self._transport.backpressure_for(base, api_key)
         guard = RedirectGuard(self._base_url)
         self._middleware = RetryMiddleware(retry, backpressure=backpressure, guard=guard)
         # Streams resume on their own (counting against the same policy), so their
@@ -208,7 +208,7 @@ class AsyncKernel(HTTPClient):
         self._stream_middleware = RetryMiddleware(
             retry.with_max_retries(0), backpressure=backpressure, guard=guard
         )
-        self._chains: tuple[tuple[ClientMiddlewareType, ...], ...] | None = None
+        self._rest: tuple[ClientMiddlewareType, ...] | None = None
         self.invocations = Invocations(self)
 
     # --- configuration ---------------------------------------------------------------------
@@ -246,12 +246,12 @@ class AsyncKernel(HTTPClient):
     @property
     def limits(self) -> Limits:
         """The caps on this client's running invocations (shared with its copies)."""
-        return self._transport.backpressure.limits
+        return self._backpressure.limits
 
     def limit_stats(self) -> LimitStats:
         """What backpressure did so far: each app's learnt limit, running and queued
         creates, the 429s absorbed and the time spent waiting (shared with copies)."""
-        return self._transport.backpressure.stats()
+        return self._backpressure.stats()
 
     @property
     def is_closed(self) -> bool:
@@ -275,7 +275,9 @@ class AsyncKernel(HTTPClient):
         project_id: str | None = None,
         project: str | None = None,
     ) -> Self:
-        """A client with some options changed, sharing this client's connection pool.
+        """A client with some options changed, sharing this client's connection pool (and,
+        when it talks to the same server with the same key, its rate-limit gate and
+        admission queue).
 
         ``kernel.with_options(timeout=5, max_retries=0).invocations.retrieve(id)``. Headers
         and query parameters given here are added to this client's. The copy never closes

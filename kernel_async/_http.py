@@ -16,20 +16,14 @@ from multidict import CIMultiDictProxy
 from yarl import URL
 
 from ._limits import classify_429
-from ._options import NOT_GIVEN, NotGiven, Timeout, replace_total, to_client_timeout
+from ._options import NOT_GIVEN, NotGiven, Timeout, to_client_timeout, within
 from ._retry import RetryMiddleware, RetryPolicy, retry_after_from_headers
-from ._transport import (
-    Transport,
-    call_method,
-    current_deadline,
-    current_trace,
-    is_transport_error,
-    scrub,
-    transport_error,
-)
+from ._trace import NO_TRACE, NoTrace
+from ._transport import Call, Transport, is_transport_error, scrub, transport_error
 from ._utf8 import is_invalid_utf8
 from .errors import (
     APIResponseValidationError,
+    APITimeoutError,
     ClientClosedError,
     KernelError,
     RateLimitError,
@@ -38,7 +32,9 @@ from .errors import (
 from .models import InvokeResponse, invoke_response_decoder
 
 if TYPE_CHECKING:
-    from .telemetry import Telemetry
+    from ._limits import Backpressure
+    from ._trace import Trace
+    from .telemetry import CallTrace, Telemetry
 
 __all__ = ["HTTPClient", "decode_body"]
 
@@ -62,8 +58,9 @@ class HTTPClient:
     _user_middlewares: tuple[ClientMiddlewareType, ...]
     _middleware: RetryMiddleware
     _stream_middleware: RetryMiddleware
-    _chains: tuple[tuple[ClientMiddlewareType, ...], ...] | None
+    _rest: tuple[ClientMiddlewareType, ...] | None
     _transport: Transport
+    _backpressure: Backpressure
     _telemetry: Telemetry | None
 
     def _url(self, path: str) -> URL:
@@ -75,21 +72,32 @@ class HTTPClient:
         transport.check_loop()
         return transport.get()
 
-    def _middlewares(self, stream: bool) -> tuple[ClientMiddlewareType, ...]:
-        """Ours first (so the rest run once per attempt), then the user's, then those of a
-        session the user passed in (aiohttp replaces session middlewares with per-request
-        ones, so they are carried over here). Built once per client."""
-        chains = self._chains
-        if chains is None:
+    def _middlewares(self, call: Call, stream: bool) -> tuple[ClientMiddlewareType, ...]:
+        """Ours first, bound to the call (so the rest run once per attempt), then the
+        user's, then those of a session the user passed in (aiohttp replaces session
+        middlewares with per-request ones, so they are carried over here)."""
+        rest = self._rest
+        if rest is None:
             session_mws: Sequence[ClientMiddlewareType] = getattr(
                 self._transport.session, "_middlewares", ()
             )
-            rest = (*self._user_middlewares, *session_mws)
-            chains = self._chains = (
-                (self._middleware, *rest),
-                (self._stream_middleware, *rest),
-            )
-        return chains[1] if stream else chains[0]
+            rest = self._rest = (*self._user_middlewares, *session_mws)
+        ours = (self._stream_middleware if stream else self._middleware).bind(call)
+        return (ours, *rest) if rest else (ours,)
+
+    def _call_trace(
+        self,
+        operation: str | None,
+        method: str,
+        url: URL,
+        attributes: dict[str, Any] | None = None,
+    ) -> CallTrace | NoTrace:
+        """The trace of a call named ``operation``: its span when telemetry is on, else
+        (or for ``None``, an attempt of a call traced already) one that records nothing."""
+        telemetry = self._telemetry
+        if telemetry is None or operation is None:
+            return NO_TRACE
+        return telemetry._call(operation, method, url, {} if attributes is None else attributes)
 
     async def _send(
         self,
@@ -102,36 +110,48 @@ class HTTPClient:
         extra_headers: Mapping[str, str] | None = None,
         extra_query: Mapping[str, str] | None = None,
         op: str | None = None,
+        call: Call | None = None,
     ) -> tuple[ClientResponse, bytes]:
         """Make one call (retries included) and return the response with its body.
 
         Raises the typed `APIStatusError` for an error status, `APIConnectionError` /
-        `APITimeoutError` for transport failures. ``op`` names the call's span, when
-        telemetry is on (``None``: part of a call traced already).
+        `APITimeoutError` for transport failures. ``op`` names the call's span (when
+        telemetry is on); ``call``: this is one attempt of a call made already (a create),
+        with its deadline and trace.
         """
-        telemetry = self._telemetry
-        if telemetry is not None and op is not None:
-            with telemetry._call(op, method, url, {}) as call:
-                traced = current_trace.set(call)
-                try:
-                    resp, content = await self._send(
-                        method,
-                        url,
-                        params=params,
-                        body=body,
-                        timeout=timeout,
-                        extra_headers=extra_headers,
-                        extra_query=extra_query,
-                    )
-                finally:
-                    current_trace.reset(traced)
-                call.status(resp.status)
-                return resp, content
-        session = self._session()
         client_timeout = self._call_timeout(timeout)
-        total = client_timeout.total
-        token = current_deadline.set(asyncio.get_running_loop().time() + total if total else None)
-        method_token = call_method.set(method)
+        if call is not None:
+            return await self._exchange(
+                call, url, client_timeout, params, body, extra_headers, extra_query
+            )
+        with self._call_trace(op, method, url) as trace:
+            total = client_timeout.total  # 0 is no timeout for aiohttp too
+            deadline = asyncio.get_running_loop().time() + total if total else None
+            resp, content = await self._exchange(
+                Call(deadline, method, trace),
+                url,
+                client_timeout,
+                params,
+                body,
+                extra_headers,
+                extra_query,
+            )
+            trace.status(resp.status)
+            return resp, content
+
+    async def _exchange(
+        self,
+        call: Call,
+        url: URL,
+        timeout: ClientTimeout,
+        params: Mapping[str, str] | None,
+        body: bytes | None,
+        extra_headers: Mapping[str, str] | None,
+        extra_query: Mapping[str, str] | None,
+    ) -> tuple[ClientResponse, bytes]:
+        """The request of ``call``, its retries, and its response read in full."""
+        method = call.method
+        session = self._session()
         try:
             headers = self._headers if body is None else self._json_headers
             resp = await session.request(
@@ -140,8 +160,8 @@ class HTTPClient:
                 params=self._params(params, extra_query),
                 data=body,
                 headers={**headers, **extra_headers} if extra_headers else headers,
-                timeout=client_timeout,
-                middlewares=self._middlewares(False),
+                timeout=timeout,
+                middlewares=self._middlewares(call, False),
             )
             try:
                 content = await resp.read()
@@ -154,9 +174,6 @@ class HTTPClient:
             if error is None:
                 raise
             raise error from exc
-        finally:
-            current_deadline.reset(token)
-            call_method.reset(method_token)
         status = resp.status
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("%s %s -> %d", method, url.raw_path, status)
@@ -232,58 +249,48 @@ class HTTPClient:
         queue. ``trace_attributes``: those of its span, when telemetry is on.
         """
         url = self._invocations_url
-        telemetry = self._telemetry
-        if telemetry is not None and trace_attributes is not None:
-            with telemetry._call("create", "POST", url, trace_attributes) as call:
-                traced = current_trace.set(call)
-                try:
-                    result = await self._create(
-                        app_name,
-                        body,
-                        timeout=timeout,
-                        deadline=deadline,
-                        async_timeout_seconds=async_timeout_seconds,
-                        land=land,
-                        on_sent=on_sent,
-                        extra_headers=extra_headers,
-                        extra_query=extra_query,
-                    )
-                finally:
-                    current_trace.reset(traced)
-                call.created(result)
-                return result
-        admission = self._transport.backpressure.admission()
-        loop = asyncio.get_running_loop()
-        trace = current_trace.get()
-        report = None if trace is None else partial(trace.waited, "admission", app=app_name)
-        async with admission.slot(app_name, deadline, async_timeout_seconds, report) as slot:
-            if on_sent is not None:
-                on_sent()
-            while True:
-                attempt = timeout
-                if deadline is not None and not land:
-                    left = deadline - loop.time()
-                    if attempt.total is None or attempt.total > left + 0.001:  # time was spent
-                        attempt = replace_total(attempt, max(left, 0.001))
-                try:
-                    resp, content = await self._send(
-                        "POST",
-                        url,
-                        body=body,
-                        timeout=attempt,
-                        extra_headers=extra_headers,
-                        extra_query=extra_query,
-                    )
-                except RateLimitError as exc:
-                    if classify_429(exc.headers, exc.body) != "concurrency":
-                        raise
-                    if trace is not None:
+        with self._call_trace("create", "POST", url, trace_attributes) as trace:
+            admission = self._backpressure.admission()
+            loop = asyncio.get_running_loop()
+            call = Call(deadline, "POST", trace)
+            report = partial(trace.waited, "admission", app=app_name)
+            refused = 0  # concurrency 429s so far
+            async with admission.slot(app_name, deadline, async_timeout_seconds, report) as slot:
+                if on_sent is not None:
+                    on_sent()
+                while True:
+                    attempt = timeout
+                    if not land:
+                        left = call.time_left(loop.time())
+                        if left is not None and left <= 0:
+                            raise _refused_until_deadline(app_name, refused)
+                        attempt = within(timeout, left)
+                    try:
+                        resp, content = await self._send(
+                            "POST",
+                            url,
+                            body=body,
+                            timeout=attempt,
+                            extra_headers=extra_headers,
+                            extra_query=extra_query,
+                            call=call,
+                        )
+                    except RateLimitError as exc:
+                        if classify_429(exc.headers, exc.body) != "concurrency":
+                            raise
+                        refused += 1
                         trace.rate_limited("concurrency", exc.retry_after)
-                    await slot.requeue(exc.retry_after)
-                    continue
-                result = decode_body(invoke_response_decoder, content, resp.status, resp.headers)
-                slot.started(None if result.is_terminal else result.id)
-                return result
+                        try:
+                            await slot.requeue(exc.retry_after)
+                        except APITimeoutError:
+                            raise _refused_until_deadline(app_name, refused) from None
+                        continue
+                    result = decode_body(
+                        invoke_response_decoder, content, resp.status, resp.headers
+                    )
+                    slot.started(None if result.is_terminal else result.id)
+                    trace.created(result)
+                    return result
 
     def _attempt_timeout(self) -> ClientTimeout:
         """The client's timeout for one attempt of a call whose caller set no deadline
@@ -309,9 +316,11 @@ class HTTPClient:
         timeout: ClientTimeout,
         extra_headers: Mapping[str, str] | None = None,
         extra_query: Mapping[str, str] | None = None,
+        trace: Trace = NO_TRACE,
     ) -> ClientResponse:
         """Open an SSE response; the caller owns (and must close) what is returned. Streams
-        have a connection pool of their own, so open streams never starve calls."""
+        have a connection pool of their own, so open streams never starve calls. ``trace``:
+        the stream's, which its waits report to."""
         transport = self._transport
         transport.check_loop()
         session = transport.get_stream()
@@ -322,7 +331,7 @@ class HTTPClient:
                 params=self._params(params, extra_query),
                 headers={**headers, **extra_headers} if extra_headers else headers,
                 timeout=timeout,
-                middlewares=self._middlewares(True),
+                middlewares=self._middlewares(Call(None, "GET", trace), True),
             )
         except KernelError:
             raise
@@ -346,6 +355,21 @@ class HTTPClient:
         if is_transport_error(exc) or isinstance(exc, aiohttp.RedirectClientError):
             return transport_error(exc, method, str(url))
         return None
+
+
+def _refused_until_deadline(app: str, refused: int) -> APITimeoutError:
+    """A create whose deadline passed while it waited for a slot again after concurrency
+    429s: it was sent, and refused each time (no invocation was started)."""
+    if not refused:
+        return APITimeoutError(
+            f"the call's deadline passed before its create of app {app!r} could be sent; "
+            "nothing was sent"
+        )
+    return APITimeoutError(
+        f"the call's deadline passed while its create waited for a slot of app {app!r}: it "
+        f"was sent {refused} time(s) and refused each time with 429 (the app is at its "
+        "concurrency limit), so no invocation was started"
+    )
 
 
 def decode_body(

@@ -32,6 +32,7 @@ __all__ = [
     "normalize_base_url",
     "replace_total",
     "to_client_timeout",
+    "within",
 ]
 
 DEFAULT_BASE_URL: Final = "https://api.onkernel.com"
@@ -114,7 +115,16 @@ def normalize_base_url(base_url: str) -> str:
     return str(url).rstrip("/")
 
 
+def within(timeout: ClientTimeout, left: float | None) -> ClientTimeout:
+    """``timeout`` for one attempt of a call with ``left`` seconds to its deadline (more
+    than zero; ``None``: no deadline): its total shortened to what is left."""
+    if left is None or (timeout.total is not None and timeout.total <= left):
+        return timeout
+    return replace_total(timeout, left)
+
+
 def replace_total(timeout: ClientTimeout, total: float) -> ClientTimeout:
+    """``timeout`` with another total."""
     return ClientTimeout(
         total=total,
         connect=timeout.connect,

@@ -15,27 +15,29 @@ import logging
 import random
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import timezone
-from typing import TYPE_CHECKING
+from functools import partial
+from typing import TYPE_CHECKING, Final
 
 import aiohttp
-from aiohttp import ClientHandlerType, ClientRequest, ClientResponse
+from aiohttp import ClientHandlerType, ClientMiddlewareType, ClientRequest, ClientResponse
 
 from ._limits import classify_429
-from ._transport import (
-    RedirectGuard,
-    current_deadline,
-    current_trace,
-    is_transport_error,
-    transport_error,
-)
+from ._transport import NO_CALL, Call, RedirectGuard, is_transport_error, transport_error
 
 if TYPE_CHECKING:
     from ._limits import Backpressure, RateGate
 
-__all__ = ["RetryMiddleware", "RetryPolicy", "backoff_delay", "parse_retry_after"]
+__all__ = [
+    "RetryMiddleware",
+    "RetryPolicy",
+    "Verdict",
+    "backoff_delay",
+    "decide",
+    "parse_retry_after",
+]
 
 logger = logging.getLogger("kernel_async")
 
@@ -187,27 +189,142 @@ class RetryPolicy:
             return isinstance(exc, (aiohttp.ClientError, asyncio.TimeoutError, OSError))
         return False
 
-    def delay_for(self, retry: int, headers: Mapping[str, str]) -> tuple[float, float | None]:
-        """``(seconds to wait, Retry-After the server asked for or None)``."""
-        retry_after = retry_after_from_headers(headers)
-        if retry_after is not None and retry_after <= self.max_retry_after:
-            return retry_after, retry_after
-        return self.backoff(retry), retry_after
+
+# --- the decision -----------------------------------------------------------------------------
+
+#: `Verdict.action`: the attempt's outcome is the call's (a response returned, an error
+#: raised).
+GIVE_UP: Final = "give up"
+#: Make the attempt again after `Verdict.delay` seconds (counts against ``max_retries``).
+RETRY: Final = "retry"
+#: A rate-limit 429: go again when the window allows, with every other request (counts
+#: against ``max_rate_limit_waits``).
+RATE: Final = "rate"
+#: A concurrency 429 on a create: the caller waits for a slot in its admission queue.
+QUEUE: Final = "queue"
+
+
+class Verdict:
+    """What to do after an attempt that did not succeed (see `decide`)."""
+
+    __slots__ = ("action", "delay", "pause", "reason", "retry_after")
+
+    def __init__(
+        self,
+        action: str,
+        delay: float = 0.0,
+        *,
+        pause: float | None = None,
+        retry_after: float | None = None,
+        reason: str = "",
+    ) -> None:
+        self.action = action
+        """`GIVE_UP`, `RETRY`, `RATE` or `QUEUE`."""
+        self.delay = delay
+        """Seconds before the next attempt."""
+        self.pause = pause
+        """For a rate-limit 429: seconds every request of the client should hold back
+        (the server's ``Retry-After``, at most ``max_retry_after``), whatever this call
+        does."""
+        self.retry_after = retry_after
+        """The ``Retry-After`` the server asked for, if any (uncapped)."""
+        self.reason = reason
+        """Why the attempt failed, for logs and traces (``503``, ``ClientOSError``...)."""
+
+    def __repr__(self) -> str:
+        return f"Verdict({self.action!r}, {self.delay!r}, pause={self.pause!r})"
+
+
+def decide(
+    policy: RetryPolicy,
+    *,
+    idempotent: bool,
+    retries: int,
+    rate_waits: int,
+    status: int | None,
+    headers: Mapping[str, str] | None = None,
+    body: bytes = b"",
+    error: BaseException | None = None,
+    time_left: float | None = None,
+    paused_for: float = 0.0,
+    managed: bool = False,
+) -> Verdict:
+    """What to do after an attempt that did not succeed: the one place retries are decided,
+    for requests (`RetryMiddleware`) and event streams alike. Pure (no I/O, no clock).
+
+    The attempt got ``status`` with ``headers`` and ``body``, or no response at all
+    (``status=None``): ``error`` is then the transport failure, or ``None`` for a connection
+    that ended cleanly before it should have (a stream). ``retries`` and ``rate_waits`` are
+    the retries and rate-limit waits made so far; ``time_left`` the seconds to the call's
+    deadline (``None``: none); ``paused_for`` how long every request is held back already
+    (the rate gate's pause). ``managed``: a create whose concurrency 429s the caller's
+    admission queue handles. ``max_retry_after`` is applied here and nowhere else: a
+    ``Retry-After`` beyond it is never slept, and pauses the client no longer than it.
+    """
+    if status is None:
+        if (
+            retries >= policy.max_retries
+            or (error is None and not idempotent)
+            or (
+                error is not None
+                and not policy.should_retry_exception(error, idempotent=idempotent)
+            )
+        ):
+            return Verdict(GIVE_UP)
+        reason = "ended" if error is None else type(error).__qualname__
+        return _after(policy.backoff(retries), time_left, reason)
+    headers = {} if headers is None else headers
+    retry_after = retry_after_from_headers(headers)
+    too_long = retry_after is not None and retry_after > policy.max_retry_after
+    if status == 429 and headers.get("x-should-retry") != "false":
+        kind = classify_429(headers, body)
+        if (idempotent or kind == "rate") and (
+            retry_after is not None or headers.get("X-RateLimit-Remaining") == "0"
+        ):
+            # The rate limit, saying when: everyone waits for the window.
+            fallback = policy.backoff(rate_waits)
+            pause = fallback if retry_after is None else min(retry_after, policy.max_retry_after)
+            if too_long or rate_waits >= policy.max_rate_limit_waits:
+                return Verdict(GIVE_UP, pause=pause, retry_after=retry_after)
+            verdict = _after(max(pause, paused_for), time_left, "429", RATE)
+            verdict.pause, verdict.retry_after = pause, retry_after
+            return verdict
+        if managed:
+            return Verdict(QUEUE, retry_after=retry_after)
+    if retries >= policy.max_retries or too_long:
+        return Verdict(GIVE_UP, retry_after=retry_after)
+    if not policy.should_retry_status(status, headers, idempotent=idempotent):
+        return Verdict(GIVE_UP, retry_after=retry_after)
+    delay = policy.backoff(retries) if retry_after is None else retry_after
+    verdict = _after(delay, time_left, str(status))
+    verdict.retry_after = retry_after
+    return verdict
+
+
+def _after(delay: float, time_left: float | None, reason: str, action: str = RETRY) -> Verdict:
+    """Go again after ``delay``, unless that is past the deadline."""
+    if time_left is not None and delay >= time_left:
+        return Verdict(GIVE_UP, reason=reason)
+    return Verdict(action, delay, reason=reason)
+
+
+# --- the middleware ----------------------------------------------------------------------------
 
 
 class RetryMiddleware:
     """An aiohttp client middleware applying a `RetryPolicy` to each request.
 
     The client installs it on every request it makes (first, so the user's own middlewares
-    run once per attempt). It can also be put on any ``aiohttp.ClientSession`` directly::
+    run once per attempt), bound to the call (`bind`): its deadline, the method it started
+    with and its trace. It can also be put on any ``aiohttp.ClientSession`` directly::
 
         session = aiohttp.ClientSession(middlewares=[RetryMiddleware(RetryPolicy())])
 
     Only ``POST`` is treated as non-idempotent; see `RetryPolicy` for what that means.
-    ``backpressure`` is the client's shared rate-limit gate (set by `AsyncKernel`); without
-    one, a rate-limit 429 only delays the request that got it. ``guard`` checks every
-    attempt, redirect hops included, against the client's redirect policy (one middleware
-    doing both keeps aiohttp on its single-middleware fast path).
+    ``backpressure`` is the client's shared rate-limit gate and admission queue (set by
+    `AsyncKernel`); without one, a rate-limit 429 only delays the request that got it.
+    ``guard`` checks every attempt, redirect hops included, against the client's redirect
+    policy (one middleware doing both keeps aiohttp on its single-middleware fast path).
     """
 
     __slots__ = ("backpressure", "guard", "policy")
@@ -226,9 +343,20 @@ class RetryMiddleware:
     def __repr__(self) -> str:
         return f"RetryMiddleware({self.policy!r})"
 
-    async def __call__(self, req: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
+    def __call__(self, req: ClientRequest, handler: ClientHandlerType) -> Awaitable[ClientResponse]:
+        return self.attempts(NO_CALL, req, handler)
+
+    def bind(self, call: Call) -> ClientMiddlewareType:
+        """This middleware for the requests of one call."""
+        return partial(self.attempts, call)
+
+    async def attempts(
+        self, call: Call, req: ClientRequest, handler: ClientHandlerType
+    ) -> ClientResponse:
+        """Send ``req`` until it succeeds or `decide` gives up; returns the last response,
+        or raises the last transport failure as `APIConnectionError`."""
         if self.guard is not None:
-            self.guard.check(req)
+            self.guard.check(req, call.method)
         policy = self.policy
         idempotent = req.method != "POST"
         # The client's creates wait for a slot in its admission queue on a concurrency 429.
@@ -237,22 +365,24 @@ class RetryMiddleware:
         # that a body cut off mid-way is a retryable failure like any other.
         read_body = req.headers.get("Accept") != "text/event-stream"
         gate = None if self.backpressure is None else self.backpressure.gate()
-        deadline = current_deadline.get()
+        trace = call.trace
+        loop = asyncio.get_running_loop()
         retries = rate_waits = 0
         front = False
-        ticket = 0
         while True:
             # The client's headers start at "0" (sized once, no growth per request).
             if retries or RETRY_COUNT_HEADER not in req.headers:
                 req.headers[RETRY_COUNT_HEADER] = (
                     _RETRY_COUNTS[retries] if retries < 64 else str(retries)
                 )
+            ticket = 0
             if gate is not None:
                 ticket = 0 if front else gate.try_acquire()
                 if not ticket:
-                    ticket = await _wait_at(gate, deadline, front, rate_waits)
+                    ticket = await _wait_at(gate, call, front, rate_waits)
             front = False
-            headers = None
+            headers = resp = error = None
+            body = b""
             try:
                 resp = await handler(req)
                 headers = resp.headers
@@ -267,68 +397,46 @@ class RetryMiddleware:
             except Exception as exc:
                 if not is_transport_error(exc):
                     raise
-                error = transport_error(exc, req.method, str(req.url))
-                if retries >= policy.max_retries or not policy.should_retry_exception(
-                    exc, idempotent=idempotent
-                ):
-                    raise error from exc
-                delay = policy.backoff(retries)
-                if _past_deadline(delay):
-                    raise error from exc
-                reason = str(error)
-                short_reason = type(exc).__qualname__
-            else:
-                status = resp.status
-                if status < 400:
-                    return resp
-                if status == 429 and headers.get("x-should-retry") != "false":
-                    kind = classify_429(headers, body if read_body else b"")
-                    retry_after = retry_after_from_headers(headers)
-                    if (idempotent or kind == "rate") and (
-                        retry_after is not None or headers.get("X-RateLimit-Remaining") == "0"
-                    ):
-                        # The rate limit, saying when: wait for the window, with everyone.
-                        if rate_waits >= policy.max_rate_limit_waits:
-                            return resp
-                        if retry_after is not None and retry_after > policy.max_retry_after:
-                            return resp
-                        fallback = policy.backoff(rate_waits)
-                        if gate is not None:
-                            delay = gate.rate_limited_for(retry_after, fallback)
-                        else:
-                            delay = fallback if retry_after is None else retry_after
-                        if _past_deadline(delay):
-                            return resp
-                        resp.release()
-                        rate_waits += 1
-                        front = True
-                        trace = current_trace.get()
-                        if trace is not None:
-                            trace.rate_limited("rate", retry_after)
-                        if gate is None:
-                            await sleep(delay)
-                        continue
-                    if managed:
-                        return resp  # a concurrency cap: the admission queue waits for a slot
-                if retries >= policy.max_retries or not policy.should_retry_status(
-                    status, headers, idempotent=idempotent
-                ):
-                    return resp
-                delay, retry_after = policy.delay_for(retries, headers)
-                if retry_after is not None and retry_after > policy.max_retry_after:
-                    return resp
-                if _past_deadline(delay):
-                    return resp
-                resp.release()
-                reason = f"HTTP {status}"
-                short_reason = str(status)
+                error, resp = exc, None
             finally:
                 if gate is not None:
                     gate.received(ticket, headers)
+            if resp is not None and resp.status < 400:
+                return resp
+            verdict = decide(
+                policy,
+                idempotent=idempotent,
+                retries=retries,
+                rate_waits=rate_waits,
+                status=None if resp is None else resp.status,
+                headers=headers,
+                body=body,
+                error=error,
+                time_left=call.time_left(loop.time()),
+                paused_for=0.0 if gate is None else gate.paused_for(),
+                managed=managed,
+            )
+            if verdict.pause is not None and gate is not None:
+                gate.pause(verdict.pause)  # the server's word holds for every request
+            action = verdict.action
+            if action is GIVE_UP or action is QUEUE:
+                if resp is None:
+                    raise transport_error(error, req.method, str(req.url)) from error  # type: ignore[arg-type]
+                return resp
+            if resp is not None:
+                resp.release()
+            delay = verdict.delay
+            if action is RATE:
+                rate_waits += 1
+                front = True
+                trace.rate_limited("rate", verdict.retry_after)
+                if gate is None:
+                    await sleep(delay)
+                else:
+                    gate.rate_limited += 1
+                continue
             retries += 1
-            trace = current_trace.get()
-            if trace is not None:
-                trace.retry(short_reason, delay)
+            trace.retry(verdict.reason, delay)
             logger.info(
                 "Retrying %s %s in %.2fs (retry %d of %d) after %s",
                 req.method,
@@ -336,24 +444,16 @@ class RetryMiddleware:
                 delay,
                 retries,
                 policy.max_retries,
-                reason,
+                verdict.reason if resp is None else f"HTTP {verdict.reason}",
             )
             await sleep(delay)
 
 
-async def _wait_at(gate: RateGate, deadline: float | None, front: bool, sent: int) -> int:
-    """Wait at the rate gate (reported to the call's trace, if any); the request's ticket."""
-    trace = current_trace.get()
-    if trace is None:
-        return await gate.acquire(deadline, front=front, sent=sent)
+async def _wait_at(gate: RateGate, call: Call, front: bool, sent: int) -> int:
+    """Wait at the rate gate (reported to the call's trace); the request's ticket."""
     loop = asyncio.get_running_loop()
     started = loop.time()
     try:
-        return await gate.acquire(deadline, front=front, sent=sent)
+        return await gate.acquire(call.deadline, front=front, sent=sent)
     finally:
-        trace.waited("rate_limit", loop.time() - started)
-
-
-def _past_deadline(delay: float) -> bool:
-    deadline = current_deadline.get()
-    return deadline is not None and asyncio.get_running_loop().time() + delay >= deadline
+        call.trace.waited("rate_limit", loop.time() - started)

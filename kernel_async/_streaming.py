@@ -16,9 +16,10 @@ from yarl import URL
 from . import _retry
 from ._events import UNDECODABLE, undecodable
 from ._replay import ReplayFilter, prune, resume_from, rfc3339
-from ._retry import retry_after_from_headers
+from ._retry import GIVE_UP, decide, retry_after_from_headers
 from ._sse import DEFAULT_MAX_LINE_SIZE, SSEDecoder, SSELimitError
-from ._transport import current_trace, is_transport_error, transport_error
+from ._trace import NO_TRACE
+from ._transport import is_transport_error, transport_error
 from .errors import (
     APIConnectionError,
     APIResponseValidationError,
@@ -342,7 +343,7 @@ class EventStream:
                     if invocation.is_terminal:
                         self._done = True
                         self._close_response()
-                        self._client._transport.backpressure.finished(self._id)
+                        self._client._backpressure.finished(self._id)
                         return
         finally:
             if events:
@@ -367,8 +368,15 @@ class EventStream:
         lasted = asyncio.get_running_loop().time() - self._connected_at
         if self._progress or (self._beats and lasted >= self._idle_timeout):
             self._failures = 0  # it delivered, or it was healthy for a good while
-        policy = self._client.retry
-        if self._failures >= policy.max_retries:
+        verdict = decide(
+            self._client.retry,
+            idempotent=True,
+            retries=self._failures,
+            rate_waits=0,
+            status=None,
+            error=cause,
+        )
+        if verdict.action is GIVE_UP:
             reason = "ended" if cause is None else f"failed ({cause})"
             raise APIConnectionError(
                 f"the event stream of invocation {self._id!r} {reason} and could not be "
@@ -376,7 +384,7 @@ class EventStream:
                 method="GET",
                 url=str(self._path_url),
             ) from cause
-        delay = policy.backoff(self._failures)
+        delay = verdict.delay
         logger.info(
             "Event stream %s %s; resuming in %.2fs",
             self._path_url.raw_path,
@@ -398,30 +406,34 @@ class EventStream:
                 raise
             except APIStatusError as exc:
                 # Rate limits were waited out by the middleware already.
-                if (
-                    exc.status == 429
-                    or self._failures >= policy.max_retries
-                    or not policy.should_retry_status(exc.status, exc.headers, idempotent=True)
-                ):
+                verdict = decide(
+                    policy,
+                    idempotent=True,
+                    retries=self._failures,
+                    rate_waits=policy.max_rate_limit_waits,
+                    status=exc.status,
+                    headers=exc.headers,
+                    body=exc.body,
+                )
+                if verdict.action is GIVE_UP:
                     raise
-                delay, retry_after = policy.delay_for(self._failures, exc.headers)
-                if retry_after is not None and retry_after > policy.max_retry_after:
-                    raise
-                reason = str(exc.status)
             except APIConnectionError as exc:
-                cause = exc.__cause__
-                if self._failures >= policy.max_retries or (
-                    cause is not None and not policy.should_retry_exception(cause, idempotent=True)
-                ):
+                verdict = decide(
+                    policy,
+                    idempotent=True,
+                    retries=self._failures,
+                    rate_waits=policy.max_rate_limit_waits,
+                    status=None,
+                    error=exc.__cause__,
+                )
+                if verdict.action is GIVE_UP:
                     raise
-                delay = policy.backoff(self._failures)
-                reason = type(cause or exc).__qualname__
             else:
                 return
             self._failures += 1
             if self._trace is not None:
-                self._trace.retry(reason, delay)
-            await _retry.sleep(delay)
+                self._trace.retry(verdict.reason, verdict.delay)
+            await _retry.sleep(verdict.delay)
 
     def _query(self) -> dict[str, str] | None:
         self._end_replay()
@@ -442,20 +454,11 @@ class EventStream:
             sock_read=self._idle_timeout,
         )
         query = self._query()
-        trace = self._trace
-        if trace is None:
+        trace = NO_TRACE if self._trace is None else self._trace
+        with trace:  # current while connecting: HTTP spans nest under it, waits report to it
             resp = await self._client._open_stream(
-                self._path_url, query, timeout, self._extra_headers, self._extra_query
+                self._path_url, query, timeout, self._extra_headers, self._extra_query, trace
             )
-        else:  # current while connecting: HTTP spans nest under it, waits report to it
-            with trace:
-                token = current_trace.set(trace)
-                try:
-                    resp = await self._client._open_stream(
-                        self._path_url, query, timeout, self._extra_headers, self._extra_query
-                    )
-                finally:
-                    current_trace.reset(token)
         if self._closed:  # aclose() while connecting: nothing more
             resp.close()
             return

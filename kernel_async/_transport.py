@@ -5,9 +5,9 @@ failures mapped to kernel_async errors (scrubbed of credentials), and the redire
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import weakref
 from collections.abc import Iterator
-from contextvars import ContextVar
 from typing import TYPE_CHECKING, Final, Protocol
 
 import aiohttp
@@ -15,6 +15,7 @@ from aiohttp import ClientHandlerType, ClientRequest, ClientResponse, ClientSess
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from ._trace import NO_TRACE
 from .errors import (
     APIConnectionError,
     APITimeoutError,
@@ -24,29 +25,47 @@ from .errors import (
 
 if TYPE_CHECKING:
     from ._limits import Backpressure
-    from .telemetry import CallTrace
+    from ._trace import Trace
 
 __all__ = [
+    "NO_CALL",
+    "Call",
     "RedirectGuard",
     "Transport",
-    "call_method",
-    "current_deadline",
-    "current_trace",
     "is_transport_error",
     "scrub",
     "transport_error",
 ]
 
-# --- the context of one call (set by the client for its duration) ----------------------------
+# --- the context of one call ------------------------------------------------------------------
 
-#: Monotonic deadline of the current call (loop time), so waits do not run past it.
-current_deadline: ContextVar[float | None] = ContextVar("kernel_async_deadline", default=None)
-#: The method the call started with: a redirect may turn a POST into a GET, but it is
-#: still a call that is not idempotent.
-call_method: ContextVar[str | None] = ContextVar("kernel_async_method", default=None)
-#: The telemetry of the current call or stream connection, when the client has telemetry
-#: on: the retry middleware and admission report their retries and waits to it.
-current_trace: ContextVar[CallTrace | None] = ContextVar("kernel_async_trace", default=None)
+
+class Call:
+    """What one call hands down to each of its attempts, made once when it starts.
+
+    ``deadline``: when the call must be over (loop time; ``None`` for never), so that no
+    wait or retry runs past it. ``method``: the method it started with (a redirect may turn
+    a POST into a GET: still a call that is not idempotent). ``trace``: where its
+    attempts report retries and waits (`NO_TRACE` when telemetry is off).
+    """
+
+    __slots__ = ("deadline", "method", "trace")
+
+    def __init__(self, deadline: float | None, method: str, trace: Trace = NO_TRACE) -> None:
+        self.deadline = deadline
+        self.method = method
+        self.trace = trace
+
+    def time_left(self, now: float) -> float | None:
+        """Seconds until the deadline (``None``: no deadline; may be negative)."""
+        deadline = self.deadline
+        return None if deadline is None else deadline - now
+
+
+#: A call with no deadline and no trace: what a `RetryMiddleware` used on its own gives to
+#: each request (its method is the request's own).
+NO_CALL: Final = Call(None, "")
+
 
 _IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "PATCH"})
 _SECRET_HEADERS: Final = ("Authorization", "Proxy-Authorization", "Cookie")
@@ -164,12 +183,13 @@ class RedirectGuard:
         self.check(req)
         return await handler(req)
 
-    def check(self, req: ClientRequest) -> None:
+    def check(self, req: ClientRequest, method: str = "") -> None:
         """Raise `RedirectError` for a request this client does not send (the check alone,
-        for a middleware that runs it itself)."""
+        for a middleware that runs it itself). ``method``: the one its call started with,
+        if not the request's."""
         url = req.url
         if url.raw_host != self.host or url.port != self.port or url.scheme != self.scheme:
-            method = call_method.get() or req.method
+            method = method or req.method
             where = _safe_location(str(url.with_query(None)))
             if self.scheme == "https" and url.scheme != "https":
                 raise RedirectError(
@@ -209,6 +229,7 @@ class Transport:
     """
 
     __slots__ = (
+        "_backpressures",
         "backpressure",
         "closed",
         "connection_limit",
@@ -227,11 +248,26 @@ class Transport:
         self.owns_session = session is None
         self.connection_limit = connection_limit
         self.backpressure = backpressure
+        # One gate and queue per (server, key digest): the limits of one account on one
+        # server. The key itself is never kept here.
+        self._backpressures: dict[tuple[str, bytes], Backpressure] = {}
         self.closed = False
         self.loop: asyncio.AbstractEventLoop | None = None
         #: The event streams open now: closing ends them (aiohttp would leave a read of
         #: an open response waiting for ever once its session closes).
         self.streams: weakref.WeakSet[Abortable] = weakref.WeakSet()
+
+    def backpressure_for(self, base_url: str, api_key: str) -> Backpressure:
+        """The rate gate and admission queue of the clients that talk to ``base_url`` with
+        ``api_key`` (the first ones asked for are `backpressure`): copies made by
+        `with_options` share them only when both are the same, since a 429 from one server
+        or account says nothing of another."""
+        key = (base_url, hashlib.sha256(api_key.encode()).digest())
+        found = self._backpressures.get(key)
+        if found is None:
+            found = self.backpressure if not self._backpressures else self.backpressure.twin()
+            self._backpressures[key] = found
+        return found
 
     def get(self) -> ClientSession:
         """The session for calls."""
@@ -276,7 +312,8 @@ class Transport:
         with `ClientClosedError`; then the sessions the client owns are closed."""
         self.closed = True
         error = ClientClosedError("the AsyncKernel client was closed")
-        self.backpressure.close(error)
+        for backpressure in {self.backpressure, *self._backpressures.values()}:
+            backpressure.close(error)
         for stream in list(self.streams):
             stream.abort(error)
         sessions = {self.session, self.stream_session} - {None}

@@ -282,9 +282,9 @@ class _Current:
 
 
 class CallTrace(_Current):
-    """The span of one call, and the events of what happened during it. Set as
-    ``current_trace`` (in `kernel_async._transport`) while the call runs, for the retry
-    middleware and admission to report to."""
+    """The span of one call, and the events of what happened during it. The call hands it
+    down (as its `kernel_async._transport.Call`'s trace) to the retry middleware and
+    admission, which report to it."""
 
     __slots__ = ("_started", "operation", "resends")
 

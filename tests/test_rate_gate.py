@@ -126,7 +126,7 @@ async def test_cancelling_calls_waiting_at_the_gate_raises_only_cancelled(
         await kernel.invocations.retrieve("first")  # a budget of one
         held = asyncio.create_task(kernel.invocations.retrieve("x"))  # spends it
         calls += [asyncio.create_task(kernel.invocations.retrieve("y")) for _ in range(40)]
-        gate = kernel._transport.backpressure.gate()
+        gate = kernel._backpressure.gate()
         while gate.waiting < 40:
             await asyncio.sleep(0)
         release.set()

@@ -23,6 +23,11 @@ class Backpressure:
         self._gate: RateGate | None = None
         self._admission: Admission | None = None
 
+    def twin(self) -> Backpressure:
+        """A new, separate gate and queue with the same settings (for another server or
+        another key)."""
+        return Backpressure(self.limits, self._initial_delay, self._max_retry_after)
+
     def gate(self) -> RateGate:
         gate = self._gate
         if gate is None:

@@ -88,11 +88,11 @@ class RateGate(Pumped):
         if self._waiting:
             self._pump()
 
-    def rate_limited_for(self, retry_after: float | None, fallback: float) -> float:
-        """A 429 from the rate limit: pause everyone; returns the seconds paused."""
-        self.rate_limited += 1
+    def pause(self, seconds: float) -> float:
+        """A rate-limit 429 asked every request to hold back ``seconds``: pause everyone
+        (`rate_limited` counts the requests that then wait); returns the pause left."""
         before = self.policy.paused_until
-        wait = self.policy.rate_limited(self._loop.time(), retry_after, fallback)
+        wait = self.policy.rate_limited(self._loop.time(), seconds, seconds)
         if self.policy.paused_until > before:
             logger.info("Rate limited by the server: holding new requests for %.2fs", wait)
             self._fail_past(self.policy.paused_until)

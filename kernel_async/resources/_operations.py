@@ -57,7 +57,7 @@ class Operations:
     def _seen(self, invocation: Invocation) -> Invocation:
         """A finished invocation frees its admission slot."""
         if invocation.status in TERMINAL_STATUSES:
-            self._client._transport.backpressure.finished(invocation.id)
+            self._client._backpressure.finished(invocation.id)
         return invocation
 
     async def create(

@@ -1,0 +1,70 @@
+"""What `with_options` copies share: the connection pool always; the rate-limit gate and
+the admission queue only between copies that talk to the same server with the same key."""
+
+from __future__ import annotations
+
+import pytest
+from aiohttp import web
+
+from kernel_async import RateLimitError, RetryPolicy
+
+from .conftest import API_KEY, INVOCATION_JSON, ServerFactory, json_response
+
+OTHER_KEY = "sk_test_other_0123456789"
+#: Gives up on the first 429, so the test does not wait out the minute it asks for.
+NO_WAITS = RetryPolicy(max_retries=0, max_rate_limit_waits=0)
+
+
+def rate_limited_for_a_minute(request: web.Request) -> web.Response:
+    headers = {"Retry-After": "60", "X-RateLimit-Remaining": "0"}
+    return json_response('{"code":"rate_limited","message":"slow down"}', 429, headers)
+
+
+def ok(request: web.Request) -> web.Response:
+    return json_response(INVOCATION_JSON)
+
+
+async def test_a_rate_limit_of_one_server_does_not_hold_calls_to_another(
+    make_server: ServerFactory, fast_policy: RetryPolicy
+) -> None:
+    async def limited(request: web.Request) -> web.Response:
+        return rate_limited_for_a_minute(request)
+
+    async def fine(request: web.Request) -> web.Response:
+        return ok(request)
+
+    a = await make_server([("GET", "/invocations/{id}", limited)])
+    b = await make_server([("GET", "/invocations/{id}", fine)])
+    async with a.client(retry=NO_WAITS) as kernel:
+        with pytest.raises(RateLimitError):
+            await kernel.invocations.retrieve("inv_1")  # server A pauses for a minute
+        other = kernel.with_options(base_url=b.url, retry=fast_policy)
+        assert (await other.invocations.retrieve("inv_1", timeout=2)).id == "inv_1"
+        assert other.limit_stats().rate_limited == 0
+        assert kernel.limit_stats().rate_paused_seconds > 0  # A paused, B did not
+    assert len(b.requests) == 1
+
+
+async def test_a_rate_limit_of_one_key_does_not_hold_calls_with_another(
+    make_server: ServerFactory, fast_policy: RetryPolicy
+) -> None:
+    async def by_key(request: web.Request) -> web.Response:
+        if request.headers["Authorization"] == f"Bearer {API_KEY}":
+            return rate_limited_for_a_minute(request)
+        return ok(request)
+
+    server = await make_server([("GET", "/invocations/{id}", by_key)])
+    async with server.client(retry=NO_WAITS) as kernel:
+        with pytest.raises(RateLimitError):
+            await kernel.invocations.retrieve("inv_1")
+        other = kernel.with_options(api_key=OTHER_KEY, retry=fast_policy)
+        assert (await other.invocations.retrieve("inv_1", timeout=2)).id == "inv_1"
+        same = kernel.with_options(timeout=2)  # same server, same key: shared
+        with pytest.raises(RateLimitError, match="nothing was sent"):
+            await same.invocations.retrieve("inv_1")  # held by the pause it shares
+        assert same.limit_stats() == kernel.limit_stats()
+        assert other.limit_stats().rate_limited == 0
+        keys = repr(list(kernel._transport._backpressures))
+    assert API_KEY not in keys
+    assert OTHER_KEY not in keys
+    assert len(server.requests) == 2
