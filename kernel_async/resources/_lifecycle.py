@@ -169,7 +169,7 @@ class Lifecycle(Operations):
                 return final, False
             raise
         except NotFoundError:
-            self._client._transport.backpressure.finished(id)
+            self._client._backpressure.finished(id)
             raise
 
     async def _cancel_quietly(self, id: str, output: Any, extras: Extras) -> None:
