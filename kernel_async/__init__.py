@@ -34,6 +34,15 @@ from .errors import (
     RedirectError,
     UnprocessableEntityError,
 )
+from .journal import (
+    Journal,
+    JournalCorruptError,
+    JournalError,
+    JournalInUseError,
+    JournalMismatchError,
+    JournalUnresolvedError,
+    ResumeSummary,
+)
 from .models import (
     TERMINAL_STATUSES,
     Browser,
@@ -80,6 +89,12 @@ __all__ = [
     "InvocationStatus",
     "InvocationUpdateRequest",
     "InvokeResponse",
+    "Journal",
+    "JournalCorruptError",
+    "JournalError",
+    "JournalInUseError",
+    "JournalMismatchError",
+    "JournalUnresolvedError",
     "KernelError",
     "LimitStats",
     "Limits",
@@ -91,6 +106,7 @@ __all__ = [
     "PermissionDeniedError",
     "RateLimitError",
     "RedirectError",
+    "ResumeSummary",
     "RetryMiddleware",
     "RetryPolicy",
     "SSEHeartbeatEvent",

@@ -11,12 +11,14 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 
 from .errors import APITimeoutError, ClientClosedError, KernelError
+from .journal._plan import Plan, cancelled_on_exit
 from .models import Invocation
 from .resources._lifecycle import CANCEL_OUTPUT, Landing
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
+    from .journal._resume import JournalRun
     from .resources._params import Extras
     from .resources.invocations import Invocations
     from .telemetry import LifecycleTrace
@@ -117,6 +119,8 @@ class InvocationMap:
 class Fanout:
     """One `map` call's state: the payloads read, the items in progress, the results not
     yet read. A feeder task starts items while there is room; the consumer takes results.
+    With a journal, each item's progress is recorded, and what an earlier run left there
+    is resumed (`kernel_async.journal`): its hooks are the ``journal`` lines.
     """
 
     def __init__(
@@ -131,8 +135,10 @@ class Fanout:
         timeout: float | None,
         async_timeout_seconds: int | None,
         extras: Extras,
+        journal: JournalRun | None = None,
     ) -> None:
         self._invocations = invocations
+        self._journal = journal
         self._app_name = app_name
         self._action_name = action_name
         self._payloads = payloads
@@ -166,9 +172,13 @@ class Fanout:
                 }
             )
         )
-        feeder = asyncio.create_task(self._feed(span))
+        journal = self._journal
+        feeder: asyncio.Task[None] | None = None
         read = 0
         try:
+            if journal is not None:
+                await journal.start(self._invocations, self._payloads, self._extras)
+            feeder = asyncio.create_task(self._feed(span))
             while self._total is None or read < self._total:
                 if self._results:
                     read += 1
@@ -181,7 +191,10 @@ class Fanout:
                     self._news.clear()
                     await self._news.wait()
         finally:
-            await self._stop(feeder)
+            if feeder is not None:
+                await self._stop(feeder)
+            if journal is not None:
+                await journal.close()
             if span is not None:
                 span.set_attribute("kernel.map.results", read)
                 span.end()
@@ -219,11 +232,19 @@ class Fanout:
                     payload = await payloads.__anext__()
                 except StopAsyncIteration:
                     break
+                plan = None if self._journal is None else self._journal.plan(index, payload)
+                if plan is not None and plan.settled:  # journal: no request to make
+                    self._results.append(_settled(index, payload, plan))
+                    self._news.set()
+                    index += 1
+                    continue
                 self._unsent += 1
-                task = asyncio.create_task(self._item(index, payload, span))
+                task = asyncio.create_task(self._item(index, payload, plan, span))
                 self._items.add(task)
                 task.add_done_callback(self._item_done)
                 index += 1
+            if self._journal is not None and self._failure is None:
+                self._journal.check_count(index)
         except BaseException as exc:  # the payload source raised, whatever it raised
             if self._stopping:
                 raise
@@ -240,47 +261,45 @@ class Fanout:
 
     # --- one item ----------------------------------------------------------------------------
 
-    async def _item(self, index: int, payload: Any, span: Any) -> None:
+    async def _item(self, index: int, payload: Any, plan: Plan | None, span: Any) -> None:
         telemetry = self._invocations._client._telemetry
         if telemetry is None:
-            await self._run_item(index, payload, None)
+            await self._run_item(index, payload, plan, None)
             return
         attributes = telemetry._create_attributes(
             self._app_name, self._action_name, self._version, payload
         )
         attributes["kernel.map.index"] = index
         with telemetry._lifecycle("run", attributes, parent=span) as life:
-            await self._run_item(index, payload, life)
+            await self._run_item(index, payload, plan, life)
 
-    async def _run_item(self, index: int, payload: Any, life: LifecycleTrace | None) -> None:
-        invocations = self._invocations
+    async def _run_item(
+        self, index: int, payload: Any, plan: Plan | None, life: LifecycleTrace | None
+    ) -> None:
+        journal = self._journal
         loop = asyncio.get_running_loop()
         deadline = None if self._timeout is None else loop.time() + self._timeout
         landing = Landing(self._sent)
         invocation_id: str | None = None
+        final: Invocation | None = None
         try:
-            invocation_id = await invocations._start(
-                self._app_name,
-                self._action_name,
-                payload,
-                version=self._version,
-                async_timeout_seconds=self._async_timeout_seconds,
-                deadline=deadline,
-                extras=self._extras,
-                landing=landing,
-                cancel_on_exit=True,
-                output=CANCEL_OUTPUT,
-            )
+            if plan is not None and plan.attach is not None:  # journal: created earlier
+                landing()
+                final = await self._see_through(plan.attach, deadline)
+                invocation_id = None if cancelled_on_exit(final) else plan.attach
+            if invocation_id is None:
+                if journal is not None and plan is not None:
+                    await journal.creating(index, plan.digest)  # durable before it is sent
+                final = None
+                invocation_id = await self._start(payload, deadline, landing)
+                if journal is not None:
+                    await journal.created(index, invocation_id)
             if life is not None:
                 life.created(invocation_id)
-            final = await invocations._see_through(
-                invocation_id,
-                deadline,
-                cancel_on_timeout=True,
-                cancel_on_exit=True,
-                extras=self._extras,
-                output=CANCEL_OUTPUT,
-            )
+            if final is None:
+                final = await self._see_through(invocation_id, deadline)
+            if journal is not None:
+                await journal.finished(index, final)
             if life is not None:
                 life.finished(final)
             result = MapResult(index, payload, final, None, invocation_id)
@@ -292,7 +311,13 @@ class Fanout:
                 life.failed(exc)
             if isinstance(exc, APITimeoutError) and exc.invocation_id is not None:
                 invocation_id = exc.invocation_id
+            if journal is not None:
+                await journal.failed(index, exc, landing.sent, invocation_id)
             result = MapResult(index, payload, None, exc, invocation_id)
+        except asyncio.CancelledError:
+            if journal is not None and not landing.sent:
+                await journal.not_sent(index)
+            raise
         except Exception as exc:
             self._fail(exc)
             return
@@ -302,9 +327,42 @@ class Fanout:
         self._results.append(result)
         self._news.set()
 
+    async def _start(self, payload: Any, deadline: float | None, landing: Landing) -> str:
+        """Create the invocation for ``payload``; cancelled, it cancels what it created."""
+        return await self._invocations._start(
+            self._app_name,
+            self._action_name,
+            payload,
+            version=self._version,
+            async_timeout_seconds=self._async_timeout_seconds,
+            deadline=deadline,
+            extras=self._extras,
+            landing=landing,
+            cancel_on_exit=True,
+            output=CANCEL_OUTPUT,
+        )
+
+    async def _see_through(self, invocation_id: str, deadline: float | None) -> Invocation:
+        """Wait for the end; on the deadline or when cancelled, cancel the invocation."""
+        return await self._invocations._see_through(
+            invocation_id,
+            deadline,
+            cancel_on_timeout=True,
+            cancel_on_exit=True,
+            extras=self._extras,
+            output=CANCEL_OUTPUT,
+        )
+
     def _sent(self) -> None:
         self._unsent -= 1
         self._room_changed.set()
+
+
+def _settled(index: int, payload: Any, plan: Plan) -> MapResult:
+    """The result of a payload its journal settles without a request."""
+    if plan.done is not None:
+        return MapResult(index, payload, plan.done, None, plan.done.id)
+    return MapResult(index, payload, None, plan.unresolved, None)
 
 
 async def _aiter(payloads: Iterable[Any] | AsyncIterable[Any]) -> AsyncGenerator[Any, None]:

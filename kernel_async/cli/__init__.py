@@ -136,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="with --payloads: most invocations at once (default: as the limits allow)",
     )
+    p.add_argument(
+        "--journal",
+        metavar="PATH",
+        help="with --payloads: record progress in this file; run the same command again "
+        "to resume without creating anything twice",
+    )
     p.set_defaults(run=cmd_invoke)
 
     p = sub.add_parser("get", parents=[api], help="show one invocation as JSON")

@@ -46,6 +46,8 @@ async def cmd_invoke(args: argparse.Namespace, out: Output) -> int:
         if args.payload is not None or args.payload_file is not None:
             raise ValueError("--payloads takes the payloads; leave out --payload/--payload-file")
         return await cmd_invoke_many(args, out)
+    if args.journal is not None:
+        raise ValueError("--journal records a fan-out: it goes with --payloads")
     payload = payload_arg(args)
     as_json = args.output == "json"
     async with client(args) as kernel:

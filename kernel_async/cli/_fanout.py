@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections import Counter
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import msgspec
 
 from .._fanout import MapResult
+from ..journal import Journal, ResumeSummary
 from ._common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -48,6 +50,11 @@ async def cmd_invoke_many(args: argparse.Namespace, out: Output) -> int:
     failures: list[MapResult] = []
     progress = Progress(out, len(payloads), quiet=as_json)
     started = time.perf_counter()
+    journal = None
+    if args.journal is not None:
+        journal = Journal(
+            args.journal, on_resume=lambda s: _say_resumed(args.journal, s, len(payloads))
+        )
     async with client(args) as kernel:
 
         async def fan_out() -> None:
@@ -58,6 +65,7 @@ async def cmd_invoke_many(args: argparse.Namespace, out: Output) -> int:
                 version=args.version,
                 concurrency=args.concurrency,
                 async_timeout_seconds=args.async_timeout,
+                journal=journal,
             ) as results:
                 async for result in results:
                     status = result.invocation.status if result.invocation else "error"
@@ -75,7 +83,10 @@ async def cmd_invoke_many(args: argparse.Namespace, out: Output) -> int:
                 # Ctrl-C leaves map(), which cancels the invocations still running.
                 await interruptible(fan_out())
         except Interrupted:
-            out.error("interrupted: the invocations still running were cancelled")
+            out.error(
+                "interrupted: the invocations still running were cancelled"
+                + ("" if journal is None else "; run the same command to create them again")
+            )
             return EXIT_INTERRUPTED
         stats = kernel.limit_stats()
     wall = time.perf_counter() - started
@@ -101,6 +112,20 @@ async def cmd_invoke_many(args: argparse.Namespace, out: Output) -> int:
             ],
         )
     return EXIT_OK if counts["succeeded"] == len(payloads) else EXIT_FAILED
+
+
+def _say_resumed(path: str, summary: ResumeSummary, total: int) -> None:
+    """Tell (on stderr) what the journal resumed, before anything is created."""
+    left = total - summary.finished - summary.reattached - summary.adopted - summary.unresolved
+    parts = [
+        f"{summary.finished} finished earlier",
+        f"{summary.reattached} re-attached",
+        f"{summary.adopted} adopted after a crash",
+        *([f"{summary.unresolved} unresolved"] if summary.unresolved else []),
+        f"{left} to create",
+    ]
+    verb = "resuming" if summary.resumed else "new"
+    print(f"journal {path}: {verb}: {', '.join(parts)}", file=sys.stderr, flush=True)
 
 
 def _failure(result: MapResult) -> str:

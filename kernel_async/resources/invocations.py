@@ -4,6 +4,7 @@ map)."""
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterable, Iterable
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -15,6 +16,7 @@ from ._params import Extras, check_int, check_name
 
 if TYPE_CHECKING:
     from .._fanout import InvocationMap
+    from ..journal import Journal
     from ..telemetry import LifecycleTrace
 
 __all__ = ["Invocations"]
@@ -168,6 +170,7 @@ class Invocations(Lifecycle):
         concurrency: int | None = None,
         timeout: float | None = None,
         async_timeout_seconds: int | None = None,
+        journal: str | os.PathLike[str] | Journal | None = None,
         extra_headers: Extra = None,
         extra_query: Extra = None,
     ) -> InvocationMap:
@@ -197,6 +200,10 @@ class Invocations(Lifecycle):
             timeout: Seconds each invocation may take, its wait for a slot included;
                 one that takes longer is cancelled and reported with `APITimeoutError`.
             async_timeout_seconds: How long each invocation may run on the service.
+            journal: A file (or `Journal`) recording each payload's progress durably, so
+                that the same call run again after a crash or a kill resumes: what
+                finished is yielded from it without a request, what was created is
+                followed, and nothing is created twice. See "Resumable fan-out".
             extra_headers: Headers to send with every call it makes.
             extra_query: Query parameters to send with every call it makes.
         """
@@ -212,6 +219,8 @@ class Invocations(Lifecycle):
         if isinstance(payloads, (str, bytes)):
             raise TypeError("payloads must be an iterable of payloads, not a single str")
         from .._fanout import Fanout, InvocationMap  # it builds on this module
+        from ..journal import Journal
+        from ..journal._resume import JournalRun
 
         return InvocationMap(
             Fanout(
@@ -224,5 +233,13 @@ class Invocations(Lifecycle):
                 timeout=timeout,
                 async_timeout_seconds=async_timeout_seconds,
                 extras=Extras(extra_headers=extra_headers, extra_query=extra_query),
+                journal=None
+                if journal is None
+                else JournalRun(
+                    journal if isinstance(journal, Journal) else Journal(journal),
+                    app_name,
+                    action_name,
+                    version,
+                ),
             )
         )

@@ -1,0 +1,240 @@
+"""The journal's SQLite file: its schema, header check, lock, and writes (blocking calls;
+`Journal` runs them off the event loop).
+
+Durability: WAL with ``synchronous=FULL``, so every committed write is on disk (the WAL
+fsynced) before the call returns: a record of a create about to be sent survives a crash
+of the process or of the machine. The file is held with SQLite's exclusive locking mode
+for as long as it is open, so a second process gets `JournalInUseError`.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from ._errors import JournalCorruptError, JournalInUseError, JournalMismatchError
+
+__all__ = ["HEADER_KEYS", "JournalFile", "Row", "Write"]
+
+#: ``PRAGMA application_id`` of a journal ("KAJ1"), so that another SQLite file is refused.
+_APPLICATION_ID: Final = 0x4B414A31
+_FORMAT: Final = 1
+#: What a journal is for, compared in this order on open.
+HEADER_KEYS: Final = ("app_name", "action_name", "version")
+STATES: Final = ("pending", "creating", "created", "finished")
+
+_SCHEMA: Final = """
+CREATE TABLE header (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE items (
+    idx INTEGER PRIMARY KEY,             -- the payload's index in the input
+    digest TEXT NOT NULL,                -- sha256 of the payload's JSON string
+    state TEXT NOT NULL CHECK (state IN ('pending', 'creating', 'created', 'finished')),
+    creating_at REAL,                    -- Unix time the create was about to be sent
+    invocation_id TEXT,                  -- once created
+    final TEXT                           -- the finished invocation, as JSON
+);
+CREATE TABLE known_ids (                 -- every id the journal has held
+    invocation_id TEXT PRIMARY KEY,
+    idx INTEGER NOT NULL
+);
+"""
+
+#: The journals open in this process, by (device, inode): SQLite's locks keep other
+#: processes out, but not another connection of this one.
+_OPEN: set[tuple[int, int]] = set()
+_OPEN_LOCK = threading.Lock()
+
+#: One statement of a write: SQL and its parameters.
+Write = tuple[str, Sequence[Any]]
+
+
+@dataclass(frozen=True)
+class Row:
+    """What the journal knows of one index."""
+
+    index: int
+    digest: str
+    state: str
+    creating_at: float | None
+    invocation_id: str | None
+    final: str | None
+
+
+class JournalFile:
+    """An open journal file, locked for this process. Not thread-safe: one thread at a
+    time (`Journal` uses a single worker thread)."""
+
+    def __init__(self, path: str, header: dict[str, str]) -> None:
+        self.path = path
+        if os.path.isfile(path) and os.path.getsize(path) == 0:
+            raise JournalCorruptError(
+                f"journal {path} is an empty file, not a journal (delete it to start afresh)",
+                path=path,
+            )
+        try:
+            conn = sqlite3.connect(path, timeout=0, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise JournalCorruptError(f"journal {path} cannot be opened: {exc}", path=path) from exc
+        self._conn = conn
+        self._key: tuple[int, int] | None = None
+        try:
+            self._claim()
+            self._setup(header)
+            self.rows, self.known_ids = self._load()
+        except BaseException:
+            self.close()
+            raise
+
+    def _claim(self) -> None:
+        stat = os.stat(self.path)
+        key = (stat.st_dev, stat.st_ino)
+        with _OPEN_LOCK:
+            if key in _OPEN:
+                raise JournalInUseError(
+                    f"journal {self.path} is in use by another map() of this process",
+                    path=self.path,
+                )
+            _OPEN.add(key)
+        self._key = key
+
+    def _fail(self, exc: sqlite3.Error) -> Exception:
+        text = str(exc)
+        if "locked" in text or "busy" in text:
+            return JournalInUseError(
+                f"journal {self.path} is in use by another process (or another map() of "
+                "this one); wait for it to finish, or use another journal",
+                path=self.path,
+            )
+        return JournalCorruptError(
+            f"journal {self.path} is not a readable journal ({text}); it was left as it is",
+            path=self.path,
+        )
+
+    def _setup(self, header: dict[str, str]) -> None:
+        conn = self._conn
+        try:
+            conn.execute("PRAGMA locking_mode=EXCLUSIVE")
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("BEGIN EXCLUSIVE")  # takes the lock, kept until close
+            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+            tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+            if app_id == 0 and tables == 0:
+                conn.execute(f"PRAGMA application_id={_APPLICATION_ID}")
+                conn.execute(f"PRAGMA user_version={_FORMAT}")
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.executemany(
+                    "INSERT INTO header VALUES (?, ?)", [(k, header[k]) for k in HEADER_KEYS]
+                )
+            elif app_id != _APPLICATION_ID:
+                raise JournalCorruptError(
+                    f"{self.path} is an SQLite file but not a kernel_async journal; "
+                    "it was left as it is",
+                    path=self.path,
+                )
+            else:
+                (check,) = conn.execute("PRAGMA quick_check").fetchone()
+                if check != "ok":
+                    raise JournalCorruptError(
+                        f"journal {self.path} is damaged ({check}); it was left as it is",
+                        path=self.path,
+                    )
+                self._check_header(header)
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise self._fail(exc) from exc
+
+    def _check_header(self, header: dict[str, str]) -> None:
+        stored = dict(self._conn.execute("SELECT key, value FROM header").fetchall())
+        for key in HEADER_KEYS:
+            if stored.get(key) != header[key]:
+                raise JournalMismatchError(
+                    f"journal {self.path} was made for {key} {stored.get(key)!r}, not "
+                    f"{header[key]!r}: use another journal for other input",
+                    path=self.path,
+                )
+
+    def _load(self) -> tuple[dict[int, Row], set[str]]:
+        try:
+            rows = {
+                r[0]: Row(*r)
+                for r in self._conn.execute(
+                    "SELECT idx, digest, state, creating_at, invocation_id, final FROM items"
+                )
+            }
+            known = {r[0] for r in self._conn.execute("SELECT invocation_id FROM known_ids")}
+        except sqlite3.Error as exc:
+            raise self._fail(exc) from exc
+        return rows, known
+
+    def write(self, writes: Sequence[Write]) -> None:
+        """Apply ``writes`` in one transaction, durably (one fsync for them all)."""
+        conn = self._conn
+        try:
+            conn.execute("BEGIN")
+            try:
+                for sql, params in writes:
+                    conn.execute(sql, params)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise self._fail(exc) from exc
+
+    def close(self) -> None:
+        """Close the file (checkpointing the WAL into it) and release the lock."""
+        self._conn.close()
+        if self._key is not None:
+            with _OPEN_LOCK:
+                _OPEN.discard(self._key)
+            self._key = None
+
+
+# --- the writes -----------------------------------------------------------------------------
+
+
+def creating(index: int, digest: str, at: float) -> Write:
+    """About to send the create of ``index``."""
+    return (
+        "INSERT INTO items (idx, digest, state, creating_at) VALUES (?, ?, 'creating', ?) "
+        "ON CONFLICT (idx) DO UPDATE SET state = 'creating', creating_at = excluded.creating_at,"
+        " invocation_id = NULL, final = NULL",
+        (index, digest, at),
+    )
+
+
+def created(index: int, invocation_id: str) -> list[Write]:
+    """``index`` was created as ``invocation_id``."""
+    return [
+        (
+            "UPDATE items SET state = 'created', invocation_id = ? WHERE idx = ?",
+            (invocation_id, index),
+        ),
+        known(index, invocation_id),
+    ]
+
+
+def known(index: int, invocation_id: str) -> Write:
+    """``invocation_id`` was ``index``'s: never adopt it for another."""
+    return ("INSERT OR IGNORE INTO known_ids VALUES (?, ?)", (invocation_id, index))
+
+
+def finished(index: int, final: str) -> Write:
+    """``index`` finished: ``final`` is its final invocation as JSON."""
+    return ("UPDATE items SET state = 'finished', final = ? WHERE idx = ?", (final, index))
+
+
+def pending(index: int) -> Write:
+    """``index`` is not created (any invocation it had was cancelled): a re-run creates it."""
+    return (
+        "UPDATE items SET state = 'pending', creating_at = NULL, invocation_id = NULL, "
+        "final = NULL WHERE idx = ?",
+        (index,),
+    )

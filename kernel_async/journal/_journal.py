@@ -1,0 +1,161 @@
+"""`Journal`: a fan-out journal as the event loop sees it. The SQLite work runs in one
+worker thread; writes that arrive while one is on disk are committed together (one fsync
+for the lot), and each caller resumes once its own write is durable."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ._errors import JournalInUseError
+from ._file import JournalFile, Write
+
+if TYPE_CHECKING:
+    from ._file import Row
+
+__all__ = ["Journal", "ResumeSummary"]
+
+
+@dataclass(frozen=True)
+class ResumeSummary:
+    """What a `map()` found in its journal when it started."""
+
+    finished: int
+    """Payloads that had finished: their results come from the journal, no request made."""
+    reattached: int
+    """Payloads created earlier and not known to be finished: followed to the end."""
+    adopted: int
+    """Creates sent before a crash, unrecorded, and found on the service: adopted."""
+    unresolved: int
+    """Creates sent before a crash that could not be checked (the list failed): each is
+    reported as a `JournalUnresolvedError`, not created again."""
+    recreated: int
+    """Payloads the journal had started and are certainly not created: created now."""
+
+    @property
+    def resumed(self) -> bool:
+        """Whether the journal held anything from an earlier run."""
+        return any((self.finished, self.reattached, self.adopted, self.unresolved))
+
+
+class Journal:
+    """Where `Invocations.map` records each payload's progress, so that a fan-out killed
+    part-way resumes without creating anything twice.
+
+    ```python
+    async with kernel.invocations.map("my-app", "analyze", urls, journal="run.db") as results:
+        async for result in results:
+            ...
+    ```
+
+    Pass a path (as above) or a `Journal`, whose `summary` then tells what the run resumed
+    (``on_resume`` is called with it once the journal is open and checked, before any
+    create).
+    The file is SQLite (WAL, ``synchronous=FULL``): each create is recorded durably before
+    it is sent. One `map()` at a time may use a journal; another process gets
+    `JournalInUseError`. See "Resumable fan-out" in the docs.
+    """
+
+    __slots__ = ("_executor", "_file", "_flusher", "_queue", "on_resume", "path", "summary")
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        on_resume: Callable[[ResumeSummary], None] | None = None,
+    ) -> None:
+        self.path = os.fspath(path)
+        """The journal's file."""
+        self.summary: ResumeSummary | None = None
+        """What the last `map()` on this journal resumed, once it has started."""
+        self.on_resume = on_resume
+        """Called with `summary` when a `map()` has opened and checked the journal."""
+        self._file: JournalFile | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._queue: list[tuple[list[Write], asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"Journal({self.path!r})"
+
+    async def _open(self, header: dict[str, str]) -> JournalFile:
+        """Open and lock the file, checking it was made for ``header``."""
+        if self._file is not None:
+            raise JournalInUseError(
+                f"journal {self.path} is already open in a map() of this process",
+                path=self.path,
+            )
+        executor = ThreadPoolExecutor(1, thread_name_prefix="kernel-journal")
+        try:
+            file = await asyncio.get_running_loop().run_in_executor(
+                executor, JournalFile, self.path, header
+            )
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        self._file, self._executor = file, executor
+        return file
+
+    @property
+    def _rows(self) -> dict[int, Row]:
+        assert self._file is not None
+        return self._file.rows
+
+    async def _write(self, writes: list[Write]) -> None:
+        """Apply ``writes`` durably; return once they are on disk. Cancelling the caller
+        does not stop the write."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        self._queue.append((writes, done))
+        if self._flusher is None:
+            self._flusher = loop.create_task(self._flush())
+        await asyncio.shield(done)
+
+    async def _flush(self) -> None:
+        file, executor = self._file, self._executor
+        assert file is not None
+        loop = asyncio.get_running_loop()
+        try:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                writes = [write for writes, _ in batch for write in writes]
+                try:
+                    await loop.run_in_executor(executor, file.write, writes)
+                except Exception as exc:
+                    for _, done in batch:
+                        if not done.done():
+                            done.set_exception(exc)
+                else:
+                    for _, done in batch:
+                        if not done.done():
+                            done.set_result(None)
+        finally:
+            self._flusher = None
+
+    async def _reload(self) -> None:
+        """Read the file's records again (after writing some)."""
+        file = self._file
+        assert file is not None
+        rows, known_ids = await asyncio.get_running_loop().run_in_executor(
+            self._executor, file._load
+        )
+        file.rows, file.known_ids = rows, known_ids
+
+    async def _close(self) -> None:
+        """Finish the writes under way, close the file and release it."""
+        file, executor = self._file, self._executor
+        if file is None or executor is None:
+            return
+        try:
+            while self._flusher is not None:
+                await asyncio.shield(self._flusher)
+        finally:
+            self._file = self._executor = None
+            try:
+                await asyncio.get_running_loop().run_in_executor(executor, file.close)
+            finally:
+                executor.shutdown(wait=False)

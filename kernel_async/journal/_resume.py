@@ -1,0 +1,188 @@
+"""What `map(..., journal=...)` does with its journal: check the input against it, find
+the creates a crash left unrecorded, say per payload what to do, and record progress."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from ..errors import APIStatusError, KernelError
+from ..models import Invocation, invocation_decoder
+from ..resources._params import json_string
+from . import _file
+from ._errors import JournalMismatchError, JournalUnresolvedError
+from ._journal import Journal, ResumeSummary
+from ._match import CLOCK_SKEW, Candidate, Unrecorded, match_unrecorded, payload_digest
+from ._plan import Plan
+
+if TYPE_CHECKING:
+    from ..resources._params import Extras
+    from ..resources.invocations import Invocations
+    from ._file import Row
+
+__all__ = ["JournalRun"]
+
+
+class JournalRun:
+    """One `map()`'s use of a `Journal`."""
+
+    __slots__ = ("_action", "_app", "_opened", "_unresolved", "_version", "journal")
+
+    def __init__(self, journal: Journal, app_name: str, action_name: str, version: str) -> None:
+        self.journal = journal
+        self._app, self._action, self._version = app_name, action_name, version
+        self._unresolved: dict[int, JournalUnresolvedError] = {}
+        self._opened = False
+
+    async def start(
+        self, invocations: Invocations, payloads: object, extras: Extras
+    ) -> ResumeSummary:
+        """Open the journal; check a sequence of payloads against it in full; find the
+        creates left unrecorded by a crash, and record what became of them."""
+        journal = self.journal
+        header = {"app_name": self._app, "action_name": self._action, "version": self._version}
+        file = await journal._open(header)
+        self._opened = True
+        if isinstance(payloads, Sequence):  # check it all before any request
+            self.check_count(len(payloads))
+            for index in sorted(file.rows):
+                self.check(index, payloads[index])
+        rows = file.rows
+        unrecorded = [
+            Unrecorded(r.index, r.digest, r.creating_at or 0.0)
+            for r in rows.values()
+            if r.state == "creating"
+        ]
+        adopted: dict[int, str] = {}
+        if unrecorded:
+            adopted = await self._reconcile(invocations, unrecorded, file.known_ids, extras)
+            writes: list[_file.Write] = []
+            for item in unrecorded:
+                if item.index in adopted:
+                    writes += _file.created(item.index, adopted[item.index])
+                elif item.index not in self._unresolved:
+                    writes.append(_file.pending(item.index))
+            if writes:
+                await journal._write(writes)
+                await journal._reload()
+        states = [r.state for r in file.rows.values()]
+        summary = ResumeSummary(
+            finished=states.count("finished"),
+            reattached=states.count("created") - len(adopted),
+            adopted=len(adopted),
+            unresolved=len(self._unresolved),
+            recreated=states.count("pending"),
+        )
+        journal.summary = summary
+        if journal.on_resume is not None:
+            journal.on_resume(summary)
+        return summary
+
+    async def _reconcile(
+        self,
+        invocations: Invocations,
+        unrecorded: list[Unrecorded],
+        known_ids: set[str],
+        extras: Extras,
+    ) -> dict[int, str]:
+        since = min(u.since for u in unrecorded) - CLOCK_SKEW
+        try:
+            candidates = [
+                Candidate(inv.id, payload_digest(inv.payload), inv.started_at.timestamp())
+                async for inv in invocations.list(
+                    app_name=self._app,
+                    action_name=self._action,
+                    version=None if self._version == "latest" else self._version,
+                    since=datetime.fromtimestamp(since, timezone.utc),
+                    limit=100,
+                    **extras,
+                )
+            ]
+        except KernelError as exc:
+            for item in unrecorded:
+                self._unresolved[item.index] = JournalUnresolvedError(
+                    f"payload {item.index} may have been created before the previous run "
+                    f"stopped (its create was sent at {_clock(item.since)} and no answer was "
+                    f"recorded), and listing the invocations to find it failed: {exc}. It "
+                    "was not created again, to avoid a duplicate; run again to retry the check",
+                    path=self.journal.path,
+                    index=item.index,
+                )
+            return {}
+        return match_unrecorded(unrecorded, candidates, known_ids)
+
+    def check(self, index: int, payload: Any) -> str:
+        """The payload's digest; `JournalMismatchError` if the journal holds another."""
+        digest = payload_digest(json_string(payload, "payload"))
+        row = self.journal._rows.get(index)
+        if row is not None and row.digest != digest:
+            raise JournalMismatchError(
+                f"payload {index} is not the one journal {self.journal.path} holds for that "
+                "index (the payloads changed): use another journal for other input",
+                path=self.journal.path,
+            )
+        return digest
+
+    def check_count(self, count: int) -> None:
+        """`JournalMismatchError` if the journal holds payloads past the input's end."""
+        beyond = [i for i in self.journal._rows if i >= count]
+        if beyond:
+            raise JournalMismatchError(
+                f"journal {self.journal.path} holds payload {min(beyond)} but the input has "
+                f"only {count} payloads: use another journal for other input",
+                path=self.journal.path,
+            )
+
+    def plan(self, index: int, payload: Any) -> Plan:
+        """What to do for ``index``, whose payload was checked with `check`."""
+        digest = self.check(index, payload)
+        row: Row | None = self.journal._rows.get(index)
+        if row is None or row.state == "pending":
+            return Plan(digest)
+        if row.state == "finished" and row.final is not None:
+            return Plan(digest, done=invocation_decoder.decode(row.final))
+        if row.invocation_id is not None:
+            return Plan(digest, attach=row.invocation_id)
+        return Plan(digest, unresolved=self._unresolved[index])
+
+    async def creating(self, index: int, digest: str) -> None:
+        """Record, durably, that the create of ``index`` is about to be sent."""
+        await self.journal._write([_file.creating(index, digest, time.time())])
+
+    async def created(self, index: int, invocation_id: str) -> None:
+        """Record ``index``'s id."""
+        await self.journal._write(_file.created(index, invocation_id))
+
+    async def finished(self, index: int, invocation: Invocation) -> None:
+        """Record ``index``'s final state."""
+        final = msgspec.json.encode(invocation).decode()
+        await self.journal._write([_file.finished(index, final)])
+
+    async def failed(
+        self, index: int, exc: KernelError, sent: bool, invocation_id: str | None
+    ) -> None:
+        """The item ended in ``exc``. With an id, it stays recorded as created (a re-run
+        follows it); a create refused (4xx) or never sent made nothing (a re-run creates
+        it); otherwise the record of the create stays, for the next run to look for."""
+        if invocation_id is not None:
+            await self.journal._write(_file.created(index, invocation_id))
+        elif not sent or (isinstance(exc, APIStatusError) and 400 <= exc.status < 500):
+            await self.journal._write([_file.pending(index)])
+
+    async def not_sent(self, index: int) -> None:
+        """The item was cancelled before its create was sent: a re-run creates it."""
+        await self.journal._write([_file.pending(index)])
+
+    async def close(self) -> None:
+        """Finish the writes and release the journal (if this run opened it)."""
+        if self._opened:
+            self._opened = False
+            await self.journal._close()
+
+
+def _clock(unix: float) -> str:
+    return datetime.fromtimestamp(unix, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
