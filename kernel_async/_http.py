@@ -8,6 +8,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import quote
 
 import aiohttp
 import msgspec
@@ -16,6 +17,7 @@ from multidict import CIMultiDictProxy
 from yarl import URL
 
 from ._limits import classify_429
+from ._limits._seed import project_limits_decoder
 from ._options import NOT_GIVEN, NotGiven, Timeout, to_client_timeout, within
 from ._retry import RetryMiddleware, RetryPolicy, retry_after_from_headers
 from ._trace import NO_TRACE, NoTrace
@@ -62,6 +64,8 @@ class HTTPClient:
     _transport: Transport
     _backpressure: Backpressure
     _telemetry: Telemetry | None
+    _project_id: str | None
+    _project: str | None
 
     def _url(self, path: str) -> URL:
         """``path`` must already be quoted."""
@@ -253,6 +257,13 @@ class HTTPClient:
             admission = self._backpressure.admission()
             loop = asyncio.get_running_loop()
             call = Call(deadline, "POST", trace)
+            project = self._project_id or self._project
+            if project is not None and self._backpressure.project_caps.unread(project):
+                await self._backpressure.project_caps.read_once(
+                    project,
+                    partial(self._project_cap, project, timeout, deadline),
+                    admission.policy.seed_all,
+                )
             report = partial(trace.waited, "admission", app=app_name)
             refused = 0  # concurrency 429s so far
             async with admission.slot(app_name, deadline, async_timeout_seconds, report) as slot:
@@ -291,6 +302,21 @@ class HTTPClient:
                     slot.started(None if result.is_terminal else result.id)
                     trace.created(result)
                     return result
+
+    async def _project_cap(
+        self, project: str, timeout: ClientTimeout, deadline: float | None
+    ) -> int | None:
+        """``GET /org/projects/{project}/limits``'s ``max_concurrent_invocations``, or
+        ``None``: no project cap, not allowed to read it, or any failure (logged)."""
+        url = self._url(f"/org/projects/{quote(project, safe='')}/limits")
+        try:
+            _, content = await self._send("GET", url, timeout=timeout, call=Call(deadline, "GET"))
+            return project_limits_decoder.decode(content).max_concurrent_invocations
+        except ClientClosedError:
+            raise
+        except (KernelError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+            logger.debug("Could not read project %r's limits (%s): learning them", project, exc)
+            return None
 
     def _attempt_timeout(self) -> ClientTimeout:
         """The client's timeout for one attempt of a call whose caller set no deadline

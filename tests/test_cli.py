@@ -79,12 +79,9 @@ def test_demo_runs_to_the_end_under_the_limits() -> None:
     assert "60/60" in result.stdout
     assert row(result.stdout, "client errors") == "0"
     assert row(result.stdout, "started more than once") == "0"
-    # the cap, or one over it while additive increase probes (the next 429 cuts it back)
-    assert row(result.stdout, "learnt concurrency limit") in {
-        "4",
-        "5",
-        "6",
-    }  # AIMD: 0.8 x 5 after a cut
+    # the cap, one over it while additive increase probes, or AIMD's cut after a 429 at
+    # the cap (0.8x what ran, once or twice)
+    assert row(result.stdout, "learnt concurrency limit") in {"3", "4", "5", "6"}
     assert row(result.stdout, "most running at once") == "5"
     assert int(row(result.stdout, "429s absorbed: concurrency")) > 0
     assert row(result.stdout, "time queued for a slot").startswith("mean ")

@@ -103,12 +103,16 @@ class AdmissionPolicy:
         self.total_active = 0
         self.concurrency_limited = 0
         self.admitted = 0
+        self.known_cap: int | None = None  # told by the service (`seed_all`)
 
     def app(self, name: str) -> _App:
+        """App ``name``'s state, made on first use."""
         state = self.apps.get(name)
         if state is None:
             initial = float(self.limits.initial) if self.limits.adaptive else math.inf
             state = self.apps[name] = _App(initial)
+            if self.known_cap is not None:
+                self.seed(name, self.known_cap)
         return state
 
     def _capped(self, state: _App) -> bool:
@@ -198,6 +202,13 @@ class AdmissionPolicy:
         state = self.app(name)
         if self.limits.adaptive and not state.limited and cap >= 1:
             state.limit = state.ssthresh = float(cap)
+
+    def seed_all(self, cap: int) -> None:
+        """The service told the cap every app of this client shares: `seed` each app
+        known, and each app met later."""
+        self.known_cap = cap
+        for name in self.apps:
+            self.seed(name, cap)
 
     def rejected(self, name: str, now: float, retry_after: float | None) -> float:
         """The create got a concurrency 429: free its slot, cut the limit, and hold the app.

@@ -9,6 +9,7 @@ from ..errors import ClientClosedError
 from ._config import Limits, LimitStats
 from ._gate import RateGate
 from ._queue import Admission
+from ._seed import ProjectCaps
 
 __all__ = ["Backpressure"]
 
@@ -22,6 +23,8 @@ class Backpressure:
         self._max_retry_after = max_retry_after
         self._gate: RateGate | None = None
         self._admission: Admission | None = None
+        self.project_caps = ProjectCaps()
+        """Each project's cap, as the service told it (read once, on the first create)."""
 
     def twin(self) -> Backpressure:
         """A new, separate gate and queue with the same settings (for another server or

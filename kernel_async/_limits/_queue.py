@@ -78,7 +78,10 @@ class Admission(Pumped):
         max_retry_after: float = 60.0,
     ):
         super().__init__(loop)
-        self.policy = AdmissionPolicy(limits, initial_delay=initial_delay)
+        # Holds are capped like any Retry-After (never below a first backoff).
+        self.policy = AdmissionPolicy(
+            limits, initial_delay=initial_delay, max_hold=max(max_retry_after, initial_delay)
+        )
         self.max_retry_after = max_retry_after
         self.queued_seconds = 0.0
         self.max_queued_seconds = 0.0

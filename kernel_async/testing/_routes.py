@@ -33,6 +33,15 @@ class Routes:
         app.router.add_get("/invocations/{id}/events", self.events)
         app.router.add_get("/invocations/{id}/browsers", self.list_browsers)
         app.router.add_delete("/invocations/{id}/browsers", self.delete_browsers)
+        app.router.add_get("/org/projects/{id_or_name}/limits", self.project_limits)
+
+    async def project_limits(self, request: web.Request) -> web.Response:
+        """``GET /org/projects/{id_or_name}/limits``: the quotas' view of a project."""
+        id_or_name = request.match_info["id_or_name"]
+        limits = self.emulator.quotas.project_limits(id_or_name)
+        if limits is None:
+            return error(404, "not_found", f"Project {id_or_name!r} not found")
+        return json_response(200, limits)
 
     async def create(self, request: web.Request) -> web.StreamResponse:
         em = self.emulator

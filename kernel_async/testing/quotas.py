@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -60,6 +61,11 @@ class Quotas:
         window: The rate limit's window, in seconds.
         concurrency_retry_after: ``Retry-After`` seconds to send with a concurrency 429
             (``None``: none, the emulator's default).
+        projects: The projects ``GET /org/projects/{id_or_name}/limits`` knows, by id or
+            name, with their ``max_concurrent_invocations`` (``None``: no project cap).
+            Unset, every project is known and reports `max_running` (the emulator's
+            organisation is one project). A project's cap is reported, not enforced apart
+            from `max_running`: set both alike.
     """
 
     def __init__(
@@ -70,6 +76,7 @@ class Quotas:
         requests_per_window: int | None = None,
         window: float = 60.0,
         concurrency_retry_after: float | None = None,
+        projects: Mapping[str, int | None] | None = None,
     ) -> None:
         self.max_running = max_running
         """Cap on running invocations across apps, or ``None``."""
@@ -77,6 +84,8 @@ class Quotas:
         """Cap on running invocations of each app, or ``None``."""
         self.concurrency_retry_after = concurrency_retry_after
         """``Retry-After`` sent with a concurrency 429, or ``None`` for none."""
+        self.projects: dict[str, int | None] | None = None if projects is None else dict(projects)
+        """Known projects and their reported caps (``None``: every project, `max_running`)."""
         self.requests_per_window: int | None = None
         self.window = 60.0
         self.rate_limit(requests_per_window, window=window)
@@ -102,6 +111,17 @@ class Quotas:
         return self._total if app_name is None else self._running[app_name]
 
     # --- used by the emulator ----------------------------------------------------------------
+
+    def project_limits(self, id_or_name: str) -> dict[str, int | None] | None:
+        """The ``ProjectLimits`` body for a project, or ``None`` when it is unknown (404)."""
+        projects = self.projects
+        if projects is None:
+            cap = self.max_running
+        elif id_or_name in projects:
+            cap = projects[id_or_name]
+        else:
+            return None
+        return {"max_concurrent_invocations": cap, "max_concurrent_sessions": None}
 
     def admit_request(self, now: float) -> tuple[dict[str, str], float | None]:
         """Count a request against the rate limit at loop time ``now``.
