@@ -141,7 +141,7 @@ class AdmissionMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.limits = Limits(max_running=6, max_running_per_app=4, initial=2)
-        self.policy = AdmissionPolicy(self.limits, initial_delay=0.5)
+        self.policy = AdmissionPolicy(self.limits, initial_delay=0.5, rng=random.Random(0))
         self.now = 0.0
         self.in_flight: list[tuple[str, bool]] = []
         self.running: list[str] = []
