@@ -14,12 +14,14 @@
 from __future__ import annotations
 
 import contextlib
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import msgspec
 
-from kernel_async import AsyncKernel
+from kernel_async import AsyncKernel, Journal
 from kernel_async.models import (
     InvocationStateEvent,
     event_decoder,
@@ -32,6 +34,8 @@ API_KEY = "sk_bench_0123456789"
 ID = "rr33xuugxj9h0bkf1rdt2bet"
 PAYLOAD = '{"data":"example input"}'
 MAX_CONNECTIONS = 20_000  # more than any case opens: no client waits for a connection
+MAP_ITEMS = 1000  # payloads per map() call
+MAP_CONCURRENCY = 50
 
 
 class Client:
@@ -88,7 +92,7 @@ ALL_OPS = frozenset(
 
 class KernelAsyncClient(Client):
     name = "kernel_async"
-    operations = ALL_OPS
+    operations = ALL_OPS | {"map", "map_journal", "map_journal_nofsync"}
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
@@ -115,6 +119,25 @@ class KernelAsyncClient(Client):
 
     async def lifecycle(self) -> None:
         await self.kernel.invocations.run("my-app", "analyze", payload=PAYLOAD)
+
+    async def map(self, journal: str | Journal | None = None) -> int:
+        """One map() over `MAP_ITEMS` payloads (each create + follow); returns the items."""
+        payloads = [{"i": i} for i in range(MAP_ITEMS)]
+        results = self.kernel.invocations.map(
+            "my-app", "analyze", payloads, concurrency=MAP_CONCURRENCY, journal=journal
+        )
+        async with results:
+            return sum([1 async for r in results if r.ok])
+
+    async def map_journal(self) -> int:
+        """The same with a journal (a fresh file: every item is recorded three times)."""
+        with tempfile.TemporaryDirectory() as folder:
+            return await self.map(str(Path(folder) / "journal.db"))
+
+    async def map_journal_nofsync(self) -> int:
+        """The same with ``Journal(fsync=False)``."""
+        with tempfile.TemporaryDirectory() as folder:
+            return await self.map(Journal(Path(folder) / "journal.db", fsync=False))
 
     async def hold(self) -> Any:
         stream = self.kernel.invocations.follow("hold")

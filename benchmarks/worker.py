@@ -31,9 +31,14 @@ CASES: dict[str, tuple[str, int, int]] = {
     "follow_burst": ("follow_burst", 1, 1),
     "lifecycle_c200": ("lifecycle", 2_000, 200),
     "streams_10k": ("hold", 10_000, 10_000),
+    "map_c50": ("map", 2, 1),
+    "map_c50_journal": ("map_journal", 2, 1),
+    "map_c50_journal_nofsync": ("map_journal_nofsync", 2, 1),
 }
 #: The operations whose unit is an event (they return how many they saw).
 PER_EVENT = frozenset({"follow", "follow_burst"})
+#: The operations whose unit is an invocation of a batch (they return how many).
+PER_ITEM = frozenset({"map", "map_journal", "map_journal_nofsync"})
 
 
 def rss_mb() -> float:
@@ -68,7 +73,7 @@ async def measure(client: Client, case: str, scale: float, repeat: int) -> dict[
         units = 0
         for _ in range(count):
             result = await call()
-            units += result if op in PER_EVENT else 1
+            units += result if op in PER_EVENT | PER_ITEM else 1
         return units
 
     async def concurrent() -> int:
@@ -89,7 +94,9 @@ async def measure(client: Client, case: str, scale: float, repeat: int) -> dict[
         cpu_per_unit.append(cpu / units)
         wall_per_unit.append(wall / units)
     return {
-        "unit": "event" if op in PER_EVENT else ("invocation" if op == "lifecycle" else "call"),
+        "unit": "event"
+        if op in PER_EVENT
+        else ("invocation" if op == "lifecycle" or op in PER_ITEM else "call"),
         "cpu_us": statistics.median(cpu_per_unit) * 1e6,
         "wall_us": statistics.median(wall_per_unit) * 1e6,
         "cpu_us_runs": [x * 1e6 for x in cpu_per_unit],

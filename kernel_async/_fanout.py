@@ -288,18 +288,18 @@ class Fanout:
                 final = await self._see_through(plan.attach, deadline)
                 invocation_id = None if cancelled_on_exit(final) else plan.attach
             if invocation_id is None:
-                if journal is not None and plan is not None:
-                    await journal.creating(index, plan.digest)  # durable before it is sent
+                if journal is not None and plan is not None:  # durable before it is sent
+                    await journal.creating(index, plan.digest, plan.attach)
                 final = None
                 invocation_id = await self._start(payload, deadline, landing)
                 if journal is not None:
-                    await journal.created(index, invocation_id)
+                    journal.created(index, invocation_id)
             if life is not None:
                 life.created(invocation_id)
             if final is None:
                 final = await self._see_through(invocation_id, deadline)
             if journal is not None:
-                await journal.finished(index, final)
+                journal.finished(index, final)
             if life is not None:
                 life.finished(final)
             result = MapResult(index, payload, final, None, invocation_id)
@@ -312,11 +312,11 @@ class Fanout:
             if isinstance(exc, APITimeoutError) and exc.invocation_id is not None:
                 invocation_id = exc.invocation_id
             if journal is not None:
-                await journal.failed(index, exc, landing.sent, invocation_id)
+                journal.failed(index, exc, landing.sent, invocation_id)
             result = MapResult(index, payload, None, exc, invocation_id)
         except asyncio.CancelledError:
             if journal is not None and not landing.sent:
-                await journal.not_sent(index)
+                journal.not_sent(index)
             raise
         except Exception as exc:
             self._fail(exc)

@@ -153,7 +153,7 @@ async def test_a_created_invocation_is_followed_not_created_again(tmp_path: Path
             )
             file = JournalFile(path, HEADER)
             digest = payload_digest('{"sleep":0.2}')
-            file.write([creating(0, digest, 0.0), *created(0, started.id)])
+            file.write([creating(0, digest, 0.0), created(0, started.id)])
             file.close()
             journal = Journal(path)
             (result,) = await run(kernel, [{"sleep": 0.2}], journal)

@@ -1,10 +1,14 @@
 """The journal's SQLite file: its schema, header check, lock, and writes (blocking calls;
 `Journal` runs them off the event loop).
 
-Durability: WAL with ``synchronous=FULL``, so every committed write is on disk (the WAL
-fsynced) before the call returns: a record of a create about to be sent survives a crash
-of the process or of the machine. The file is held with SQLite's exclusive locking mode
-for as long as it is open, so a second process gets `JournalInUseError`.
+Durability: WAL. A write that records a create about to be sent is committed with
+``synchronous=FULL`` (the WAL fsynced before the call returns), so that record survives
+a crash of the process or of the machine. The other records (created, finished, not
+created) are committed with ``synchronous=NORMAL``: they survive a crash of the process;
+a crash of the machine may lose the last of them, and a re-run then finds those creates
+on the service or follows them again, as it does after any crash. The file is held with
+SQLite's exclusive locking mode for as long as it is open, so a second process gets
+`JournalInUseError`.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ CREATE TABLE items (
     invocation_id TEXT,                  -- once created
     final TEXT                           -- the finished invocation, as JSON
 );
-CREATE TABLE known_ids (                 -- every id the journal has held
+CREATE TABLE known_ids (                 -- ids the journal held before an index's current
     invocation_id TEXT PRIMARY KEY,
     idx INTEGER NOT NULL
 );
@@ -81,6 +85,7 @@ class JournalFile:
             raise JournalCorruptError(f"journal {path} cannot be opened: {exc}", path=path) from exc
         self._conn = conn
         self._key: tuple[int, int] | None = None
+        self._sync = True
         try:
             self._claim()
             self._setup(header)
@@ -169,14 +174,20 @@ class JournalFile:
                 )
             }
             known = {r[0] for r in self._conn.execute("SELECT invocation_id FROM known_ids")}
+            known.update(r.invocation_id for r in rows.values() if r.invocation_id is not None)
         except sqlite3.Error as exc:
             raise self._fail(exc) from exc
         return rows, known
 
-    def write(self, writes: Sequence[Write]) -> None:
-        """Apply ``writes`` in one transaction, durably (one fsync for them all)."""
+    def write(self, writes: Sequence[Write], *, sync: bool = True) -> None:
+        """Apply ``writes`` in one transaction; ``sync``: on disk before this returns
+        (one fsync for them all), else once SQLite next syncs (a crash of the process
+        loses nothing either way)."""
         conn = self._conn
         try:
+            if sync != self._sync:
+                conn.execute("PRAGMA synchronous=" + ("FULL" if sync else "NORMAL"))
+                self._sync = sync
             conn.execute("BEGIN")
             try:
                 for sql, params in writes:
@@ -210,20 +221,17 @@ def creating(index: int, digest: str, at: float) -> Write:
     )
 
 
-def created(index: int, invocation_id: str) -> list[Write]:
-    """``index`` was created as ``invocation_id``."""
-    return [
-        (
-            "UPDATE items SET state = 'created', invocation_id = ? WHERE idx = ?",
-            (invocation_id, index),
-        ),
-        known(index, invocation_id),
-    ]
-
-
 def known(index: int, invocation_id: str) -> Write:
-    """``invocation_id`` was ``index``'s: never adopt it for another."""
+    """``invocation_id`` was ``index``'s before it was created again: never adopt it."""
     return ("INSERT OR IGNORE INTO known_ids VALUES (?, ?)", (invocation_id, index))
+
+
+def created(index: int, invocation_id: str) -> Write:
+    """``index`` was created as ``invocation_id``."""
+    return (
+        "UPDATE items SET state = 'created', invocation_id = ? WHERE idx = ?",
+        (invocation_id, index),
+    )
 
 
 def finished(index: int, final: str) -> Write:
@@ -232,9 +240,8 @@ def finished(index: int, final: str) -> Write:
 
 
 def pending(index: int) -> Write:
-    """``index`` is not created (any invocation it had was cancelled): a re-run creates it."""
+    """``index`` is certainly not created: a re-run creates it."""
     return (
-        "UPDATE items SET state = 'pending', creating_at = NULL, invocation_id = NULL, "
-        "final = NULL WHERE idx = ?",
+        "UPDATE items SET state = 'pending', creating_at = NULL, final = NULL WHERE idx = ?",
         (index,),
     )

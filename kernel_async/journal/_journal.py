@@ -5,10 +5,12 @@ for the lot), and each caller resumes once its own write is durable."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
 from ._errors import JournalInUseError
@@ -18,6 +20,8 @@ if TYPE_CHECKING:
     from ._file import Row
 
 __all__ = ["Journal", "ResumeSummary"]
+
+logger = logging.getLogger("kernel_async")
 
 
 @dataclass(frozen=True)
@@ -60,23 +64,38 @@ class Journal:
     `JournalInUseError`. See "Resumable fan-out" in the docs.
     """
 
-    __slots__ = ("_executor", "_file", "_flusher", "_queue", "on_resume", "path", "summary")
+    __slots__ = (
+        "_executor",
+        "_file",
+        "_flusher",
+        "_queue",
+        "fsync",
+        "on_resume",
+        "path",
+        "summary",
+    )
 
     def __init__(
         self,
         path: str | os.PathLike[str],
         *,
+        fsync: bool = True,
         on_resume: Callable[[ResumeSummary], None] | None = None,
     ) -> None:
         self.path = os.fspath(path)
         """The journal's file."""
+        self.fsync = fsync
+        """Whether the record of each create is on disk (fsynced) before the create is
+        sent, so that it survives the machine crashing. ``False`` commits it without
+        waiting for the disk: it still survives the process being killed (SIGKILL, OOM,
+        Ctrl-C, an exception), for much less CPU per item."""
         self.summary: ResumeSummary | None = None
         """What the last `map()` on this journal resumed, once it has started."""
         self.on_resume = on_resume
         """Called with `summary` when a `map()` has opened and checked the journal."""
         self._file: JournalFile | None = None
         self._executor: ThreadPoolExecutor | None = None
-        self._queue: list[tuple[list[Write], asyncio.Future[None]]] = []
+        self._queue: list[tuple[list[Write], bool, asyncio.Future[None] | None]] = []
         self._flusher: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
@@ -106,14 +125,19 @@ class Journal:
         return self._file.rows
 
     async def _write(self, writes: list[Write]) -> None:
-        """Apply ``writes`` durably; return once they are on disk. Cancelling the caller
+        """Apply ``writes``; return once they are on disk (fsynced). Cancelling the caller
         does not stop the write."""
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
-        self._queue.append((writes, done))
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._post(writes, done)
+        await done
+
+    def _post(self, writes: list[Write], done: asyncio.Future[None] | None = None) -> None:
+        """Queue ``writes`` to be committed with the next group, without waiting (with no
+        ``done`` to wait on, committed unsynced: a failure is logged; what it would have
+        recorded, a re-run finds on the service)."""
+        self._queue.append((writes, done is not None and self.fsync, done))
         if self._flusher is None:
-            self._flusher = loop.create_task(self._flush())
-        await asyncio.shield(done)
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
 
     async def _flush(self) -> None:
         file, executor = self._file, self._executor
@@ -122,15 +146,19 @@ class Journal:
         try:
             while self._queue:
                 batch, self._queue = self._queue, []
-                writes = [write for writes, _ in batch for write in writes]
+                writes = [write for writes, _, _ in batch for write in writes]
+                sync = any(sync for _, sync, _ in batch)
+                waiting = [done for _, _, done in batch if done is not None]
                 try:
-                    await loop.run_in_executor(executor, file.write, writes)
+                    await loop.run_in_executor(executor, partial(file.write, writes, sync=sync))
                 except Exception as exc:
-                    for _, done in batch:
+                    if len(waiting) < len(batch):
+                        logger.warning("Could not write to journal %s: %s", self.path, exc)
+                    for done in waiting:
                         if not done.done():
                             done.set_exception(exc)
                 else:
-                    for _, done in batch:
+                    for done in waiting:
                         if not done.done():
                             done.set_result(None)
         finally:

@@ -63,11 +63,11 @@ class JournalRun:
             writes: list[_file.Write] = []
             for item in unrecorded:
                 if item.index in adopted:
-                    writes += _file.created(item.index, adopted[item.index])
+                    writes.append(_file.created(item.index, adopted[item.index]))
                 elif item.index not in self._unresolved:
                     writes.append(_file.pending(item.index))
             if writes:
-                await journal._write(writes)
+                await journal._write(writes)  # before anything else is recorded
                 await journal._reload()
         states = [r.state for r in file.rows.values()]
         summary = ResumeSummary(
@@ -149,33 +149,37 @@ class JournalRun:
             return Plan(digest, attach=row.invocation_id)
         return Plan(digest, unresolved=self._unresolved[index])
 
-    async def creating(self, index: int, digest: str) -> None:
-        """Record, durably, that the create of ``index`` is about to be sent."""
-        await self.journal._write([_file.creating(index, digest, time.time())])
+    async def creating(self, index: int, digest: str, replacing: str | None = None) -> None:
+        """Record, durably, that the create of ``index`` is about to be sent (``replacing``:
+        the id of its invocation cancelled on exit, never to be adopted)."""
+        writes = [_file.creating(index, digest, time.time())]
+        if replacing is not None:
+            writes.insert(0, _file.known(index, replacing))
+        await self.journal._write(writes)
 
-    async def created(self, index: int, invocation_id: str) -> None:
-        """Record ``index``'s id."""
-        await self.journal._write(_file.created(index, invocation_id))
+    def created(self, index: int, invocation_id: str) -> None:
+        """Record ``index``'s id (a crash before it is committed: the next run finds the
+        invocation on the service)."""
+        self.journal._post([_file.created(index, invocation_id)])
 
-    async def finished(self, index: int, invocation: Invocation) -> None:
-        """Record ``index``'s final state."""
+    def finished(self, index: int, invocation: Invocation) -> None:
+        """Record ``index``'s final state (a crash before it is committed: the next run
+        follows the invocation again and gets the same state)."""
         final = msgspec.json.encode(invocation).decode()
-        await self.journal._write([_file.finished(index, final)])
+        self.journal._post([_file.finished(index, final)])
 
-    async def failed(
-        self, index: int, exc: KernelError, sent: bool, invocation_id: str | None
-    ) -> None:
+    def failed(self, index: int, exc: KernelError, sent: bool, invocation_id: str | None) -> None:
         """The item ended in ``exc``. With an id, it stays recorded as created (a re-run
         follows it); a create refused (4xx) or never sent made nothing (a re-run creates
         it); otherwise the record of the create stays, for the next run to look for."""
         if invocation_id is not None:
-            await self.journal._write(_file.created(index, invocation_id))
+            self.journal._post([_file.created(index, invocation_id)])
         elif not sent or (isinstance(exc, APIStatusError) and 400 <= exc.status < 500):
-            await self.journal._write([_file.pending(index)])
+            self.journal._post([_file.pending(index)])
 
-    async def not_sent(self, index: int) -> None:
+    def not_sent(self, index: int) -> None:
         """The item was cancelled before its create was sent: a re-run creates it."""
-        await self.journal._write([_file.pending(index)])
+        self.journal._post([_file.pending(index)])
 
     async def close(self) -> None:
         """Finish the writes and release the journal (if this run opened it)."""
