@@ -200,6 +200,8 @@ class AsyncKernel(HTTPClient):
             "Cache-Control": "no-cache",
         }
         backpressure = self._backpressure = self._transport.backpressure_for(base, api_key)
+        if backpressure.lister is None:  # the first client of this server and key lists
+            backpressure.lister = self._live_ids
         guard = RedirectGuard(self._base_url)
         self._middleware = RetryMiddleware(retry, backpressure=backpressure, guard=guard)
         # Streams resume on their own (counting against the same policy), so their
@@ -304,6 +306,18 @@ class AsyncKernel(HTTPClient):
             project=project if project is not None else self._project,
         )
         return clone
+
+    async def _live_ids(self, app_name: str) -> set[str]:
+        """The ids of ``app_name``'s invocations queued or running on the service. Queued
+        ones are listed first: an invocation only moves from queued to running, so one
+        that runs throughout is in one list or the other."""
+        ids: set[str] = set()
+        for status in ("queued", "running"):
+            async for invocation in self.invocations.list(
+                app_name=app_name, status=status, limit=100
+            ):
+                ids.add(invocation.id)
+        return ids
 
     # --- lifetime ----------------------------------------------------------------------------
 

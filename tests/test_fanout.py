@@ -221,3 +221,71 @@ def test_bad_arguments_are_refused_before_anything_runs() -> None:
         kernel.invocations.map("app", "work", "abc")
     with pytest.raises(ValueError, match="app_name"):
         kernel.invocations.map("", "work", [1])
+
+
+async def test_creating_waits_for_a_slow_consumer(kernel_emulator: KernelEmulator) -> None:
+    """An endless source and a consumer that stops reading: what is created stays within
+    ``concurrency`` of what was read, however long the consumer takes."""
+    install(kernel_emulator, seconds=0.005)
+
+    def all_finished() -> bool:
+        snapshot = kernel_emulator.snapshot()
+        return bool(snapshot) and all(inv.is_terminal for inv in snapshot)
+
+    async with kernel_emulator.client(retry=FAST) as kernel:
+        results = kernel.invocations.map("app", "work", itertools.count(), concurrency=3)
+        async with results:
+            await results.__anext__()  # then the consumer is slow: it reads nothing more
+            for _ in range(3):  # every invocation created so far has finished, again
+                await _until(all_finished)
+                await asyncio.sleep(0.05)
+            assert kernel_emulator.create_count <= 1 + 3
+
+
+async def _until(condition: Any) -> None:
+    async def poll() -> None:
+        while not condition():
+            await asyncio.sleep(0.005)
+
+    await asyncio.wait_for(poll(), 20)
+
+
+class _Halt(BaseException):
+    """Not an Exception: a payload source may raise anything."""
+
+
+@pytest.mark.parametrize("error", [asyncio.CancelledError, _Halt])
+async def test_a_payload_source_raising_any_base_exception_ends_map_with_it(
+    kernel_emulator: KernelEmulator, error: type[BaseException]
+) -> None:
+    install(kernel_emulator)
+
+    async def source() -> AsyncIterator[int]:
+        yield 1
+        raise error()
+
+    async with kernel_emulator.client(retry=FAST) as kernel:
+        with pytest.raises(error):
+            await asyncio.wait_for(_drain(kernel.invocations.map("app", "work", source())), 20)
+    assert still_running(kernel_emulator) == []
+
+
+async def _drain(results: AsyncIterator[MapResult]) -> None:
+    async for _ in results:
+        pass
+
+
+async def test_value_is_the_final_invocation_typed_or_raises_the_error(
+    kernel_emulator: KernelEmulator,
+) -> None:
+    install(kernel_emulator)
+    async with kernel_emulator.client(retry=FAST) as kernel:
+        results = {
+            r.index: r async for r in kernel.invocations.map("app", "work", [{}, {"boom": True}])
+        }
+        missing = [r async for r in kernel.invocations.map("app", "missing", [1])]
+    assert results[0].ok
+    assert results[0].value.status == "succeeded"
+    assert results[1].value.status == "failed"
+    with pytest.raises(NotFoundError):
+        missing[0].value  # noqa: B018

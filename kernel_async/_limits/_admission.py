@@ -7,7 +7,7 @@ import heapq
 import math
 import random
 from collections.abc import Mapping
-from typing import Final
+from typing import Final, Literal
 
 from ._config import MAX_PROBE_DELAY, AppLimitStats, Limits
 
@@ -303,13 +303,18 @@ class AdmissionPolicy:
         cap = self.limits.max_running_per_app
         result = {}
         for name, state in self.apps.items():
-            limit: float = state.limit
-            if cap is not None:
-                limit = min(limit, cap)
+            source: Literal["learnt", "told", "configured", "none"] = "none"
+            limit: float | None = None
+            if state.limited or not math.isinf(state.ssthresh):  # learnt or told: within the cap
+                source = "learnt" if state.limited else "told"
+                limit = state.limit if cap is None else min(state.limit, cap)
+            elif cap is not None:  # slow start's window is no limit: only the cap is
+                source, limit = "configured", cap
             result[name] = AppLimitStats(
                 running=state.active,
                 queued=queued.get(name, 0),
-                limit=None if math.isinf(limit) else math.floor(limit),
+                limit=None if limit is None or math.isinf(limit) else math.floor(limit),
                 learnt=state.limited,
+                source=source,
             )
         return result

@@ -8,7 +8,7 @@ import asyncio
 from ..errors import ClientClosedError
 from ._config import Limits, LimitStats
 from ._gate import RateGate
-from ._queue import Admission
+from ._queue import Admission, Lister
 from ._seed import ProjectCaps
 
 __all__ = ["Backpressure"]
@@ -25,6 +25,9 @@ class Backpressure:
         self._admission: Admission | None = None
         self.project_caps = ProjectCaps()
         """Each project's cap, as the service told it (read once, on the first create)."""
+        self.lister: Lister | None = None
+        """How to list an app's invocations queued or running on the service (set by the
+        client): while creates wait, slots of ours that ended unseen are freed with it."""
 
     def twin(self) -> Backpressure:
         """A new, separate gate and queue with the same settings (for another server or
@@ -45,6 +48,7 @@ class Backpressure:
                 self.limits,
                 self._initial_delay,
                 self._max_retry_after,
+                self.lister,
             )
         return admission
 

@@ -84,9 +84,15 @@ class AppLimitStats:
     queued: int
     """Creates waiting for a slot."""
     limit: int | None
-    """The limit in force: the learnt one within the cap, or ``None`` for none."""
+    """The limit known: the one learnt from the service's concurrency 429s or told by it
+    (within the cap), else the cap set with `Limits`; ``None`` when no limit was seen or set (the
+    client is still feeling its way up, see `source`)."""
     learnt: bool
-    """Whether the limit comes from a concurrency 429 (rather than slow start or the cap)."""
+    """Whether the limit comes from a concurrency 429."""
+    source: Literal["learnt", "told", "configured", "none"] = "none"
+    """Where `limit` comes from: ``"learnt"`` (a concurrency 429), ``"told"`` (the
+    service's project limits), ``"configured"`` (`Limits.max_running_per_app`), or
+    ``"none"``: no limit seen."""
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,9 @@ import asyncio
 import logging
 import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Collection
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from ..errors import APITimeoutError, ClientClosedError
 from ._admission import AdmissionPolicy
@@ -22,6 +22,14 @@ if TYPE_CHECKING:
 __all__ = ["Admission", "Slot", "Ticket"]
 
 logger = logging.getLogger("kernel_async")
+
+#: While creates wait for an app, the service's list of its running invocations is read
+#: at most this often, to free the slots of ours that ended unseen (a `follow` closed
+#: early, a `run` cancelled by its caller).
+RECONCILE_INTERVAL: Final = 1.0
+
+#: The ids of an app's invocations queued or running on the service now.
+Lister = Callable[[str], Awaitable[Collection[str]]]
 
 #: A waiting create: its order (negative: put back at the head) and its future.
 _Entry = tuple[int, "asyncio.Future[Ticket]"]
@@ -76,8 +84,11 @@ class Admission(Pumped):
         limits: Limits,
         initial_delay: float,
         max_retry_after: float = 60.0,
+        lister: Lister | None = None,
     ):
         super().__init__(loop)
+        self.lister = lister
+        self._reconciling: dict[str, asyncio.Task[None]] = {}
         # Holds are capped like any Retry-After (never below a first backoff).
         self.policy = AdmissionPolicy(
             limits, initial_delay=initial_delay, max_hold=max(max_retry_after, initial_delay)
@@ -136,6 +147,8 @@ class Admission(Pumped):
         queue.waiting += 1
         handle = None if deadline is None else loop.call_at(deadline, _expire, fut)
         self._pump()
+        if not fut.done():
+            self._reconcile_soon(app)
         try:
             ticket = await fut
         except BaseException:
@@ -147,6 +160,8 @@ class Admission(Pumped):
                 if self.closed is None:  # closing emptied the queues already
                     queue.left()
                     self._pump()
+                    if not queue.waiting:
+                        self._settled(app)
             if fut.done() and not fut.cancelled() and isinstance(fut.exception(), APITimeoutError):
                 waited = loop.time() - now
                 self._count_wait(waited)
@@ -203,10 +218,54 @@ class Admission(Pumped):
         if self.policy.finished(invocation_id, self._loop.time()) is not None:
             self._pump()
 
+    def _reconcile_soon(self, app: str) -> None:
+        """A create waits for ``app``: if some of ours hold slots, start checking them
+        against the service's list (one task per app, while creates wait)."""
+        if self.lister is None or app in self._reconciling or not self.policy.app(app).held:
+            return
+        self._reconciling[app] = self._loop.create_task(self._reconcile(app, self.lister))
+
+    def _settled(self, app: str) -> None:
+        """Nothing of ``app`` waits any more: stop reconciling it."""
+        task = self._reconciling.pop(app, None)
+        if task is not None:
+            task.cancel()
+
+    async def _reconcile(self, app: str, lister: Lister) -> None:
+        """While creates of ``app`` wait, free the slots of ours that no longer run on the
+        service, at most once per `RECONCILE_INTERVAL`."""
+        try:
+            while self.waiting(app) and self.closed is None:
+                held = self.policy.app(app).held
+                if held:
+                    before = list(held)  # all created before the list is asked for
+                    try:
+                        live = await lister(app)
+                    except Exception as exc:
+                        logger.debug("Could not list app %r's running invocations: %s", app, exc)
+                    else:
+                        self.gone(before, live)
+                await asyncio.sleep(RECONCILE_INTERVAL)
+        finally:
+            if self._reconciling.get(app) is asyncio.current_task():
+                del self._reconciling[app]
+
+    def gone(self, before: Collection[str], live: Collection[str]) -> None:
+        """Free the slots of the ids in ``before`` not in ``live`` (the service's queued
+        and running ones, listed after ``before`` was taken): they ended unseen."""
+        owner = self.policy.owner
+        ended = [id for id in before if id in owner and id not in live]
+        if ended:
+            logger.info("%d invocation(s) ended unseen: their slots are free", len(ended))
+            for id in ended:
+                self.finished(id)
+
     def close(self, error: ClientClosedError) -> None:
         """Fail every waiting create with ``error``, and every later one (the client is
         closing)."""
         self.closed = error
+        for task in self._reconciling.values():
+            task.cancel()
         for queue in self._queues.values():
             for _, fut in queue.entries:
                 if not fut.done():
@@ -261,6 +320,8 @@ class Admission(Pumped):
             _, fut = best.entries.popleft()
             best.waiting -= 1
             fut.set_result(self._admit(best_app, now))
+            if not best.waiting:
+                self._settled(best_app)
         wake = math.inf
         for app, queue in queues.items():
             if queue.waiting:
