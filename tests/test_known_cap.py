@@ -45,6 +45,7 @@ async def test_a_project_cap_seeds_the_limit_once_for_every_create(
             created = await asyncio.gather(*creates)
             stats = kernel.limit_stats().apps["app"]
             assert (stats.limit, stats.running, stats.learnt) == (12, 12, False)
+            assert stats.source == "told"
             gate.set()
             for inv in created:
                 await kernel.invocations.wait(inv.id)
@@ -69,8 +70,8 @@ async def test_an_unknown_project_is_not_an_error_and_is_not_asked_again(
         assert [r.status for r in results] == ["succeeded"] * 6
         assert limits_reads(emulator, "proj_missing") == 1
         assert stats.learnt is False
-        assert stats.limit is not None
-        assert stats.limit < 12  # slow start, not the (unknown) project's cap
+        # slow start, not the (unknown) project's cap: no limit seen
+        assert (stats.limit, stats.source) == (None, "none")
 
 
 async def test_a_project_without_a_cap_or_without_rights_starts_slow(
@@ -101,6 +102,6 @@ async def test_a_project_without_a_cap_or_without_rights_starts_slow(
             created = await kernel.invocations.create("my-app", "analyze", async_=True)
             assert created.id == "inv_1"
             stats = kernel.limit_stats().apps["my-app"]
-            assert stats.limit == 4  # Limits.initial: nothing seeded
+            assert (stats.limit, stats.source) == (None, "none")  # nothing seeded
     reads = [r.path for r in server.requests if r.method == "GET"]
     assert reads == [LIMITS_PATH.format(p) for p in answers]
