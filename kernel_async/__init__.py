@@ -9,16 +9,19 @@ async with AsyncKernel() as kernel:
 ```
 """
 
+from . import _logs
 from ._client import AsyncKernel
 from ._fanout import InvocationMap, MapResult
 from ._limits import AppLimitStats, Limits, LimitStats
-from ._options import NOT_GIVEN, ClientOptions, NotGiven, Timeout
+from ._options import NOT_GIVEN, ClientOptions, DefaultAioHttpClient, NotGiven, Timeout
 from ._pagination import AsyncPaginator
+from ._response import AsyncAPIResponse, HTTPRequest, HTTPResponse
 from ._retry import RetryMiddleware, RetryPolicy
 from ._streaming import EventStream
 from ._version import __version__
 from .errors import (
     APIConnectionError,
+    APIError,
     APIResponseValidationError,
     APIStatusError,
     APITimeoutError,
@@ -45,6 +48,7 @@ from .journal import (
 )
 from .models import (
     TERMINAL_STATUSES,
+    BaseModel,
     Browser,
     Error,
     ErrorDetail,
@@ -65,22 +69,28 @@ __all__ = [
     "NOT_GIVEN",
     "TERMINAL_STATUSES",
     "APIConnectionError",
+    "APIError",
     "APIResponseValidationError",
     "APIStatusError",
     "APITimeoutError",
     "AppLimitStats",
+    "AsyncAPIResponse",
     "AsyncKernel",
     "AsyncPaginator",
     "AuthenticationError",
     "BadRequestError",
+    "BaseModel",
     "ClientClosedError",
     "Browser",
     "ClientOptions",
     "ConflictError",
+    "DefaultAioHttpClient",
     "Error",
     "ErrorDetail",
     "ErrorEvent",
     "EventStream",
+    "HTTPRequest",
+    "HTTPResponse",
     "InternalServerError",
     "Invocation",
     "InvocationEvent",
@@ -115,3 +125,5 @@ __all__ = [
     "UnprocessableEntityError",
     "__version__",
 ]
+
+_logs.setup_logging()

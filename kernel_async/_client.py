@@ -18,8 +18,11 @@ from ._options import (
     DEFAULT_BASE_URL,
     DEFAULT_TIMEOUT,
     NOT_GIVEN,
+    DefaultAioHttpClient,
+    Environment,
     NotGiven,
     Timeout,
+    base_url_for,
     check_api_key,
     check_header,
     env_headers,
@@ -63,8 +66,12 @@ class AsyncKernel(HTTPClient):
 
     Args:
         api_key: The API key; defaults to the ``KERNEL_API_KEY`` environment variable.
-        base_url: The API's base URL; defaults to ``KERNEL_BASE_URL``, else
-            ``https://api.onkernel.com``.
+        base_url: The API's base URL; defaults to the ``environment``'s, else
+            ``KERNEL_BASE_URL``, else ``https://api.onkernel.com``.
+        environment: ``"production"`` (``https://api.onkernel.com/``) or
+            ``"development"`` (``https://localhost:3001/``), as in the official SDK.
+            ``base_url`` wins over it; with ``KERNEL_BASE_URL`` set it is ambiguous and
+            raises ``ValueError``, unless ``base_url=None`` is passed too.
         timeout: Seconds a whole call may take, retries and their waits included (60 by
             default); an ``aiohttp.ClientTimeout`` for finer control; ``None`` for no limit.
             Every method takes ``timeout=`` too. Unless one is set here or on the call, a
@@ -85,6 +92,9 @@ class AsyncKernel(HTTPClient):
         limits: Caps on this client's running invocations (see `Limits`). Without it the
             client learns each app's limit from the service's 429s; either way, creates
             beyond the limit wait in a queue instead of failing.
+        http_client: The official SDK's option: an ``aiohttp.ClientSession`` is used as
+            ``session``; ``DefaultAioHttpClient()`` changes nothing (this client is built on
+            aiohttp already).
         telemetry: OpenTelemetry spans and metrics of what the client does (calls,
             retries, 429 waits, stream resumes, invocation lifecycles): ``True`` for the
             global providers, or a `kernel_async.telemetry.Telemetry`. Needs the ``otel``
@@ -102,7 +112,8 @@ class AsyncKernel(HTTPClient):
         self,
         api_key: str | None = None,
         *,
-        base_url: str | None = None,
+        environment: Environment | NotGiven = NOT_GIVEN,
+        base_url: str | NotGiven | None = NOT_GIVEN,
         timeout: Timeout | NotGiven = NOT_GIVEN,
         max_retries: int = 2,
         retry: RetryPolicy | None = None,
@@ -115,7 +126,17 @@ class AsyncKernel(HTTPClient):
         connection_limit: int = 100,
         limits: Limits | None = None,
         telemetry: bool | Telemetry = False,
+        http_client: ClientSession | DefaultAioHttpClient | None = None,
     ) -> None:
+        if isinstance(http_client, ClientSession):
+            if session is not None:
+                raise ValueError("pass session= or http_client=, not both")
+            session = http_client
+        elif not (http_client is None or isinstance(http_client, DefaultAioHttpClient)):
+            raise TypeError(
+                "http_client must be an aiohttp.ClientSession or DefaultAioHttpClient(), "
+                f"got {type(http_client).__name__} (kernel_async does not use httpx)"
+            )
         if connection_limit < 0:
             raise ValueError(f"connection_limit must be >= 0, got {connection_limit}")
         policy = retry if retry is not None else RetryPolicy(max_retries=max_retries)
@@ -132,7 +153,7 @@ class AsyncKernel(HTTPClient):
         self._telemetry = _telemetry(telemetry)
         self._configure(
             api_key=api_key,
-            base_url=base_url,
+            base_url=base_url_for(base_url, environment),
             timeout=timeout,
             retry=policy,
             middlewares=middlewares,

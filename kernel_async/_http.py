@@ -179,8 +179,8 @@ class HTTPClient:
                 raise
             raise error from exc
         status = resp.status
-        if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("%s %s -> %d", method, url.raw_path, status)
+        if logger.isEnabledFor(logging.INFO):  # as httpx logs for the official SDK
+            logger.info('HTTP Request: %s %s "%d %s"', method, resp.url, status, resp.reason)
         if status >= 400:
             raise make_status_error(
                 status,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Final, TypedDict
+from typing import TYPE_CHECKING, Final, Literal, TypedDict
 
 from aiohttp import ClientTimeout
 from yarl import URL
@@ -21,11 +21,15 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_BASE_URL",
     "DEFAULT_TIMEOUT",
+    "ENVIRONMENTS",
+    "Environment",
     "NOT_GIVEN",
     "ClientOptions",
+    "DefaultAioHttpClient",
     "SYNC_INVOCATION_LIMIT",
     "NotGiven",
     "Timeout",
+    "base_url_for",
     "check_api_key",
     "check_header",
     "env_headers",
@@ -36,6 +40,12 @@ __all__ = [
 ]
 
 DEFAULT_BASE_URL: Final = "https://api.onkernel.com"
+#: The official SDK's ``environment=`` choices and their base URLs (as in its _client.py).
+ENVIRONMENTS: Final = {
+    "production": "https://api.onkernel.com/",
+    "development": "https://localhost:3001/",
+}
+Environment = Literal["production", "development"]
 DEFAULT_TIMEOUT: Final = 60.0
 #: A synchronous invocation may run this long on the service before it fails; a sync
 #: create with no timeout set waits that long, plus a margin.
@@ -123,6 +133,27 @@ def within(timeout: ClientTimeout, left: float | None) -> ClientTimeout:
     return replace_total(timeout, left)
 
 
+def base_url_for(base_url: str | NotGiven | None, environment: str | NotGiven) -> str:
+    """The base URL, chosen as the official SDK chooses it: ``base_url`` if given, else the
+    ``environment``'s URL, else ``KERNEL_BASE_URL``, else production. ``environment`` with
+    ``KERNEL_BASE_URL`` set is ambiguous unless ``base_url=None`` is passed too."""
+    if isinstance(base_url, str) and base_url:
+        return base_url
+    from_env = os.environ.get("KERNEL_BASE_URL")
+    if not isinstance(environment, NotGiven):
+        if from_env and isinstance(base_url, NotGiven):
+            raise ValueError(
+                "Ambiguous URL: the KERNEL_BASE_URL environment variable and the environment "
+                "argument are both given. To use the environment, also pass base_url=None."
+            )
+        if environment not in ENVIRONMENTS:
+            raise ValueError(
+                f"Unknown environment: {environment!r} (expected one of {sorted(ENVIRONMENTS)})"
+            )
+        return ENVIRONMENTS[environment]
+    return from_env or DEFAULT_BASE_URL
+
+
 def replace_total(timeout: ClientTimeout, total: float) -> ClientTimeout:
     """``timeout`` with another total."""
     return ClientTimeout(
@@ -133,11 +164,20 @@ def replace_total(timeout: ClientTimeout, total: float) -> ClientTimeout:
     )
 
 
+class DefaultAioHttpClient:
+    """The official SDK's switch to its aiohttp backend, accepted so that
+    ``AsyncKernel(http_client=DefaultAioHttpClient())`` runs unchanged. kernel_async is
+    built on aiohttp: it changes nothing (pass ``session=`` to use a session of your own)."""
+
+    __slots__ = ()
+
+
 class ClientOptions(TypedDict, total=False):
     """The keyword options of `AsyncKernel`, for helpers that pass them on (typed)."""
 
     api_key: str | None
     base_url: str | None
+    environment: Environment
     timeout: Timeout | NotGiven
     max_retries: int
     retry: RetryPolicy | None

@@ -5,9 +5,10 @@ failures mapped to kernel_async errors (scrubbed of credentials), and the redire
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import weakref
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator, Iterator
 from typing import TYPE_CHECKING, Final, Protocol
 
 import aiohttp
@@ -232,6 +233,7 @@ class Transport:
         "_backpressures",
         "backpressure",
         "closed",
+        "closers",
         "connection_limit",
         "loop",
         "owns_session",
@@ -256,6 +258,7 @@ class Transport:
         #: The event streams open now: closing ends them (aiohttp would leave a read of
         #: an open response waiting for ever once its session closes).
         self.streams: weakref.WeakSet[Abortable] = weakref.WeakSet()
+        self.closers: list[AsyncGenerator[None, None]] = []
 
     def backpressure_for(self, base_url: str, api_key: str) -> Backpressure:
         """The rate gate and admission queue of the clients that talk to ``base_url`` with
@@ -294,6 +297,7 @@ class Transport:
                 connector=aiohttp.TCPConnector(limit=limit),
                 cookie_jar=aiohttp.DummyCookieJar(),
             )
+            self.closers.append(_closed_with_loop(session))
         elif session.closed:
             raise RuntimeError("the aiohttp.ClientSession given to AsyncKernel is closed")
         if self.loop is None:
@@ -322,3 +326,23 @@ class Transport:
             for session in sessions:
                 if session is not None and not session.closed:
                     await session.close()
+        self.closers.clear()
+
+
+def _closed_with_loop(session: ClientSession) -> AsyncGenerator[None, None]:
+    """An async generator, started, that closes ``session`` when it is finalized: when the
+    loop shuts down (``asyncio.run`` finalizes every async generator) or when the client is
+    collected. A client that is never closed, as in the official SDK's README, then leaks
+    no connection and draws no "Unclosed client session" warning."""
+
+    async def closer() -> AsyncGenerator[None, None]:
+        try:
+            yield
+        finally:
+            if not session.closed:
+                await session.close()
+
+    generator = closer()
+    with contextlib.suppress(StopIteration):  # runs to the yield: the loop now tracks it
+        generator.asend(None).send(None)
+    return generator

@@ -2,17 +2,22 @@
 
 ```
 KernelError
-├── APIConnectionError            transport failed; the request may not have arrived
-│   ├── APITimeoutError           .invocation_id when an invocation was started
-│   ├── ClientClosedError         the client was closed (`aclose`) before or during the call
-│   └── RedirectError             a redirect this client will not follow
-├── APIResponseValidationError    body did not match the schema (.body holds the raw bytes)
-└── APIStatusError                .status .code .message .details .inner_error .headers .body
-    ├── BadRequestError 400          ├── ConflictError 409
-    ├── AuthenticationError 401      ├── UnprocessableEntityError 422
-    ├── PermissionDeniedError 403    ├── RateLimitError 429
-    ├── NotFoundError 404            └── InternalServerError 5xx
+└── APIError                          .message .request
+    ├── APIConnectionError            transport failed; the request may not have arrived
+    │   ├── APITimeoutError           .invocation_id when an invocation was started
+    │   ├── ClientClosedError         the client was closed (`aclose`) before or during the call
+    │   └── RedirectError             a redirect this client will not follow
+    ├── APIResponseValidationError    body did not match the schema (.body: the raw bytes)
+    └── APIStatusError                .status_code (.status) .response .code .details .body
+        ├── BadRequestError 400          ├── ConflictError 409
+        ├── AuthenticationError 401      ├── UnprocessableEntityError 422
+        ├── PermissionDeniedError 403    ├── RateLimitError 429
+        ├── NotFoundError 404            └── InternalServerError 5xx
 ```
+
+The names and the tree are the official ``kernel`` SDK's; ``.response`` is an
+`HTTPResponse` (``status_code``, ``headers``, ``content``, ``text``, ``json()``) and
+``.request`` an `HTTPRequest` (``method``, ``url``).
 
 No exception carries request headers, and nothing reachable from one (its cause, context,
 arguments or attributes) holds the API key: aiohttp's own exceptions are scrubbed of the
@@ -25,10 +30,12 @@ from collections.abc import Mapping
 
 import msgspec
 
+from ._response import HTTPRequest, HTTPResponse
 from .models import Error, ErrorDetail, error_decoder
 
 __all__ = [
     "APIConnectionError",
+    "APIError",
     "APIResponseValidationError",
     "APIStatusError",
     "APITimeoutError",
@@ -52,7 +59,24 @@ class KernelError(Exception):
     """Base class of every exception kernel_async raises."""
 
 
-class APIConnectionError(KernelError):
+class APIError(KernelError):
+    """An API request failed: it could not be made, or the API answered with an error or
+    a body that did not match its schema (the official SDK's base class of the three)."""
+
+    message: str
+    """What went wrong."""
+    method: str = ""
+    """The request's HTTP method (empty when not known)."""
+    url: str = ""
+    """The request's URL (empty when not known; no credentials are ever part of it)."""
+
+    @property
+    def request(self) -> HTTPRequest:
+        """The request that failed: its method and URL (never its headers)."""
+        return HTTPRequest(self.method, self.url)
+
+
+class APIConnectionError(APIError):
     """The request failed in transport: refused, reset, dropped or timed out.
 
     The request may or may not have reached the server. ``create()`` is never retried
@@ -115,7 +139,7 @@ class RedirectError(APIConnectionError):
         """Where the server pointed (credentials removed), when it said."""
 
 
-class APIResponseValidationError(KernelError):
+class APIResponseValidationError(APIError):
     """The server answered, but its body did not match the API's schema."""
 
     def __init__(
@@ -136,8 +160,18 @@ class APIResponseValidationError(KernelError):
         self.headers = headers if headers is not None else _EMPTY_HEADERS
         """The response headers."""
 
+    @property
+    def status_code(self) -> int:
+        """The HTTP status of the response (the official SDK's name for `status`)."""
+        return self.status
 
-class APIStatusError(KernelError):
+    @property
+    def response(self) -> HTTPResponse:
+        """The response: ``status_code``, ``headers``, ``content``, ``text``, ``json()``."""
+        return HTTPResponse(self.status, self.headers, self.body, self.request)
+
+
+class APIStatusError(APIError):
     """The API answered with an error status (4xx or 5xx).
 
     The API's `Error` body, when there is one, is decoded into `code`, `message`, `details`
@@ -176,6 +210,17 @@ class APIStatusError(KernelError):
         """The request's HTTP method."""
         self.url = url
         """The request's URL."""
+
+    @property
+    def status_code(self) -> int:
+        """The HTTP status code (the official SDK's name for `status`)."""
+        return self.status
+
+    @property
+    def response(self) -> HTTPResponse:
+        """The response: ``status_code``, ``headers``, ``content`` (the raw body), ``text``
+        and ``json()``, as on the official SDK's ``httpx.Response``."""
+        return HTTPResponse(self.status, self.headers, self.body, self.request)
 
     def __str__(self) -> str:
         code = f" {self.code}" if self.code else ""

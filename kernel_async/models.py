@@ -9,13 +9,17 @@ or use ``Invocation.is_terminal``), so a status added later does not break old c
 from __future__ import annotations
 
 import builtins
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any, Final, Generic, Literal, TypeVar, overload
 
 import msgspec
 
+from . import _serialize
+
 __all__ = [
     "TERMINAL_STATUSES",
+    "BaseModel",
     "Browser",
     "Error",
     "ErrorDetail",
@@ -42,13 +46,71 @@ InvocationStatus = Literal["queued", "running", "succeeded", "failed"]
 TERMINAL_STATUSES: Final[frozenset[str]] = frozenset({"succeeded", "failed"})
 
 
+class BaseModel(msgspec.Struct):
+    """The base of every model: a msgspec Struct with the official SDK's ``to_dict()`` and
+    ``to_json()``. Fields hold their default when the API left them out."""
+
+    def to_dict(
+        self,
+        *,
+        mode: Literal["json", "python"] = "python",
+        use_api_names: bool = True,
+        exclude_unset: bool = True,
+        exclude_defaults: bool = False,
+        exclude_none: bool = False,
+        warnings: bool = True,
+    ) -> dict[str, Any]:
+        """The model as a dict, recursively, with the API's keys.
+
+        Args:
+            mode: ``"json"`` for JSON types only (a ``datetime`` becomes an RFC 3339
+                string), ``"python"`` to keep Python objects.
+            use_api_names: Keys as the API spells them (``async``), not as the attributes
+                (``async_``).
+            exclude_unset: Leave out fields at their default (msgspec does not record which
+                keys the JSON had: a field the API left out holds its default).
+            exclude_defaults: Leave out fields at their default.
+            exclude_none: Leave out fields that are ``None``.
+            warnings: Accepted for compatibility; there is nothing to warn about.
+        """
+        return _serialize.to_dict(
+            self,
+            mode=mode,
+            use_api_names=use_api_names,
+            exclude_unset=exclude_unset,
+            exclude_defaults=exclude_defaults,
+            exclude_none=exclude_none,
+        )
+
+    def to_json(
+        self,
+        *,
+        indent: int | None = 2,
+        use_api_names: bool = True,
+        exclude_unset: bool = True,
+        exclude_defaults: bool = False,
+        exclude_none: bool = False,
+        warnings: bool = True,
+    ) -> str:
+        """The model as JSON text, indented by ``indent`` spaces (compact with ``None``);
+        the other options as in `to_dict`."""
+        return _serialize.to_json(
+            self,
+            indent=indent,
+            use_api_names=use_api_names,
+            exclude_unset=exclude_unset,
+            exclude_defaults=exclude_defaults,
+            exclude_none=exclude_none,
+        )
+
+
 def _decode_json_string(value: str | None, field: str, type: Any) -> Any:
     if value is None:
         raise ValueError(f"this invocation has no {field}")
     return msgspec.json.decode(value, type=type)
 
 
-class ErrorDetail(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
+class ErrorDetail(BaseModel, kw_only=True, omit_defaults=True, gc=False):
     """A lower-level error code and message attached to an `Error`."""
 
     code: str | None = None
@@ -57,7 +119,7 @@ class ErrorDetail(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     """Further detail about the error."""
 
 
-class Error(msgspec.Struct, kw_only=True, omit_defaults=True):
+class Error(BaseModel, kw_only=True, omit_defaults=True):
     """The API's error body, also carried by `ErrorEvent`."""
 
     code: str
@@ -70,7 +132,7 @@ class Error(msgspec.Struct, kw_only=True, omit_defaults=True):
     """A more specific underlying error."""
 
 
-class Invocation(msgspec.Struct, kw_only=True, omit_defaults=True):
+class Invocation(BaseModel, kw_only=True, omit_defaults=True):
     """An invocation of an app's action, as the API reports it."""
 
     id: str
@@ -128,7 +190,7 @@ class Invocation(msgspec.Struct, kw_only=True, omit_defaults=True):
         return _decode_json_string(self.payload, "payload", type)
 
 
-class InvokeResponse(msgspec.Struct, kw_only=True, omit_defaults=True):
+class InvokeResponse(BaseModel, kw_only=True, omit_defaults=True):
     """What ``POST /invocations`` returns: the new invocation's id and first status."""
 
     id: str
@@ -158,7 +220,7 @@ class InvokeResponse(msgspec.Struct, kw_only=True, omit_defaults=True):
         return _decode_json_string(self.output, "output", type)
 
 
-class Browser(msgspec.Struct, kw_only=True, omit_defaults=True):
+class Browser(BaseModel, kw_only=True, omit_defaults=True):
     """A browser session an invocation started (``list_browsers``).
 
     Decoded leniently: the API adds fields often, and unknown ones are ignored; ``region``
@@ -204,7 +266,7 @@ class _BrowserList(msgspec.Struct):
     browsers: list[Browser]
 
 
-class InvocationUpdateRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
+class InvocationUpdateRequest(BaseModel, kw_only=True, omit_defaults=True):
     """The body of ``PATCH /invocations/{id}``."""
 
     status: Literal["succeeded", "failed"]
@@ -213,7 +275,7 @@ class InvocationUpdateRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     """The new output, as a JSON string."""
 
 
-class InvocationCreateRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
+class InvocationCreateRequest(BaseModel, kw_only=True, omit_defaults=True):
     """The body of ``POST /invocations`` (``async_`` is sent as ``async``).
 
     ``version`` has no default here: the API requires it, so it is always sent.
@@ -227,8 +289,12 @@ class InvocationCreateRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     async_timeout_seconds: int | None = None
 
 
-class Page(msgspec.Struct, Generic[T], kw_only=True):
-    """One page of a list, with the pagination headers the API sent with it."""
+class Page(BaseModel, Generic[T], kw_only=True, dict=True):
+    """One page of a list, with the pagination headers the API sent with it.
+
+    ``has_next_page()``, ``next_page_info()`` and ``await get_next_page()`` are the
+    official SDK's way through the pages; ``AsyncPaginator.pages()`` is another.
+    """
 
     items: list[T]
     """The items on this page."""
@@ -244,12 +310,36 @@ class Page(msgspec.Struct, Generic[T], kw_only=True):
     def __len__(self) -> int:
         return len(self.items)
 
+    def has_next_page(self) -> bool:
+        """Whether there is a page after this one."""
+        return self.has_more and self.next_offset is not None
+
+    def next_page_info(self) -> dict[str, int] | None:
+        """The query of the next page (``{"offset": ...}``), or ``None`` if this is the
+        last."""
+        if self.next_offset is None or not self.has_more:
+            return None
+        return {"offset": self.next_offset}
+
+    async def get_next_page(self) -> Page[T]:
+        """Request the next page (``RuntimeError`` if there is none, or if this page was
+        not fetched by a list call)."""
+        fetch: Callable[[int], Awaitable[Page[T]]] | None = self.__dict__.get("_fetch")
+        if fetch is None or self.next_offset is None or not self.has_more:
+            raise RuntimeError("No next page expected; check has_next_page() first.")
+        return await fetch(self.next_offset)
+
+    def _fetched_by(self, fetch: Callable[[int], Awaitable[Page[T]]]) -> Page[T]:
+        """Remember how to fetch the next page (not a field: never encoded)."""
+        self.__dict__["_fetch"] = fetch
+        return self
+
 
 # --- stream events -------------------------------------------------------------------------
 # A tagged union on "event": msgspec picks the Struct from the tag while it decodes.
 
 
-class LogEvent(msgspec.Struct, tag_field="event", tag="log", kw_only=True, gc=False):
+class LogEvent(BaseModel, tag_field="event", tag="log", kw_only=True, gc=False):
     """A log line the action wrote."""
 
     timestamp: datetime
@@ -263,7 +353,7 @@ class LogEvent(msgspec.Struct, tag_field="event", tag="log", kw_only=True, gc=Fa
         return "log"
 
 
-class InvocationStateEvent(msgspec.Struct, tag_field="event", tag="invocation_state", kw_only=True):
+class InvocationStateEvent(BaseModel, tag_field="event", tag="invocation_state", kw_only=True):
     """The invocation's current state; the stream ends after a terminal one."""
 
     timestamp: datetime
@@ -277,7 +367,7 @@ class InvocationStateEvent(msgspec.Struct, tag_field="event", tag="invocation_st
         return "invocation_state"
 
 
-class ErrorEvent(msgspec.Struct, tag_field="event", tag="error", kw_only=True):
+class ErrorEvent(BaseModel, tag_field="event", tag="error", kw_only=True):
     """An error reported by the application or the API during the stream."""
 
     timestamp: datetime
@@ -291,9 +381,7 @@ class ErrorEvent(msgspec.Struct, tag_field="event", tag="error", kw_only=True):
         return "error"
 
 
-class SSEHeartbeatEvent(
-    msgspec.Struct, tag_field="event", tag="sse_heartbeat", kw_only=True, gc=False
-):
+class SSEHeartbeatEvent(BaseModel, tag_field="event", tag="sse_heartbeat", kw_only=True, gc=False):
     """A keep-alive the server sends periodically (yielded only with ``heartbeats=True``)."""
 
     timestamp: datetime
@@ -305,7 +393,7 @@ class SSEHeartbeatEvent(
         return "sse_heartbeat"
 
 
-class UnknownEvent(msgspec.Struct, kw_only=True, gc=False):
+class UnknownEvent(BaseModel, kw_only=True, gc=False):
     """An event whose ``event`` tag this version of the SDK does not know.
 
     Yielded instead of failing, so a server that adds event types does not break the stream.

@@ -166,7 +166,8 @@ async def test_the_key_never_appears_in_repr_errors_or_debug_logs(
             await kernel.invocations.retrieve("x")
     texts = [str(caught.value), repr(caught.value), caplog.text]
     texts += [str(v) for v in vars(caught.value).values()]
-    assert "GET /invocations/x -> 404" in caplog.text  # DEBUG logging is on, and says things
+    # logging is on, and says things
+    assert f'HTTP Request: GET {server.url}/invocations/x "404 Not Found"' in caplog.text
     for text in texts:
         assert API_KEY not in text
 

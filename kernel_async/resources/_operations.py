@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote
 
 from .._events import format_since
@@ -17,6 +17,7 @@ from ..models import (
     TERMINAL_STATUSES,
     Browser,
     Invocation,
+    InvocationStatus,
     InvocationUpdateRequest,
     InvokeResponse,
     Page,
@@ -38,9 +39,14 @@ __all__ = ["Extra", "Operations"]
 Extra = Mapping[str, str] | None
 
 
-class Operations:
+class Invocations:
     """The API's invocation operations: create, retrieve, update, cancel, list, the
-    browsers, and follow. Reached through `Invocations`."""
+    browsers, and follow. Reached through the public `Invocations`, which adds wait, run
+    and map.
+
+    Named ``Invocations`` too, so that type checkers' messages about these methods name
+    the class users see ("create" of "Invocations"), not this one.
+    """
 
     __slots__ = ("_client",)
 
@@ -151,7 +157,7 @@ class Operations:
         self,
         id: str,
         *,
-        status: str,
+        status: Literal["succeeded", "failed"],
         output: Any = None,
         timeout: Timeout | NotGiven = NOT_GIVEN,
         extra_headers: Extra = None,
@@ -168,7 +174,7 @@ class Operations:
     async def _update(
         self,
         id: str,
-        status: str,
+        status: Literal["succeeded", "failed"],
         output: Any,
         timeout: Timeout | NotGiven,
         extra_headers: Extra,
@@ -179,7 +185,7 @@ class Operations:
             raise ValueError(f"status must be 'succeeded' or 'failed', got {status!r}")
         url = self._item_url(id)
         body = encoder.encode(
-            InvocationUpdateRequest(status=status, output=json_string(output, "output"))  # type: ignore[arg-type]
+            InvocationUpdateRequest(status=status, output=json_string(output, "output"))
         )
         invocation = await self._client._request(
             invocation_decoder,
@@ -214,7 +220,7 @@ class Operations:
         version: str | None = None,
         action_name: str | None = None,
         deployment_id: str | None = None,
-        status: str | None = None,
+        status: InvocationStatus | None = None,
         since: Since | None = None,
         query: str | None = None,
         limit: int = 20,
@@ -268,7 +274,7 @@ class Operations:
                 offset=real_offset,
                 next_offset=next_offset,
                 has_more=has_more,
-            )
+            )._fetched_by(fetch)
 
         return AsyncPaginator(fetch, offset)
 
@@ -351,3 +357,7 @@ class Operations:
             extra_headers=extra_headers,
             extra_query=extra_query,
         )
+
+
+#: The operations' class, by the name the rest of the package knows it by.
+Operations = Invocations

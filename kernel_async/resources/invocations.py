@@ -13,6 +13,7 @@ from ..models import Invocation
 from ._lifecycle import Landing, Lifecycle
 from ._operations import Extra
 from ._params import Extras, check_int, check_name
+from ._raw import InvocationsWithRawResponse, InvocationsWithStreamingResponse
 
 if TYPE_CHECKING:
     from .._fanout import InvocationMap
@@ -32,6 +33,25 @@ class Invocations(Lifecycle):
     """
 
     __slots__ = ()
+
+    @property
+    def with_raw_response(self) -> InvocationsWithRawResponse:
+        """The one-request methods, returning the HTTP response (``headers``,
+        ``status_code``, ``http_request``) with ``await response.parse()`` for the object.
+
+        ```python
+        response = await kernel.invocations.with_raw_response.create("my-app", "analyze")
+        print(response.headers.get("Content-Type"))
+        created = await response.parse()
+        ```
+        """
+        return InvocationsWithRawResponse(self)
+
+    @property
+    def with_streaming_response(self) -> InvocationsWithStreamingResponse:
+        """The one-request methods as async context managers of their HTTP response
+        (``async with kernel.invocations.with_streaming_response.retrieve(id) as r:``)."""
+        return InvocationsWithStreamingResponse(self)
 
     async def wait(
         self,

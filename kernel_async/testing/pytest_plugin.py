@@ -33,7 +33,12 @@ if TYPE_CHECKING:
     from .._client import AsyncKernel
     from .emulator import KernelEmulator
 
-__all__ = ["kernel_client", "kernel_emulator", "pytest_pycollect_makeitem"]
+__all__ = [
+    "kernel_client",
+    "kernel_emulator",
+    "pytest_pycollect_makeitem",
+    "pytest_runtest_setup",
+]
 
 _OURS = frozenset({"kernel_emulator", "kernel_client"})
 
@@ -45,6 +50,16 @@ except ImportError:  # pragma: no cover - without pytest-asyncio, async fixtures
     _fixture = pytest.fixture  # type: ignore[assignment]
 
 
+_NEEDS_PYTEST_ASYNCIO = (
+    "kernel_async's fixtures (kernel_emulator, kernel_client) are async: "
+    "install pytest-asyncio (pip install pytest-asyncio) to use them"
+)
+
+
+def _has_pytest_asyncio(config: pytest.Config) -> bool:
+    return _fixture is not pytest.fixture and config.pluginmanager.has_plugin("asyncio")
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: object) -> None:
     """Mark ``async def`` tests that use these fixtures ``asyncio``, before pytest-asyncio
@@ -52,11 +67,23 @@ def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: objec
     pytest, which says "async def functions are not natively supported"."""
     if not (inspect.iscoroutinefunction(obj) and name.startswith("test")):
         return
+    if not _has_pytest_asyncio(collector.config):
+        return  # the test fails in setup with a hint (pytest_runtest_setup)
     if _OURS.isdisjoint(inspect.signature(obj).parameters):
         return
     marks = getattr(obj, "pytestmark", [])
     if not any(getattr(mark, "name", None) == "asyncio" for mark in marks):
         pytest.mark.asyncio(obj)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Without pytest-asyncio, a test using these fixtures fails with a one-line hint,
+    instead of pytest's "no plugin or hook handled it"."""
+    if _OURS.isdisjoint(getattr(item, "fixturenames", ())):
+        return
+    if not _has_pytest_asyncio(item.config):
+        pytest.fail(_NEEDS_PYTEST_ASYNCIO, pytrace=False)
 
 
 @_fixture
