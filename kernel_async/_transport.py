@@ -230,6 +230,7 @@ class Transport:
     """
 
     __slots__ = (
+        "__weakref__",
         "_backpressures",
         "backpressure",
         "closed",
@@ -297,12 +298,20 @@ class Transport:
                 connector=aiohttp.TCPConnector(limit=limit),
                 cookie_jar=aiohttp.DummyCookieJar(),
             )
-            self.closers.append(_closed_with_loop(session))
+            self._close_with_loop(session, loop)
         elif session.closed:
             raise RuntimeError("the aiohttp.ClientSession given to AsyncKernel is closed")
         if self.loop is None:
             self.loop = loop
         return session
+
+    def _close_with_loop(self, session: ClientSession, loop: asyncio.AbstractEventLoop) -> None:
+        """Close ``session`` when the loop shuts down, or soon after this transport is
+        collected, if the client is never closed (as in the official SDK's README): no
+        connection is leaked and aiohttp has no "Unclosed client session" to warn of."""
+        closer = _closed_with_loop(session)
+        self.closers.append(closer)
+        weakref.finalize(self, _close_soon, loop, closer)
 
     def check_loop(self) -> None:
         if self.loop is not None and self.loop is not asyncio.get_running_loop():
@@ -326,23 +335,50 @@ class Transport:
             for session in sessions:
                 if session is not None and not session.closed:
                     await session.close()
+        for closer in self.closers:
+            await closer.aclose()
         self.closers.clear()
 
 
+#: The closers of sessions not closed yet: kept here, not only by their client, so that a
+#: client collected in a reference cycle does not take its session down with it unclosed.
+_unclosed: set[AsyncGenerator[None, None]] = set()
+
+
 def _closed_with_loop(session: ClientSession) -> AsyncGenerator[None, None]:
-    """An async generator, started, that closes ``session`` when it is finalized: when the
-    loop shuts down (``asyncio.run`` finalizes every async generator) or when the client is
-    collected. A client that is never closed, as in the official SDK's README, then leaks
-    no connection and draws no "Unclosed client session" warning."""
+    """An async generator, started, that closes ``session`` when it is closed: by the
+    client's `Transport.aclose`, by the loop's shutdown (``asyncio.run`` closes every async
+    generator still open), or by `_close_soon`."""
 
     async def closer() -> AsyncGenerator[None, None]:
         try:
             yield
         finally:
+            _unclosed.discard(generator)
             if not session.closed:
                 await session.close()
 
     generator = closer()
     with contextlib.suppress(StopIteration):  # runs to the yield: the loop now tracks it
         generator.asend(None).send(None)
+    _unclosed.add(generator)
     return generator
+
+
+def _close_soon(loop: asyncio.AbstractEventLoop, closer: AsyncGenerator[None, None]) -> None:
+    """Close a collected client's session in its loop (if that still runs)."""
+    if closer in _unclosed and not loop.is_closed():
+        loop.call_soon_threadsafe(_start_closing, loop, closer)
+
+
+def _start_closing(loop: asyncio.AbstractEventLoop, closer: AsyncGenerator[None, None]) -> None:
+    task = loop.create_task(_aclose(closer))
+    _closing.add(task)
+    task.add_done_callback(_closing.discard)
+
+
+async def _aclose(closer: AsyncGenerator[None, None]) -> None:
+    await closer.aclose()
+
+
+_closing: set[asyncio.Task[None]] = set()

@@ -324,3 +324,25 @@ def test_every_public_model_has_to_dict_and_to_json() -> None:
         obj = getattr(kernel_async, name)
         if inspect.isclass(obj) and issubclass(obj, msgspec.Struct):
             assert issubclass(obj, kernel_async.BaseModel), name
+
+
+# --- a client never closed, as in the official README -----------------------------------
+
+
+async def test_a_collected_client_that_was_never_closed_closes_its_session(
+    kernel_emulator: KernelEmulator,
+) -> None:
+    import asyncio
+    import gc
+
+    kernel = kernel_emulator.client()
+    with pytest.raises(NotFoundError):
+        await kernel.invocations.retrieve("missing")
+    session = kernel._transport.session
+    assert session is not None
+    assert not session.closed
+    del kernel
+    gc.collect()  # the client is in a reference cycle: only the collector frees it
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert session.closed
