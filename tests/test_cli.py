@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from importlib.metadata import entry_points
@@ -15,62 +13,19 @@ from pathlib import Path
 
 import pytest
 
-CLI = [sys.executable, "-m", "kernel_async"]
-KEY = "sk_cli_test_key"
-
-
-def run(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*CLI, "--plain", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-        check=False,
-    )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from ._cli import CLI, KEY, free_port, row, run, serving
 
 
 @pytest.fixture(scope="module")
 def served() -> Iterator[dict[str, str]]:
     """`kernel-async serve` in a subprocess; yields the env that points the CLI at it."""
-    port = free_port()
-    with subprocess.Popen(
-        [*CLI, "--plain", "serve", "--port", str(port), "--api-key", KEY],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    ) as proc:
-        try:
-            assert proc.stdout is not None
-            first = proc.stdout.readline()
-            assert f"http://127.0.0.1:{port}" in first, first
-            yield {"KERNEL_BASE_URL": f"http://127.0.0.1:{port}", "KERNEL_API_KEY": KEY}
-            proc.send_signal(signal.SIGINT)
-            assert proc.wait(10) == 0, proc.stdout.read()
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+    with serving() as env:
+        yield env
 
 
 def test_console_script_is_registered() -> None:
     names = {ep.name: ep.value for ep in entry_points(group="console_scripts")}
     assert names["kernel-async"] == "kernel_async.cli:main"
-
-
-def row(stdout: str, metric: str) -> str:
-    """The value of one row of a plain-text metric table."""
-    for line in stdout.splitlines():
-        if line.startswith(metric + "  "):
-            return line[len(metric) :].strip()
-    raise AssertionError(f"no row {metric!r} in:\n{stdout}")
 
 
 def test_demo_runs_to_the_end_under_the_limits() -> None:
@@ -79,9 +34,9 @@ def test_demo_runs_to_the_end_under_the_limits() -> None:
     assert "60/60" in result.stdout
     assert row(result.stdout, "client errors") == "0"
     assert row(result.stdout, "started more than once") == "0"
-    # the cap, one over it while additive increase probes, or AIMD's cut after a 429 at
-    # the cap (0.8x what ran, once or twice)
-    assert row(result.stdout, "learnt concurrency limit") in {"3", "4", "5", "6"}
+    # the cap, or one over it while additive increase probes (the next 429 cuts it back)
+    limit = row(result.stdout, "concurrency limit")  # AIMD: 0.8 x 5 after a cut
+    assert limit in {f"{n} (learnt from 429s)" for n in (4, 5, 6)}
     assert row(result.stdout, "most running at once") == "5"
     assert int(row(result.stdout, "429s absorbed: concurrency")) > 0
     assert row(result.stdout, "time queued for a slot").startswith("mean ")
@@ -115,9 +70,9 @@ def test_invoke_fan_out_as_json_lines_from_stdin_exits_1_on_a_failure(
     )
     assert done.returncode == 1, done.stderr
     results = sorted(
-        (json.loads(line) for line in done.stdout.splitlines()), key=lambda r: r["index"]
+        (json.loads(line) for line in done.stdout.splitlines()), key=lambda r: r["line"]
     )
-    assert [r["index"] for r in results] == [0, 1, 2]
+    assert [r["line"] for r in results] == [1, 2, 3]
     assert results[0]["status"] == "failed"
     assert results[0]["status_reason"] == "upstream timed out"
     assert all(r["status"] == "succeeded" and r["output"] == {"ok": True} for r in results[1:])
@@ -166,7 +121,7 @@ def test_invoke_async_get_list_follow_cancel(served: dict[str, str], tmp_path: o
 
     listed = run("list", "--json", "--app", "demo-app", "--limit", "5", env=served)
     assert listed.returncode == 0
-    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    rows = json.loads(listed.stdout)
     assert inv_id in [r["id"] for r in rows]
     table = run("list", "--limit", "3", env=served)
     assert "STATUS" in table.stdout
@@ -238,7 +193,7 @@ def test_ctrl_c_during_a_fan_out_cancels_what_runs_then_exits_130(served: dict[s
             if proc.poll() is None:
                 proc.kill()
     listed = run("list", "--app", "demo-app", "--json", "--limit", "100", env=served).stdout
-    crawls = [json.loads(line) for line in listed.splitlines()]
+    crawls = json.loads(listed)
     long_ones = [c for c in crawls if c["payload"] == '{"pages": 500}']
     assert len(long_ones) >= 5
     assert all(c["status"] == "failed" for c in long_ones)
@@ -270,14 +225,14 @@ def test_no_api_key_and_unreachable_server_are_clear_errors() -> None:
         [*CLI, "--plain", "get", "x"], capture_output=True, text=True, env=env, check=False
     )
     assert no_key.returncode == 2  # a missing argument, as every bad argument
-    assert "KERNEL_API_KEY" in no_key.stderr
+    # in the CLI's words: its flag and variable, not the library's AsyncKernel(api_key=...)
+    assert no_key.stderr == "error: no API key: pass --api-key KEY or set KERNEL_API_KEY\n"
     port = free_port()
-    start = time.perf_counter()
     down = run("get", "x", "--base-url", f"http://127.0.0.1:{port}", "--api-key", KEY, timeout=60)
     assert down.returncode == 1
-    assert "Connection error" in down.stderr
+    # not aiohttp's "Cannot connect to host ... ssl:default [Connect call failed ...]"
+    assert down.stderr == f"error: cannot connect to 127.0.0.1:{port}: connection refused\n"
     assert KEY not in down.stderr + down.stdout
-    assert time.perf_counter() - start < 30
 
 
 def test_usage_errors_exit_2() -> None:
@@ -360,7 +315,7 @@ def test_list_filters_search_page_and_print_json(served: dict[str, str]) -> None
     assert found.returncode == 0, found.stderr
     assert [json.loads(line)["id"] for line in found.stdout.splitlines()] == [newest["id"]]
     second = run("list", "--limit", "1", "--offset", "1", "--json", env=served)
-    assert [json.loads(line)["id"] for line in second.stdout.splitlines()] == [listed[1]["id"]]
+    assert [inv["id"] for inv in json.loads(second.stdout)] == [listed[1]["id"]]
     by_deployment = run("list", "--deployment-id", "dep_nope", "-o", "json", env=served)
     assert by_deployment.stdout == ""
 
@@ -428,10 +383,10 @@ def test_update_browsers_and_delete_browsers(served: dict[str, str]) -> None:
 
 
 def test_api_error_details_are_shown(served: dict[str, str]) -> None:
-    result = run("list", "--since", "yesterday", env=served)
+    result = run("invoke", "demo-app", "nope", env=served)
     assert result.returncode == 1
     [line] = result.stderr.splitlines()
-    assert "400 bad_request: Invalid query parameters: since must be" in line
+    assert "404 not_found: Action 'nope' not found in app 'demo-app'" in line
 
 
 @pytest.mark.parametrize(

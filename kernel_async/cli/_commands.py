@@ -14,13 +14,16 @@ from ._common import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     Interrupted,
+    UsageError,
     client,
     finish,
     follow_printing,
     interruptible,
     json_arg,
+    json_line,
     payload_arg,
     read_text,
+    since_arg,
 )
 from ._fanout import cmd_invoke_many
 from ._output import Output
@@ -37,17 +40,16 @@ __all__ = [
 ]
 
 
-def _json(value: object) -> str:
-    return msgspec.json.encode(value).decode()
-
-
 async def cmd_invoke(args: argparse.Namespace, out: Output) -> int:
+    since_arg(args.since)
     if args.payloads is not None:
         if args.payload is not None or args.payload_file is not None:
             raise ValueError("--payloads takes the payloads; leave out --payload/--payload-file")
         return await cmd_invoke_many(args, out)
     if args.journal is not None:
         raise ValueError("--journal records a fan-out: it goes with --payloads")
+    if args.json:
+        raise UsageError("--json (one JSON array) goes with --payloads; here use -o json")
     payload = payload_arg(args)
     as_json = args.output == "json"
     async with client(args) as kernel:
@@ -58,7 +60,7 @@ async def cmd_invoke(args: argparse.Namespace, out: Output) -> int:
                 )
             )
             if as_json:
-                out.line(_json(done))
+                out.line(json_line(done))
             else:
                 reason = f" ({done.status_reason})" if done.status_reason else ""
                 out.line(f"invocation {done.id} [{done.status}]{reason}", style="bold")
@@ -76,7 +78,7 @@ async def cmd_invoke(args: argparse.Namespace, out: Output) -> int:
             )
         )
         if args.async_ and not args.follow:
-            out.line(_json(created) if as_json else created.id)
+            out.line(json_line(created) if as_json else created.id)
             return EXIT_OK
         if not as_json:
             out.line(f"invocation {created.id} ({created.status})", style="bold")
@@ -94,12 +96,16 @@ async def cmd_invoke(args: argparse.Namespace, out: Output) -> int:
 async def cmd_get(args: argparse.Namespace, out: Output) -> int:
     async with client(args) as kernel:
         inv = await kernel.invocations.retrieve(args.id)
-    out.line(msgspec.json.format(msgspec.json.encode(inv), indent=2).decode())
+    if args.output == "json":
+        out.line(json_line(inv))
+    else:
+        out.line(msgspec.json.format(msgspec.json.encode(inv)).decode())
     return EXIT_OK
 
 
 async def cmd_list(args: argparse.Namespace, out: Output) -> int:
-    as_json = args.output == "json" or args.json
+    since_arg(args.since)
+    as_json = args.output == "json" and not args.json  # JSON Lines, as they come
     rows: list[Invocation] = []
     async with client(args) as kernel:
         listing = kernel.invocations.list(
@@ -115,11 +121,13 @@ async def cmd_list(args: argparse.Namespace, out: Output) -> int:
         )
         async for inv in listing:
             if as_json:
-                out.line(_json(inv))
+                out.line(json_line(inv))
             rows.append(inv)
             if len(rows) >= args.limit:
                 break
-    if not as_json:
+    if args.json:
+        out.line(json_line(rows))
+    elif not as_json:
         out.table(
             None,
             ["ID", "APP", "ACTION", "STATUS", "STARTED", "SECONDS"],
@@ -141,6 +149,7 @@ async def cmd_list(args: argparse.Namespace, out: Output) -> int:
 
 
 async def cmd_follow(args: argparse.Namespace, out: Output) -> int:
+    since_arg(args.since)
     as_json = args.output == "json"
     async with client(args) as kernel:
         try:
@@ -155,7 +164,7 @@ async def cmd_follow(args: argparse.Namespace, out: Output) -> int:
 async def cmd_cancel(args: argparse.Namespace, out: Output) -> int:
     async with client(args) as kernel:
         inv = await kernel.invocations.cancel(args.id, output=CANCEL_OUTPUT)
-    out.line(_json(inv) if args.output == "json" else f"{inv.id} {inv.status}")
+    out.line(json_line(inv) if args.output == "json" else f"{inv.id} {inv.status}")
     return EXIT_OK
 
 
@@ -168,16 +177,19 @@ async def cmd_update(args: argparse.Namespace, out: Output) -> int:
         )
     async with client(args) as kernel:
         inv = await kernel.invocations.update(args.id, status=args.status, output=result)
-    out.line(_json(inv) if args.output == "json" else f"{inv.id} {inv.status}")
+    out.line(json_line(inv) if args.output == "json" else f"{inv.id} {inv.status}")
     return EXIT_OK
 
 
 async def cmd_browsers(args: argparse.Namespace, out: Output) -> int:
     async with client(args) as kernel:
         browsers = await kernel.invocations.list_browsers(args.id)
+    if args.json:
+        out.line(json_line(browsers))
+        return EXIT_OK
     if args.output == "json":
         for browser in browsers:
-            out.line(_json(browser))
+            out.line(json_line(browser))
         return EXIT_OK
     if not browsers:
         out.line(f"invocation {args.id} has no browsers")

@@ -1,20 +1,25 @@
-"""What every CLI command shares: exit codes, the client, payloads, Ctrl-C, event printing."""
+"""What every CLI command shares: exit codes, the client, payloads, Ctrl-C, error lines,
+event printing."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import errno
+import os
 import signal
 import sys
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 from datetime import datetime
 from typing import Any, TypeVar
 
+import aiohttp
 import msgspec
 
 from .._client import AsyncKernel
-from ..errors import KernelError
+from .._limits import AppLimitStats
+from ..errors import APIConnectionError, APITimeoutError, KernelError
 from ..models import (
     ErrorEvent,
     Invocation,
@@ -40,21 +45,38 @@ class UsageError(Exception):
 
 def client(args: argparse.Namespace) -> AsyncKernel:
     """The client for ``--api-key`` / ``--base-url`` (or the environment)."""
+    if not (args.api_key or os.environ.get("KERNEL_API_KEY")):
+        raise UsageError("no API key: pass --api-key KEY or set KERNEL_API_KEY")
     try:
         return AsyncKernel(api_key=args.api_key, base_url=args.base_url)
-    except KernelError as exc:  # no key, or a base URL that is not one
-        raise UsageError(str(exc)) from None
+    except KernelError as exc:  # a base URL that is not one
+        raise UsageError(f"--base-url (or KERNEL_BASE_URL): {exc}") from None
 
 
 def read_text(path: str, what: str) -> str:
-    """A file's text, or standard input for ``-``."""
+    """A file's text (UTF-8, a byte order mark dropped), or standard input for ``-``."""
     try:
         if path == "-":
-            return sys.stdin.read()
-        with open(path, encoding="utf-8") as f:
-            return f.read()
+            data = sys.stdin.buffer.read()
+        else:
+            with open(path, "rb") as f:
+                data = f.read()
+        return data.decode("utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"cannot read {what}: {exc}") from exc
+
+
+def since_arg(text: str | None) -> str | None:
+    """``--since`` checked before anything is sent: an RFC 3339 time or a duration such
+    as ``5m``, ``1h30m``, ``1.5s``, ``300ms``."""
+    from ..testing._wire import parse_since_ns
+
+    if text is not None and parse_since_ns(text, now=0) is None:
+        raise UsageError(
+            f"--since {text!r} is neither an RFC 3339 time (2025-01-31T09:00:00Z) "
+            "nor a duration (5m, 1h30m, 90s)"
+        )
+    return text
 
 
 def json_arg(text: str, what: str) -> str:
@@ -100,6 +122,56 @@ async def interruptible(awaitable: Awaitable[T]) -> T:
     raise Interrupted
 
 
+async def run_all(awaitables: Iterable[Awaitable[None]]) -> None:
+    """Await them all at once; at the first error (or when cancelled) cancel the others and
+    wait for them to stop before raising it, so nothing still runs once this returns."""
+    tasks = [asyncio.ensure_future(a) for a in awaitables]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for task in tasks:
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            raise error
+
+
+def describe_error(exc: KernelError) -> str:
+    """The one line shown for an error: its message, except that a refused or unresolved
+    connection says so plainly (aiohttp's text names ``ssl:default`` even for http)."""
+    if isinstance(exc, APIConnectionError) and not isinstance(exc, APITimeoutError):
+        cause = exc.__cause__
+        while cause is not None and not isinstance(cause, aiohttp.ClientConnectorError):
+            cause = cause.__cause__
+        if cause is not None and not isinstance(
+            cause, (aiohttp.ClientConnectorSSLError, aiohttp.ClientConnectorCertificateError)
+        ):
+            return f"cannot connect to {cause.host}:{cause.port}: {_reason(cause)}"
+    return str(exc)
+
+
+def _reason(exc: aiohttp.ClientConnectorError) -> str:
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return "the host name does not resolve"
+    code = exc.os_error.errno
+    if code in (errno.ECONNREFUSED, errno.ECONNRESET, errno.ETIMEDOUT, errno.EHOSTUNREACH):
+        return os.strerror(code).lower()
+    return str(exc.os_error.strerror or exc.os_error or "connection failed").lower()
+
+
+def limit_text(app: AppLimitStats | None, configured: int | None = None) -> str:
+    """The concurrency limit a fan-out ran under, as a summary shows it: the one learnt
+    from the service's 429s, else the one configured, else "no limit seen" (the client's
+    slow-start allowance is not a limit)."""
+    if app is not None and app.limit is not None and app.learnt:
+        return f"{app.limit} (learnt from 429s)"
+    if configured is not None:
+        return f"{configured} (configured)"
+    return "no limit seen"
+
+
 def clock(when: datetime) -> str:
     return when.strftime("%H:%M:%S.%f")[:-3]
 
@@ -122,11 +194,41 @@ def print_event(out: Output, event: Any) -> None:
         out.line(f"{event.event}: {event.data.decode(errors='replace')}", style="dim")
 
 
+# Valid inside JSON strings, but line ends to str.splitlines() and to JavaScript: escaped,
+# so that every reader sees one JSON value per line.
+_LINE_ENDS = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"})
+
+
+def json_line(value: Any) -> str:
+    """``value`` as one line of JSON (U+2028, U+2029 and U+0085 escaped: they can only
+    occur inside strings, where the escape means the same)."""
+    return msgspec.json.encode(value).decode().translate(_LINE_ENDS)
+
+
+def json_value(text: str) -> msgspec.Raw | str:
+    """``text`` to embed in a line of JSON: its JSON re-serialised compactly (numbers kept
+    as written) when it is JSON, else the text itself, as a string."""
+    try:
+        msgspec.json.decode(text)
+    except msgspec.DecodeError:
+        return text
+    return msgspec.Raw(msgspec.json.format(text.encode(), indent=-1))
+
+
+class _UnknownEventLine(msgspec.Struct):
+    event: str
+    data: Any
+
+
 def event_json(event: Any) -> str:
-    """One event as a line of JSON, as the API sent it (an unknown one's data verbatim)."""
+    """One event as one line of JSON, as the API sent it; an unknown one's data compacted
+    when it is a JSON object, else embedded in ``{"event": ..., "data": ...}``."""
     if isinstance(event, UnknownEvent):
-        return event.data.decode("utf-8", "replace")
-    return msgspec.json.encode(event).decode()
+        data = json_value(event.data.decode("utf-8", "replace"))
+        if isinstance(data, msgspec.Raw) and bytes(data).startswith(b"{"):
+            return bytes(data).decode().translate(_LINE_ENDS)
+        return json_line(_UnknownEventLine(event.event, data))
+    return json_line(event)
 
 
 async def follow_printing(

@@ -19,19 +19,26 @@ from .._limits import LimitStats
 from .._retry import RetryPolicy
 from ..errors import KernelError
 from ..models import Invocation, InvocationStateEvent
-from ._common import EXIT_FAILED, EXIT_OK
+from ._common import EXIT_FAILED, EXIT_OK, limit_text, run_all
 from ._output import Output, Progress
 
 
 async def cmd_serve(args: argparse.Namespace, out: Output) -> int:
-    from ..testing import KernelEmulator
+    from ..testing import KernelEmulator, Quotas
     from ..testing.demo import install_demo_actions
 
+    quotas = Quotas(
+        max_running=args.org_cap,
+        max_running_per_app=args.app_cap,
+        requests_per_window=args.rate,
+        window=args.rate_window,
+    )
     emulator = KernelEmulator(
         api_key=args.emulator_key,
         host=args.host,
         port=args.port,
         heartbeat_interval=args.heartbeat_interval,
+        quotas=quotas,
     )
     install_demo_actions(emulator)
     for spec in args.actions or ():
@@ -44,17 +51,30 @@ async def cmd_serve(args: argparse.Namespace, out: Output) -> int:
         reason = "the address is already in use" if in_use else (exc.strerror or str(exc))
         raise KernelError(f"cannot serve on {args.host}:{args.port}: {reason}") from None
     async with emulator:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):  # before the banner: it says Ctrl-C
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
         out.line(f"Kernel API emulator on {emulator.url}", style="bold")
         out.line(f"export KERNEL_BASE_URL={emulator.url}")
         out.line(f"export KERNEL_API_KEY={emulator.api_key}")
+        out.line(_quota_text(quotas), style="dim")
         out.line("Ctrl-C to stop.", style="dim")
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, stop.set)
         await stop.wait()
     return EXIT_OK
+
+
+def _quota_text(quotas: Any) -> str:
+    def cap(value: int | None) -> str:
+        return "none" if value is None else str(value)
+
+    rate = quotas.requests_per_window
+    window = f"{quotas.window:g}s"
+    return (
+        f"Quotas: org cap {cap(quotas.max_running)}, app cap {cap(quotas.max_running_per_app)}, "
+        f"rate limit {'none' if rate is None else f'{rate} requests per {window}'}."
+    )
 
 
 def load_actions(spec: str) -> Callable[[Any], None]:
@@ -128,7 +148,7 @@ async def cmd_demo(args: argparse.Namespace, out: Output) -> int:
     options: dict[str, Any] = {"retry": policy, "middlewares": [count_retries], "timeout": None}
     async with emulator, emulator.client(**options) as kernel:
         with progress:
-            await asyncio.gather(*(one(i, kernel) for i in range(args.n)))
+            await run_all(one(i, kernel) for i in range(args.n))
         limits = kernel.limit_stats()
     wall = time.perf_counter() - started
     out.table(
@@ -172,7 +192,7 @@ def _demo_rows(
         ["failed (by the action)", str(counts["failed"])],
         ["client errors", str(counts["errors"])],
         ["started more than once", str(emulator.create_count - n)],
-        ["learnt concurrency limit", "-" if app is None or app.limit is None else str(app.limit)],
+        ["concurrency limit", limit_text(app)],
         ["most running at once", str(quotas.peak_running_by_app.get(DEMO_APP, 0))],
         ["429s absorbed: concurrency", str(limits.concurrency_limited)],
         [

@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 
 from .._fanout import MapResult
+from ..errors import APIConnectionError, APITimeoutError
 from ..journal import Journal, ResumeSummary
 from ._common import (
     EXIT_FAILED,
@@ -19,61 +20,104 @@ from ._common import (
     Interrupted,
     UsageError,
     client,
+    describe_error,
     interruptible,
     json_arg,
+    json_line,
+    json_value,
+    limit_text,
     read_text,
 )
 from ._output import Output, Progress
 
-__all__ = ["cmd_invoke_many", "read_payloads"]
+__all__ = ["GIVE_UP_AFTER", "cmd_invoke_many", "read_payloads"]
 
 _SHOWN_FAILURES = 10
 
+#: Connection failures in a row after which a fan-out stops: the server is not there.
+GIVE_UP_AFTER = 3
 
-def read_payloads(path: str) -> list[str]:
-    """The payloads of a JSON Lines file (``-``: standard input), one per non-blank line,
-    each checked to be JSON. Raises `UsageError` naming the first bad line."""
+
+def read_payloads(path: str) -> list[tuple[int, str]]:
+    """The payloads of a JSON Lines file (``-``: standard input) with their line numbers,
+    one per non-blank line, each checked to be JSON. Lines end at ``\\n`` only (U+2028,
+    U+2029 and U+0085 are valid inside JSON strings); a ``\\r`` before it and a UTF-8 byte
+    order mark are dropped. Raises `UsageError` naming the first bad line."""
     payloads = []
-    for number, line in enumerate(read_text(path, "the payloads").splitlines(), 1):
-        line = line.strip()
+    for number, line in enumerate(read_text(path, "the payloads").split("\n"), 1):
+        line = line.strip(" \t\r")  # JSON's own whitespace, nothing more
         if line:
-            payloads.append(json_arg(line, f"{path}, line {number}"))
+            payloads.append((number, json_arg(line, f"{path}, line {number}")))
     if not payloads:
         raise UsageError(f"{path} has no payloads (one JSON value per line)")
     return payloads
 
 
+class _ResultLine(msgspec.Struct, omit_defaults=True):
+    line: int
+    status: str
+    id: str | None = None
+    output: Any = None
+    status_reason: str | None = None
+    error: str | None = None
+
+
+def _result_line(result: MapResult, line: int) -> _ResultLine:
+    inv = result.invocation
+    if inv is None:
+        error = describe_error(result.error) if result.error is not None else None
+        return _ResultLine(line, "error", result.invocation_id, error=error)
+    output = None if inv.output is None else json_value(inv.output)
+    return _ResultLine(line, inv.status, inv.id, output, inv.status_reason)
+
+
+def _is_connection_failure(result: MapResult) -> bool:
+    error = result.error
+    return isinstance(error, APIConnectionError) and not isinstance(error, APITimeoutError)
+
+
 async def cmd_invoke_many(args: argparse.Namespace, out: Output) -> int:
-    payloads = read_payloads(args.payloads)
-    as_json = args.output == "json"
+    numbered = read_payloads(args.payloads)
+    lines = [number for number, _ in numbered]
+    mode = "array" if args.json else args.output  # text, json (JSON Lines) or array
     counts: Counter[str] = Counter()
-    failures: list[MapResult] = []
-    progress = Progress(out, len(payloads), quiet=as_json)
+    failures: list[_ResultLine] = []
+    collected: list[_ResultLine] = []
+    in_a_row = 0
+    gave_up: MapResult | None = None
+    progress = Progress(out, len(numbered), quiet=mode != "text")
     started = time.perf_counter()
     journal = None
     if args.journal is not None:
         journal = Journal(
-            args.journal, on_resume=lambda s: _say_resumed(args.journal, s, len(payloads))
+            args.journal, on_resume=lambda s: _say_resumed(args.journal, s, len(numbered))
         )
     async with client(args) as kernel:
 
         async def fan_out() -> None:
+            nonlocal in_a_row, gave_up
             async with kernel.invocations.map(
                 args.app,
                 args.action,
-                payloads,
+                [payload for _, payload in numbered],
                 version=args.version,
                 concurrency=args.concurrency,
                 async_timeout_seconds=args.async_timeout,
                 journal=journal,
             ) as results:
                 async for result in results:
-                    status = result.invocation.status if result.invocation else "error"
-                    counts[status] += 1
+                    line = _result_line(result, lines[result.index])
+                    counts[line.status] += 1
                     if not result.ok:
-                        failures.append(result)
-                    if as_json:
-                        out.line(_result_json(result))
+                        failures.append(line)
+                    if mode == "json":
+                        out.line(json_line(line))
+                    elif mode == "array":
+                        collected.append(line)
+                    in_a_row = in_a_row + 1 if _is_connection_failure(result) else 0
+                    if in_a_row >= GIVE_UP_AFTER:
+                        gave_up = result
+                        return  # leaving map() starts nothing more
                     progress.advance(
                         f"✓ {counts['succeeded']}  ✗ {counts['failed']}  errors {counts['error']}"
                     )
@@ -90,20 +134,28 @@ async def cmd_invoke_many(args: argparse.Namespace, out: Output) -> int:
             return EXIT_INTERRUPTED
         stats = kernel.limit_stats()
     wall = time.perf_counter() - started
-    if not as_json:
-        for result in sorted(failures, key=lambda r: r.index)[:_SHOWN_FAILURES]:
-            out.line(f"line {result.index + 1}: {_failure(result)}", style="red")
+    if mode == "array":
+        out.line(json_line(sorted(collected, key=lambda r: r.line)))
+    if gave_up is not None:
+        assert gave_up.error is not None
+        out.error(
+            f"{describe_error(gave_up.error)}; stopped after {GIVE_UP_AFTER} connection "
+            f"failures in a row ({sum(counts.values())} of {len(numbered)} payloads tried)"
+        )
+        return EXIT_FAILED
+    if mode == "text":
+        for failure in sorted(failures, key=lambda r: r.line)[:_SHOWN_FAILURES]:
+            out.line(f"line {failure.line}: {_failure_text(failure)}", style="red")
         if len(failures) > _SHOWN_FAILURES:
             out.line(f"... and {len(failures) - _SHOWN_FAILURES} more", style="red")
-        app = stats.apps.get(args.app)
         out.table(
-            f"{args.app}/{args.action}: {len(payloads)} invocations",
+            f"{args.app}/{args.action}: {len(numbered)} invocations",
             ["metric", "value"],
             [
                 ["succeeded", str(counts["succeeded"])],
                 ["failed (by the action)", str(counts["failed"])],
                 ["errors (not seen through)", str(counts["error"])],
-                ["concurrency limit", "-" if app is None or app.limit is None else str(app.limit)],
+                ["concurrency limit", limit_text(stats.apps.get(args.app), args.concurrency)],
                 [
                     "429s absorbed",
                     f"{stats.concurrency_limited} concurrency, {stats.rate_limited} rate limit",
@@ -111,7 +163,7 @@ async def cmd_invoke_many(args: argparse.Namespace, out: Output) -> int:
                 ["wall time", f"{wall:.2f}s"],
             ],
         )
-    return EXIT_OK if counts["succeeded"] == len(payloads) else EXIT_FAILED
+    return EXIT_OK if counts["succeeded"] == len(numbered) else EXIT_FAILED
 
 
 def _say_resumed(path: str, summary: ResumeSummary, total: int) -> None:
@@ -128,27 +180,10 @@ def _say_resumed(path: str, summary: ResumeSummary, total: int) -> None:
     print(f"journal {path}: {verb}: {', '.join(parts)}", file=sys.stderr, flush=True)
 
 
-def _failure(result: MapResult) -> str:
-    if result.invocation is not None:
-        inv = result.invocation
-        return f"{inv.id} {inv.status}: {inv.status_reason or inv.output or ''}".rstrip(": ")
-    return f"{result.invocation_id or 'not created'}: {result.error}"
-
-
-class _ResultLine(msgspec.Struct, omit_defaults=True):
-    index: int
-    status: str
-    id: str | None = None
-    output: Any = None
-    status_reason: str | None = None
-    error: str | None = None
-
-
-def _result_json(result: MapResult) -> str:
-    inv = result.invocation
-    if inv is None:
-        line = _ResultLine(result.index, "error", result.invocation_id, error=str(result.error))
-    else:
-        output = msgspec.Raw(inv.output.encode()) if inv.output is not None else None
-        line = _ResultLine(result.index, inv.status, inv.id, output, inv.status_reason)
-    return msgspec.json.encode(line).decode()
+def _failure_text(line: _ResultLine) -> str:
+    if line.error is not None:
+        return f"{line.id or 'not created'}: {line.error}"
+    output = line.output
+    if isinstance(output, msgspec.Raw):
+        output = bytes(output).decode()
+    return f"{line.id} {line.status}: {line.status_reason or output or ''}".rstrip(": ")

@@ -1,0 +1,79 @@
+"""`kernel-async serve` with quotas: several client processes share one emulated quota."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from datetime import datetime
+
+from ._cli import CLI, free_port, row, run, serving
+
+
+def most_running_at_once(invocations: list[dict[str, str]]) -> int:
+    """The most invocations between start and finish at one instant (an end and a start
+    at the same instant do not overlap)."""
+    moments: list[tuple[datetime, int]] = []
+    for inv in invocations:
+        moments.append((datetime.fromisoformat(inv["started_at"]), 1))
+        moments.append((datetime.fromisoformat(inv["finished_at"]), -1))
+    running = peak = 0
+    for _, step in sorted(moments):  # -1 sorts before +1 at a tie
+        running += step
+        peak = max(peak, running)
+    return peak
+
+
+def test_two_processes_sharing_an_org_cap_never_run_more_than_it() -> None:
+    stdin = '{"pages": 3}\n' * 12
+    with serving("--org-cap", "4") as env:
+        clients = [
+            subprocess.Popen(
+                [*CLI, "--plain", "invoke", "demo-app", "crawl", "--payloads", "-"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env={**os.environ, **env},
+            )
+            for _ in range(2)
+        ]
+        outputs = [client.communicate(stdin, timeout=120) for client in clients]
+        listed = run("list", "--app", "demo-app", "--limit", "100", "--json", env=env)
+    for client, (stdout, stderr) in zip(clients, outputs, strict=True):
+        assert client.returncode == 0, stderr
+        assert row(stdout, "succeeded") == "12"
+    invocations = json.loads(listed.stdout)
+    assert len(invocations) == 24  # each payload started once
+    assert most_running_at_once(invocations) == 4
+    # the server refused the creates over the cap, and the clients waited and went again
+    absorbed = [int(row(stdout, "429s absorbed").split()[0]) for stdout, _ in outputs]
+    assert sum(absorbed) > 0
+
+
+def test_serve_says_its_quotas_and_enforces_the_rate() -> None:
+    with serving("--app-cap", "2", "--rate", "5", "--rate-window", "0.5") as env:
+        done = run("invoke", "demo-app", "echo", "--payloads", "-", env=env, input="1\n" * 12)
+    assert done.returncode == 0, done.stderr
+    assert row(done.stdout, "succeeded") == "12"
+    rate_limited = row(done.stdout, "429s absorbed").split(", ")[1]
+    assert int(rate_limited.split()[0]) > 0
+
+
+def test_serve_prints_its_quotas() -> None:
+    port = free_port()
+    args = ["serve", "--port", str(port), "--org-cap", "20", "--rate", "100"]
+    with subprocess.Popen(
+        [*CLI, "--plain", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            banner = [proc.stdout.readline() for _ in range(4)]
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(10) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert banner[0] == f"Kernel API emulator on http://127.0.0.1:{port}\n"
+    assert banner[3] == "Quotas: org cap 20, app cap none, rate limit 100 requests per 1s.\n"
