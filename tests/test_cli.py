@@ -34,9 +34,10 @@ def test_demo_runs_to_the_end_under_the_limits() -> None:
     assert "60/60" in result.stdout
     assert row(result.stdout, "client errors") == "0"
     assert row(result.stdout, "started more than once") == "0"
-    # the cap, or one over it while additive increase probes (the next 429 cuts it back)
-    limit = row(result.stdout, "concurrency limit")  # AIMD: 0.8 x 5 after a cut
-    assert limit in {f"{n} (learnt from 429s)" for n in (4, 5, 6)}
+    # at most one over the cap while additive increase probes; 0.8x cuts go below it
+    limit, learnt = row(result.stdout, "concurrency limit").split(" ", 1)
+    assert learnt == "(learnt from 429s)"
+    assert 1 <= int(limit) <= 6
     assert row(result.stdout, "most running at once") == "5"
     assert int(row(result.stdout, "429s absorbed: concurrency")) > 0
     assert row(result.stdout, "time queued for a slot").startswith("mean ")

@@ -126,6 +126,7 @@ def test_a_limit_learnt_from_the_service_is_shown_as_learnt() -> None:
         done = run("invoke", "demo-app", "crawl", "--payloads", "-", env=env, input=stdin)
     assert done.returncode == 0, done.stderr
     assert int(row(done.stdout, "429s absorbed").split()[0]) > 0
-    # the cap, or one over it while additive increase probes (the next 429 cuts it back)
-    limit = row(done.stdout, "concurrency limit")  # AIMD: 0.8 x 3 after a cut
-    assert limit in {f"{n} (learnt from 429s)" for n in (2, 3, 4)}
+    # at most one over the cap while additive increase probes; 0.8x cuts go below it
+    limit, learnt = row(done.stdout, "concurrency limit").split(" ", 1)
+    assert learnt == "(learnt from 429s)"
+    assert 1 <= int(limit) <= 4
