@@ -138,17 +138,27 @@ async def run_all(awaitables: Iterable[Awaitable[None]]) -> None:
             raise error
 
 
+def unreachable(exc: BaseException | None) -> aiohttp.ClientConnectorError | None:
+    """Why the server could not be reached at all (refused, unresolved: nothing was sent),
+    or ``None`` when ``exc`` is something else (a reset after sending included)."""
+    if not isinstance(exc, APIConnectionError) or isinstance(exc, APITimeoutError):
+        return None
+    cause = exc.__cause__
+    while cause is not None and not isinstance(cause, aiohttp.ClientConnectorError):
+        cause = cause.__cause__
+    if isinstance(
+        cause, (aiohttp.ClientConnectorSSLError, aiohttp.ClientConnectorCertificateError)
+    ):
+        return None  # reached, but TLS failed: aiohttp's message says how
+    return cause
+
+
 def describe_error(exc: KernelError) -> str:
     """The one line shown for an error: its message, except that a refused or unresolved
     connection says so plainly (aiohttp's text names ``ssl:default`` even for http)."""
-    if isinstance(exc, APIConnectionError) and not isinstance(exc, APITimeoutError):
-        cause = exc.__cause__
-        while cause is not None and not isinstance(cause, aiohttp.ClientConnectorError):
-            cause = cause.__cause__
-        if cause is not None and not isinstance(
-            cause, (aiohttp.ClientConnectorSSLError, aiohttp.ClientConnectorCertificateError)
-        ):
-            return f"cannot connect to {cause.host}:{cause.port}: {_reason(cause)}"
+    cause = unreachable(exc)
+    if cause is not None:
+        return f"cannot connect to {cause.host}:{cause.port}: {_reason(cause)}"
     return str(exc)
 
 

@@ -11,7 +11,6 @@ from typing import Any
 import msgspec
 
 from .._fanout import MapResult
-from ..errors import APIConnectionError, APITimeoutError
 from ..journal import Journal, ResumeSummary
 from ._common import (
     EXIT_FAILED,
@@ -27,6 +26,7 @@ from ._common import (
     json_value,
     limit_text,
     read_text,
+    unreachable,
 )
 from ._output import Output, Progress
 
@@ -34,7 +34,8 @@ __all__ = ["GIVE_UP_AFTER", "cmd_invoke_many", "read_payloads"]
 
 _SHOWN_FAILURES = 10
 
-#: Connection failures in a row after which a fan-out stops: the server is not there.
+#: Creates in a row that could not reach the server (refused, unresolved) after which a
+#: fan-out stops: the server is not there.
 GIVE_UP_AFTER = 3
 
 
@@ -69,11 +70,6 @@ def _result_line(result: MapResult, line: int) -> _ResultLine:
         return _ResultLine(line, "error", result.invocation_id, error=error)
     output = None if inv.output is None else json_value(inv.output)
     return _ResultLine(line, inv.status, inv.id, output, inv.status_reason)
-
-
-def _is_connection_failure(result: MapResult) -> bool:
-    error = result.error
-    return isinstance(error, APIConnectionError) and not isinstance(error, APITimeoutError)
 
 
 async def cmd_invoke_many(args: argparse.Namespace, out: Output) -> int:
@@ -114,7 +110,8 @@ async def cmd_invoke_many(args: argparse.Namespace, out: Output) -> int:
                         out.line(json_line(line))
                     elif mode == "array":
                         collected.append(line)
-                    in_a_row = in_a_row + 1 if _is_connection_failure(result) else 0
+                    # refused or unresolved, nothing sent: a reset after sending is not it
+                    in_a_row = in_a_row + 1 if unreachable(result.error) else 0
                     if in_a_row >= GIVE_UP_AFTER:
                         gave_up = result
                         return  # leaving map() starts nothing more
