@@ -171,12 +171,20 @@ def _reason(exc: aiohttp.ClientConnectorError) -> str:
     return str(exc.os_error.strerror or exc.os_error or "connection failed").lower()
 
 
+_SOURCES = {
+    "learnt": "learnt from 429s",
+    "told": "the project's limit",
+    "configured": "configured",
+}
+
+
 def limit_text(app: AppLimitStats | None, configured: int | None = None) -> str:
-    """The concurrency limit a fan-out ran under, as a summary shows it: the one learnt
-    from the service's 429s, else the one configured, else "no limit seen" (the client's
-    slow-start allowance is not a limit)."""
-    if app is not None and app.limit is not None and app.learnt:
-        return f"{app.limit} (learnt from 429s)"
+    """The concurrency limit a fan-out ran under, as a summary shows it: where the client
+    got it (learnt from the service's 429s, told by the service, configured), else
+    ``--concurrency`` (``configured``), else "no limit seen" (the client's slow-start
+    allowance is not a limit)."""
+    if app is not None and app.limit is not None and app.source in _SOURCES:
+        return f"{app.limit} ({_SOURCES[app.source]})"
     if configured is not None:
         return f"{configured} (configured)"
     return "no limit seen"
