@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from kernel_async.cli._common import event_json
+from kernel_async.models import UnknownEvent
+
 from ._cli import CLI, run, serving
 
 
@@ -142,3 +145,19 @@ def test_get_as_one_json_line(served: dict[str, str]) -> None:
     indented = run("get", inv_id, env=served)
     assert json.loads(indented.stdout) == json.loads(one_line.stdout)
     assert indented.stdout.count("\n") > 5
+
+
+@pytest.mark.parametrize(
+    ("data", "line"),
+    [
+        (b'{\n  "event": "new_thing",\n  "n": 1.0e1\n}', '{"event":"new_thing","n":1.0e1}'),
+        (b"not json\nat all", '{"event":"new_thing","data":"not json\\nat all"}'),
+        (b"[1, 2]", '{"event":"new_thing","data":[1,2]}'),
+        ('{"s": "a\u2028b"}'.encode(), '{"s":"a\\u2028b"}'),
+    ],
+)
+def test_an_unknown_event_is_one_json_line(data: bytes, line: str) -> None:
+    printed = event_json(UnknownEvent(event="new_thing", data=data))
+    assert printed == line
+    assert len(printed.splitlines()) == 1
+    json.loads(printed)
