@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from .resources.invocations import Invocations
     from .telemetry import Telemetry
 
-__all__ = ["AsyncKernel"]
+__all__ = ["AsyncKernel", "AsyncKernelWithRawResponse"]
 
 logger = logging.getLogger("kernel_async")
 
@@ -237,6 +237,12 @@ class AsyncKernel(HTTPClient):
     # --- configuration ---------------------------------------------------------------------
 
     @property
+    def with_raw_response(self) -> AsyncKernelWithRawResponse:
+        """The official SDK's ``client.with_raw_response.invocations``: the same as
+        ``client.invocations.with_raw_response``."""
+        return AsyncKernelWithRawResponse(self)
+
+    @property
     def api_key(self) -> str:
         """The API key in use (never shown by ``repr``)."""
         return self._api_key
@@ -357,6 +363,10 @@ class AsyncKernel(HTTPClient):
         if self._owns_transport:
             await self._transport.aclose()
 
+    async def close(self) -> None:
+        """`aclose`, by the official SDK's name."""
+        await self.aclose()
+
 
 def _telemetry(option: bool | Telemetry) -> Telemetry | None:
     """The client's telemetry: imported only when asked for."""
@@ -371,3 +381,12 @@ def _telemetry(option: bool | Telemetry) -> Telemetry | None:
             f"telemetry must be True, False or a kernel_async.telemetry.Telemetry, got {option!r}"
         )
     return option
+
+
+class AsyncKernelWithRawResponse:
+    """``client.with_raw_response``: its ``invocations`` return raw responses."""
+
+    __slots__ = ("invocations",)
+
+    def __init__(self, client: AsyncKernel) -> None:
+        self.invocations = client.invocations.with_raw_response

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping
 from itertools import chain
 from types import TracebackType
 from typing import TYPE_CHECKING, Final
@@ -189,6 +189,11 @@ class EventStream:
 
     def __aiter__(self) -> Self:
         return self
+
+    def __await__(self) -> Generator[object, None, Self]:
+        """``stream = await kernel.invocations.follow(id)``, as with the official SDK:
+        connects (raising its error, e.g. `NotFoundError`) and returns the stream."""
+        return self.__aenter__().__await__()
 
     async def __anext__(self) -> InvocationEvent:
         queue = self._queue
