@@ -12,6 +12,8 @@ import pytest
 from kernel_async import AsyncKernel, ClientClosedError, Limits, RetryPolicy
 from kernel_async.testing import KernelEmulator
 
+from .conftest import json_response
+
 #: Bounds a call that would otherwise hang for ever: a guard, not a measurement.
 GUARD = 20.0
 
@@ -119,3 +121,21 @@ async def test_aclose_ends_a_request_waiting_for_its_answer(make_server: Any) ->
     with pytest.raises(ClientClosedError):
         await asyncio.wait_for(pending, GUARD)
     answered.set()
+
+
+async def test_aclose_ends_calls_waiting_at_the_rate_gate(make_server: Any) -> None:
+    async def limited(request: Any) -> Any:
+        return json_response(
+            '{"code":"rate_limited","message":"slow down"}', 429, headers={"Retry-After": "30"}
+        )
+
+    server = await make_server([("GET", "/invocations/{id}", limited)])
+    kernel = server.client(timeout=None)
+    first = asyncio.create_task(kernel.invocations.retrieve("inv_1"))
+    await until(lambda: kernel.limit_stats().rate_limited == 1)  # it waits out the 30 s
+    second = asyncio.create_task(kernel.invocations.retrieve("inv_2"))
+    await kernel.aclose()
+    for pending in (first, second):
+        with pytest.raises(ClientClosedError):
+            await asyncio.wait_for(pending, GUARD)
+    assert len(server.requests) == 1

@@ -59,10 +59,12 @@ class Backpressure:
             admission.finished(invocation_id)
 
     def close(self, error: ClientClosedError) -> None:
-        """The client is closing: every create waiting for a slot, and every later one,
-        fails with ``error``."""
+        """The client is closing: every create waiting for a slot or request waiting at
+        the rate gate, and every later one, fails with ``error``."""
         if self._admission is not None:
             self._admission.close(error)
+        if self._gate is not None:
+            self._gate.close(error)
 
     def stats(self) -> LimitStats:
         gate, admission = self._gate, self._admission

@@ -9,7 +9,7 @@ import time
 from collections import deque
 from collections.abc import Mapping
 
-from ..errors import RateLimitError
+from ..errors import ClientClosedError, RateLimitError
 from ._pump import Pumped
 from ._rate import RatePolicy
 
@@ -35,6 +35,7 @@ class RateGate(Pumped):
         # linear scan: `_waiting` counts the ones still waiting.
         self._waiters: deque[_Waiter] = deque()
         self._waiting = 0
+        self._closed: ClientClosedError | None = None
 
     @property
     def waiting(self) -> int:
@@ -55,6 +56,8 @@ class RateGate(Pumped):
         waiter, for a request going again after a 429. Raises `RateLimitError` at once when
         the pause would outlast ``deadline`` (``sent``: how many times this request was sent
         already, for the error's message)."""
+        if self._closed is not None:
+            raise self._closed
         policy = self.policy
         now = self._loop.time()
         if not self._waiting and policy.room(now) != 0:
@@ -80,6 +83,17 @@ class RateGate(Pumped):
             else:
                 self.received(fut.result(), None)  # let through, then cancelled: give it back
             raise
+
+    def close(self, error: ClientClosedError) -> None:
+        """The client is closing: every request waiting here, and every later one that
+        would wait, fails with ``error``."""
+        self._closed = error
+        for fut, _, _ in self._waiters:
+            if not fut.done():
+                fut.set_exception(error)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def received(self, ticket: int, headers: Mapping[str, str] | None) -> None:
         """The request with ``ticket`` ended with these response headers (``None``: no
