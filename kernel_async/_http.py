@@ -24,6 +24,7 @@ from ._trace import NO_TRACE, NoTrace
 from ._transport import Call, Transport, is_transport_error, scrub, transport_error
 from ._utf8 import is_invalid_utf8
 from .errors import (
+    APIConnectionError,
     APIResponseValidationError,
     APITimeoutError,
     ClientClosedError,
@@ -171,8 +172,11 @@ class HTTPClient:
                 content = await resp.read()
             finally:
                 resp.release()
-        except KernelError:
-            raise
+        except KernelError as exc:
+            closed = self._closed_instead(exc, method, url)
+            if closed is None:
+                raise
+            raise closed from exc
         except Exception as exc:
             error = self._failure(exc, method, url)
             if error is None:
@@ -359,14 +363,32 @@ class HTTPClient:
                 timeout=timeout,
                 middlewares=self._middlewares(Call(None, "GET", trace), True),
             )
-        except KernelError:
-            raise
+        except KernelError as exc:
+            closed = self._closed_instead(exc, "GET", url)
+            if closed is None:
+                raise
+            raise closed from exc
         except Exception as exc:
             error = self._failure(exc, "GET", url)
             if error is None:
                 raise
             raise error from exc
         return resp
+
+    def _closed_instead(self, exc: KernelError, method: str, url: URL) -> ClientClosedError | None:
+        """A transport failure of a client closed meanwhile is `ClientClosedError` (the
+        retry middleware saw only a dropped connection); ``None``: ``exc`` stands."""
+        if (
+            not self._transport.closed
+            or not isinstance(exc, APIConnectionError)
+            or isinstance(exc, ClientClosedError)
+        ):
+            return None
+        return ClientClosedError(
+            f"{method} {url}: the client was closed while the request was in flight",
+            method=method,
+            url=str(url),
+        )
 
     def _failure(self, exc: Exception, method: str, url: URL) -> KernelError | None:
         """The kernel_async error for what aiohttp raised during a call (``None``: a bug, to

@@ -502,7 +502,10 @@ class EventStream:
         if self._trace is not None:
             self._trace.status(resp.status)
         self._resp = resp
-        self._client._transport.streams.add(self)
+        transport = self._client._transport
+        transport.streams.add(self)
+        if transport.closed:  # closed while this connected: it missed the abort
+            self.abort(ClientClosedError("the AsyncKernel client was closed"))
 
 
 def _media_type(content_type: str) -> str:
