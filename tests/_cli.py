@@ -40,9 +40,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(*options: str) -> Iterator[dict[str, str]]:
+def serving(*options: str, said: list[str] | None = None) -> Iterator[dict[str, str]]:
     """`kernel-async serve OPTIONS` in a subprocess; yields the env that points the CLI at
-    it, and checks that Ctrl-C stops it with exit 0."""
+    it, and checks that Ctrl-C stops it with exit 0 (``said`` gets what it printed then)."""
     port = free_port()
     with subprocess.Popen(
         [*CLI, "--plain", "serve", "--port", str(port), "--api-key", KEY, *options],
@@ -57,7 +57,10 @@ def serving(*options: str) -> Iterator[dict[str, str]]:
             assert f"http://127.0.0.1:{port}" in first, first
             yield {"KERNEL_BASE_URL": f"http://127.0.0.1:{port}", "KERNEL_API_KEY": KEY}
             proc.send_signal(signal.SIGINT)
-            assert proc.wait(10) == 0, proc.stdout.read()
+            rest = proc.stdout.read()
+            assert proc.wait(10) == 0, rest
+            if said is not None:
+                said.extend(rest.splitlines())
         finally:
             if proc.poll() is None:
                 proc.kill()

@@ -27,7 +27,8 @@ def most_running_at_once(invocations: list[dict[str, str]]) -> int:
 
 def test_two_processes_sharing_an_org_cap_never_run_more_than_it() -> None:
     stdin = '{"pages": 3}\n' * 12
-    with serving("--org-cap", "4") as env:
+    said: list[str] = []
+    with serving("--org-cap", "4", said=said) as env:
         clients = [
             subprocess.Popen(
                 [*CLI, "--plain", "invoke", "demo-app", "crawl", "--payloads", "-"],
@@ -47,18 +48,27 @@ def test_two_processes_sharing_an_org_cap_never_run_more_than_it() -> None:
     invocations = json.loads(listed.stdout)
     assert len(invocations) == 24  # each payload started once
     assert most_running_at_once(invocations) == 4
+    # the server's own count agrees, and it refused the creates over the cap
+    [summary] = [line for line in said if line.startswith("Stopped.")]
+    assert summary.startswith("Stopped. Most running at once: 4 (demo-app: 4); refused ")
+    assert not summary.startswith("Stopped. Most running at once: 4 (demo-app: 4); refused 0 ")
     # the server refused the creates over the cap, and the clients waited and went again
     absorbed = [int(row(stdout, "429s absorbed").split()[0]) for stdout, _ in outputs]
     assert sum(absorbed) > 0
 
 
-def test_serve_says_its_quotas_and_enforces_the_rate() -> None:
-    with serving("--app-cap", "2", "--rate", "5", "--rate-window", "0.5") as env:
-        done = run("invoke", "demo-app", "echo", "--payloads", "-", env=env, input="1\n" * 12)
-    assert done.returncode == 0, done.stderr
-    assert row(done.stdout, "succeeded") == "12"
-    rate_limited = row(done.stdout, "429s absorbed").split(", ")[1]
-    assert int(rate_limited.split()[0]) > 0
+def test_serve_enforces_the_rate_across_processes() -> None:
+    said: list[str] = []
+    with serving("--rate", "2", "--rate-window", "600", said=said) as env:
+        # three processes, three requests: the third is over the limit for 600 s, longer
+        # than a client waits (max_retry_after), so it fails with the service's 429
+        codes = [run("list", env=env) for _ in range(3)]
+    assert [c.returncode for c in codes] == [0, 0, 1]
+    assert codes[2].stderr.startswith("error: 429 rate_limited: ")
+    assert said[-1] == (
+        "Stopped. Most running at once: 0; refused 0 creates over a cap and "
+        "1 request over the rate limit."
+    )
 
 
 def test_serve_prints_its_quotas() -> None:

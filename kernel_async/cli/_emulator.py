@@ -11,7 +11,7 @@ import signal
 import statistics
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import _retry
 from .._client import AsyncKernel
@@ -21,6 +21,9 @@ from ..errors import KernelError
 from ..models import Invocation, InvocationStateEvent
 from ._common import EXIT_FAILED, EXIT_OK, limit_text, run_all
 from ._output import Output, Progress
+
+if TYPE_CHECKING:
+    from ..testing import Quotas
 
 
 async def cmd_serve(args: argparse.Namespace, out: Output) -> int:
@@ -62,10 +65,11 @@ async def cmd_serve(args: argparse.Namespace, out: Output) -> int:
         out.line(_quota_text(quotas), style="dim")
         out.line("Ctrl-C to stop.", style="dim")
         await stop.wait()
+    out.line(_quota_summary(quotas))
     return EXIT_OK
 
 
-def _quota_text(quotas: Any) -> str:
+def _quota_text(quotas: Quotas) -> str:
     def cap(value: int | None) -> str:
         return "none" if value is None else str(value)
 
@@ -75,6 +79,22 @@ def _quota_text(quotas: Any) -> str:
         f"Quotas: org cap {cap(quotas.max_running)}, app cap {cap(quotas.max_running_per_app)}, "
         f"rate limit {'none' if rate is None else f'{rate} requests per {window}'}."
     )
+
+
+def _quota_summary(quotas: Quotas) -> str:
+    """What the quotas did, said when the emulator stops."""
+    stats = quotas.stats
+    by_app = ", ".join(f"{app}: {n}" for app, n in sorted(stats.peak_running_by_app.items()))
+    return (
+        f"Stopped. Most running at once: {stats.peak_running}"
+        + (f" ({by_app})" if by_app else "")
+        + f"; refused {_count(stats.concurrency_rejected, 'create')} over a cap and "
+        f"{_count(stats.rate_rejected, 'request')} over the rate limit."
+    )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def load_actions(spec: str) -> Callable[[Any], None]:
