@@ -62,6 +62,14 @@ class Client:
     async def create(self) -> None:
         raise NotImplementedError
 
+    async def create_done(self) -> None:
+        """A synchronous create, answered finished."""
+        raise NotImplementedError
+
+    async def create_done_async(self) -> None:
+        """An asynchronous create (``async_=True``), answered finished."""
+        raise NotImplementedError
+
     async def list100(self) -> int:
         raise NotImplementedError
 
@@ -86,8 +94,20 @@ class Client:
 
 
 ALL_OPS = frozenset(
-    {"retrieve", "create", "list100", "follow", "follow_burst", "lifecycle", "hold"}
+    {
+        "retrieve",
+        "create",
+        "create_done",
+        "create_done_async",
+        "list100",
+        "follow",
+        "follow_burst",
+        "lifecycle",
+        "hold",
+    }
 )
+#: The app the canned server answers finished creates for.
+DONE_APP = "done-app"
 
 
 class KernelAsyncClient(Client):
@@ -106,6 +126,12 @@ class KernelAsyncClient(Client):
 
     async def create(self) -> None:
         await self.kernel.invocations.create("my-app", "analyze", payload=PAYLOAD, async_=True)
+
+    async def create_done(self) -> None:
+        await self.kernel.invocations.create(DONE_APP, "analyze", payload=PAYLOAD)
+
+    async def create_done_async(self) -> None:
+        await self.kernel.invocations.create(DONE_APP, "analyze", payload=PAYLOAD, async_=True)
 
     async def list100(self) -> int:
         page = await self.kernel.invocations.list(limit=100)
@@ -202,15 +228,27 @@ class FloorClient(Client):
         )
         self.headers = {"Authorization": f"Bearer {API_KEY}", "Accept": "application/json"}
         self.json_headers = {**self.headers, "Content-Type": "application/json"}
-        self.body = msgspec.json.encode(
+        self.body = self.create_body("my-app", True)
+        self.done_body = self.create_body(DONE_APP, False)
+        self.done_async_body = self.create_body(DONE_APP, True)
+
+    @staticmethod
+    def create_body(app: str, async_: bool) -> bytes:
+        return msgspec.json.encode(
             {
-                "app_name": "my-app",
+                "app_name": app,
                 "action_name": "analyze",
                 "version": "latest",
                 "payload": PAYLOAD,
-                "async": True,
+                "async": async_,
             }
         )
+
+    async def post(self, body: bytes) -> None:
+        async with self.session.post(
+            f"{self.url}/invocations", data=body, headers=self.json_headers
+        ) as r:
+            invoke_response_decoder.decode(await r.read())
 
     async def close(self) -> None:
         await self.session.close()
@@ -220,10 +258,13 @@ class FloorClient(Client):
             invocation_decoder.decode(await r.read())
 
     async def create(self) -> None:
-        async with self.session.post(
-            f"{self.url}/invocations", data=self.body, headers=self.json_headers
-        ) as r:
-            invoke_response_decoder.decode(await r.read())
+        await self.post(self.body)
+
+    async def create_done(self) -> None:
+        await self.post(self.done_body)
+
+    async def create_done_async(self) -> None:
+        await self.post(self.done_async_body)
 
     async def list100(self) -> int:
         async with self.session.get(
@@ -303,6 +344,16 @@ class OfficialClient(Client):
     async def create(self) -> None:
         await self.client.invocations.create(
             app_name="my-app", action_name="analyze", version="latest", payload=PAYLOAD, async_=True
+        )
+
+    async def create_done(self) -> None:
+        await self.client.invocations.create(
+            app_name=DONE_APP, action_name="analyze", version="latest", payload=PAYLOAD
+        )
+
+    async def create_done_async(self) -> None:
+        await self.client.invocations.create(
+            app_name=DONE_APP, action_name="analyze", version="latest", payload=PAYLOAD, async_=True
         )
 
     async def list100(self) -> int:

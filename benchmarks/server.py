@@ -86,6 +86,22 @@ def _create(n: int) -> bytes:
     )
 
 
+#: The app whose creates are answered finished at once (a synchronous create's answer, or
+#: an asynchronous one that ended before the answer): nothing is left running.
+DONE_APP = b'"done-app"'
+#: A finished create's answer (the same for every create of `DONE_APP`).
+CREATED_DONE = _response(
+    "200 OK",
+    json.dumps(
+        {
+            **INVOKE_RESPONSE,
+            "status": "succeeded",
+            "output": '{"result":"success"}',
+        }
+    ).encode(),
+)
+
+
 LIST_100 = _response(
     "200 OK",
     json.dumps([{**INVOCATION, "id": f"inv{i:021d}"} for i in range(100)]).encode(),
@@ -123,12 +139,13 @@ class CannedHTTP(asyncio.Protocol):
             if len(self.buffer) < end + 4 + length:
                 return
             head = self.buffer[:end]
+            body = self.buffer[end + 4 : end + 4 + length]
             self.buffer = self.buffer[end + 4 + length :]
             method, target = head.split(b" ", 2)[:2]
-            if not self.respond(method, target.split(b"?", 1)[0]):
+            if not self.respond(method, target.split(b"?", 1)[0], body):
                 return
 
-    def respond(self, method: bytes, path: bytes) -> bool:
+    def respond(self, method: bytes, path: bytes, body: bytes = b"") -> bool:
         transport = self.transport
         assert transport is not None
         if path.endswith(b"/events"):
@@ -145,7 +162,10 @@ class CannedHTTP(asyncio.Protocol):
             return False
         if method == b"POST":
             CannedHTTP.creates += 1
-            transport.write(_create(CannedHTTP.creates))
+            if DONE_APP in body:
+                transport.write(CREATED_DONE)
+            else:
+                transport.write(_create(CannedHTTP.creates))
         elif path == b"/invocations":
             transport.write(LIST_100)
         elif path.startswith(b"/invocations/"):

@@ -26,6 +26,10 @@ CASES: dict[str, tuple[str, int, int]] = {
     "retrieve_c1": ("retrieve", 2_000, 1),
     "retrieve_c50": ("retrieve", 5_000, 50),
     "create_c50": ("create", 5_000, 50),
+    # The shape users write (and an outside harness measured): every task gathered at
+    # once, each create behind an asyncio.Semaphore(50); the answer is a finished one.
+    "create_gather_sync": ("create_done", 3_000, 50),
+    "create_gather_async": ("create_done_async", 3_000, 50),
     "list100": ("list100", 400, 1),
     "follow_10k": ("follow", 1, 1),
     "follow_burst": ("follow_burst", 1, 1),
@@ -35,6 +39,9 @@ CASES: dict[str, tuple[str, int, int]] = {
     "map_c50_journal": ("map_journal", 2, 1),
     "map_c50_journal_nofsync": ("map_journal_nofsync", 2, 1),
 }
+#: Cases run as one gather of every call at once, each behind a semaphore of their
+#: concurrency (instead of that many workers each making its share of calls in turn).
+GATHERED = frozenset({"create_gather_sync", "create_gather_async"})
 #: The operations whose unit is an event (they return how many they saw).
 PER_EVENT = frozenset({"follow", "follow_burst"})
 #: The operations whose unit is an invocation of a batch (they return how many).
@@ -86,7 +93,17 @@ async def measure(client: Client, case: str, scale: float, repeat: int) -> dict[
 
         return sum(await asyncio.gather(*(worker() for _ in range(concurrency))))
 
-    run = sequential if concurrency == 1 else concurrent
+    async def gathered() -> int:
+        semaphore = asyncio.Semaphore(concurrency)
+
+        async def task() -> None:
+            async with semaphore:
+                await call()
+
+        await asyncio.gather(*(task() for _ in range(count)))
+        return count
+
+    run = gathered if case in GATHERED else sequential if concurrency == 1 else concurrent
     await run()  # warm-up: connections, caches, lazy imports
     cpu_per_unit, wall_per_unit = [], []
     for _ in range(repeat):

@@ -18,7 +18,15 @@ from yarl import URL
 
 from ._limits import classify_429
 from ._limits._seed import project_limits_decoder
-from ._options import NOT_GIVEN, NotGiven, Timeout, to_client_timeout, within
+from ._options import (
+    NOT_GIVEN,
+    SYNC_INVOCATION_LIMIT,
+    NotGiven,
+    Timeout,
+    replace_total,
+    to_client_timeout,
+    within,
+)
 from ._retry import RetryMiddleware, RetryPolicy, retry_after_from_headers
 from ._trace import NO_TRACE, NoTrace
 from ._transport import Call, Transport, is_transport_error, scrub, transport_error
@@ -62,6 +70,8 @@ class HTTPClient:
     _middleware: RetryMiddleware
     _stream_middleware: RetryMiddleware
     _rest: tuple[ClientMiddlewareType, ...] | None
+    _timeout_set: bool
+    _sync_timeout: ClientTimeout | None = None
     _transport: Transport
     _backpressure: Backpressure
     _telemetry: Telemetry | None
@@ -277,7 +287,7 @@ class HTTPClient:
                     attempt = timeout
                     if not land:
                         left = call.time_left(loop.time())
-                        if left is not None and left <= 0:
+                        if left is not None and left <= 0:  # not sent (again): nothing new
                             raise _refused_until_deadline(app_name, refused)
                         attempt = within(timeout, left)
                     try:
@@ -335,6 +345,23 @@ class HTTPClient:
             sock_connect=timeout.sock_connect or timeout.total,
             sock_read=timeout.sock_read or timeout.total,
         )
+
+    def _create_timeout(self, timeout: Timeout | NotGiven, *, sync: bool) -> ClientTimeout:
+        """A create's timeout: the call's, else the client's. A synchronous create with no
+        timeout set on the call or the client waits as long as the service lets an action
+        run (plus a margin): timing out before would leave the invocation running and
+        report a timeout. Made once per client, not per call."""
+        if not isinstance(timeout, NotGiven):
+            return to_client_timeout(timeout)
+        client_timeout = self._timeout
+        total = client_timeout.total
+        if not sync or self._timeout_set or not total:
+            return client_timeout
+        sync_timeout = self._sync_timeout
+        if sync_timeout is None:
+            sync_timeout = replace_total(client_timeout, max(total, SYNC_INVOCATION_LIMIT + 10.0))
+            self._sync_timeout = sync_timeout
+        return sync_timeout
 
     def _call_timeout(self, timeout: Timeout | NotGiven) -> ClientTimeout:
         return self._timeout if isinstance(timeout, NotGiven) else to_client_timeout(timeout)

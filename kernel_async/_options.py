@@ -125,10 +125,18 @@ def normalize_base_url(base_url: str) -> str:
     return str(url).rstrip("/")
 
 
+#: An attempt's timeout is cut to the time left to its call's deadline only when that is
+#: shorter by more than this: the SDK's own work before the attempt (microseconds) is not
+#: worth a new ``ClientTimeout`` per call, a wait (for a slot, after a 429) always is.
+MIN_CUT: Final = 0.01
+
+
 def within(timeout: ClientTimeout, left: float | None) -> ClientTimeout:
     """``timeout`` for one attempt of a call with ``left`` seconds to its deadline (more
-    than zero; ``None``: no deadline): its total shortened to what is left."""
-    if left is None or (timeout.total is not None and timeout.total <= left):
+    than zero; ``None``: no deadline): its total shortened to what is left (see
+    `MIN_CUT`)."""
+    total = timeout.total
+    if left is None or (total is not None and total - MIN_CUT <= left):
         return timeout
     return replace_total(timeout, left)
 

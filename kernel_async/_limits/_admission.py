@@ -167,7 +167,9 @@ class AdmissionPolicy:
             if state.held:  # and the oldest unseen one of ours presumably ended
                 self._release(next(iter(state.held)))
         elif state.active >= state.limit and self.limits.adaptive:
-            running = len(state.held) + (invocation_id is not None)
+            # What runs on the service: ours held, and the creates in flight (this one
+            # included): a synchronous create's invocation runs while it is in flight.
+            running = state.active
             if state.limit < state.ssthresh:
                 # Slow start: this create filled the window, and the window grows by
                 # two: it (at least) doubles every round trip, so a cap of N is found in

@@ -98,7 +98,9 @@ class RateGate(Pumped):
     def received(self, ticket: int, headers: Mapping[str, str] | None) -> None:
         """The request with ``ticket`` ended with these response headers (``None``: no
         response)."""
-        self.policy.received(self._loop.time(), ticket, headers, time.time())
+        # The Unix time only matters to read an X-RateLimit-Reset given as one.
+        wall = time.time() if headers is not None and "X-RateLimit-Reset" in headers else 0.0
+        self.policy.received(self._loop.time(), ticket, headers, wall)
         if self._waiting:
             self._pump()
 

@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 from .._events import format_since
 from .._http import decode_body
-from .._options import NOT_GIVEN, SYNC_INVOCATION_LIMIT, NotGiven, Timeout, replace_total
+from .._options import NOT_GIVEN, NotGiven, Timeout
 from .._pagination import AsyncPaginator, parse_page_headers
 from .._streaming import DEFAULT_IDLE_TIMEOUT, EventStream
 from ..models import (
@@ -112,13 +112,8 @@ class Invocations:
             app_name, action_name, version, payload, bool(async_), async_timeout_seconds
         )
         client = self._client
-        call_timeout = client._call_timeout(timeout)
+        call_timeout = client._create_timeout(timeout, sync=not async_)
         total = call_timeout.total
-        if not async_ and isinstance(timeout, NotGiven) and not client._timeout_set and total:
-            # The service may take this long; a client timeout before it would leave the
-            # invocation running and report a timeout.
-            total = max(total, SYNC_INVOCATION_LIMIT + 10.0)
-            call_timeout = replace_total(call_timeout, total)
         telemetry = client._telemetry
         return await client._create(
             app_name,
