@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 
 import kernel_async._client as client_module
-import kernel_async.resources._operations as operations_module
+import kernel_async._http as http_module
 from kernel_async import APITimeoutError, Browser, NotFoundError
 from kernel_async.testing import ActionContext, KernelEmulator
 
@@ -164,7 +164,7 @@ async def test_a_sync_create_waits_as_long_as_the_service_may_unless_a_timeout_i
 ) -> None:
     """Scaled down: a client default of 0.3 s, a service limit of 1 s, an action of 0.6 s."""
     monkeypatch.setattr(client_module, "DEFAULT_TIMEOUT", 0.3)
-    monkeypatch.setattr(operations_module, "SYNC_INVOCATION_LIMIT", 1.0 - 10.0)
+    monkeypatch.setattr(http_module, "SYNC_INVOCATION_LIMIT", 1.0 - 10.0)
 
     async def slow(_: web.Request) -> web.Response:
         await asyncio.sleep(0.6)
