@@ -322,7 +322,9 @@ def render_fanout(
 
 def chart(results: dict[str, dict[str, dict[str, Any]]], clients: list[str], path: Path) -> bool:
     """A chart of every client's CPU per operation relative to the floor's, per case (log
-    scale). Returns False when matplotlib is not installed."""
+    scale), drawn to be read at the docs' content width (about 700 px): large type, the
+    legend above the bars, never over them. Returns False when matplotlib is not
+    installed."""
     try:
         import matplotlib
 
@@ -330,11 +332,14 @@ def chart(results: dict[str, dict[str, dict[str, Any]]], clients: list[str], pat
         import matplotlib.pyplot as plt
     except ImportError:
         return False
+    import textwrap
+
     shown = [c for c in ("kernel_async", "official_aiohttp", "official") if c in clients]
     cases = [c for c in results if results[c].get("floor", {}).get("cpu_us")]
     colors = {"kernel_async": "#3f51b5", "official_aiohttp": "#ef6c00", "official": "#9e9e9e"}
     height = 0.8 / max(1, len(shown))
-    fig, ax = plt.subplots(figsize=(9, 0.75 * len(cases) + 1.5), dpi=120)
+    fig, ax = plt.subplots(figsize=(7.5, 0.8 * len(cases) + 1.6), dpi=150)
+    largest = 1.0
     for i, client in enumerate(shown):
         ys, xs = [], []
         for j, case in enumerate(cases):
@@ -344,24 +349,57 @@ def chart(results: dict[str, dict[str, dict[str, Any]]], clients: list[str], pat
             if value is not None:
                 ys.append(j + i * height)
                 xs.append(value)
+        largest = max([largest, *xs])
         bars = ax.barh(ys, xs, height=height, color=colors[client], label=LABELS[client])
         for bar, value in zip(bars, xs, strict=True):
             ax.text(
-                value * 1.04,
+                value * 1.05,
                 bar.get_y() + bar.get_height() / 2,
                 f"{value:.2f}×" if value < 10 else f"{value:.0f}×",
                 va="center",
-                fontsize=8,
+                fontsize=9,
             )
     ax.axvline(1.0, color="black", linewidth=1)
     ax.set_xscale("log")
+    ax.set_xlim(right=largest * 1.8)  # room for the last label
     ax.set_yticks([j + height * (len(shown) - 1) / 2 for j in range(len(cases))])
-    ax.set_yticklabels([CASE_TITLES[c] for c in cases], fontsize=8)
+    ax.set_yticklabels([textwrap.fill(CASE_TITLES[c], 26) for c in cases], fontsize=9)
+    ax.tick_params(axis="x", labelsize=9)
     ax.invert_yaxis()
     ax.set_xlabel("CPU per operation, relative to plain aiohttp + msgspec (1× = the floor)")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(
+        loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(shown), fontsize=9, frameon=False
+    )
     ax.grid(axis="x", which="both", alpha=0.2)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
     return True
+
+
+def results_from_page(page: str) -> tuple[dict[str, dict[str, dict[str, Any]]], list[str]]:
+    """The CPU numbers of a rendered page's first table, as `chart` takes them: for
+    redrawing the chart when only the page is at hand (results/ is not committed)."""
+    titles = {title: case for case, title in CASE_TITLES.items()}
+    labels = {label: client for client, label in LABELS.items()}
+    rows = [line for line in page.splitlines() if line.startswith("| ")]
+    head = [cell.strip() for cell in rows[0].strip("|").split("|")]
+    clients = [labels[name] for name in head[1:] if name in labels]
+    results: dict[str, dict[str, dict[str, Any]]] = {}
+    for row in rows[1:]:
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        if cells[0] not in titles:
+            break  # the end of the first table
+        by_client: dict[str, dict[str, Any]] = {}
+        for client, value in zip(clients, cells[1:], strict=False):
+            if value != "—":
+                by_client[client] = {"cpu_us": float(value.split()[0])}
+        results[titles[cells[0]]] = by_client
+    return results, clients
+
+
+if __name__ == "__main__":  # python -m benchmarks.report: redraw docs/benchmarks.png
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    found, named = results_from_page((docs / "benchmarks.md").read_text())
+    if not chart(found, named, docs / "benchmarks.png"):
+        raise SystemExit("matplotlib is needed: pip install -e '.[bench]'")

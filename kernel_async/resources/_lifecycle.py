@@ -19,7 +19,7 @@ from ..errors import (
     NotFoundError,
 )
 from ..models import Invocation
-from ._operations import Operations
+from ._operations import Invocations as Operations
 from ._params import Extras, create_body
 
 __all__ = ["CANCEL_OUTPUT", "Landing", "Lifecycle"]

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Concatenate, Generic, ParamSpec, Protocol, Typ
 from aiohttp import ClientHandlerType, ClientRequest, ClientResponse
 
 from .._response import AsyncAPIResponse, HTTPRequest, HTTPResponse
-from ._operations import Operations
+from ._operations import Invocations as Operations
 
 if TYPE_CHECKING:
     from typing_extensions import Self
