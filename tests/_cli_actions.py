@@ -19,3 +19,9 @@ def install(emulator: KernelEmulator) -> None:
             )
 
     emulator.add_action("odd-app", "finish-with", finish_with)
+
+
+def drop_five_creates(emulator: KernelEmulator) -> None:
+    """The next five creates start their invocation, then lose their answer (the
+    connection closes), as a flaky network between client and service would."""
+    emulator.faults.drop_connection(times=5, method="POST", after_processing=True)

@@ -130,3 +130,19 @@ def test_a_limit_learnt_from_the_service_is_shown_as_learnt() -> None:
     limit, learnt = row(done.stdout, "concurrency limit").split(" ", 1)
     assert learnt == "(learnt from 429s)"
     assert 1 <= int(limit) <= 4
+
+
+def test_a_fan_out_goes_on_when_answers_are_lost_after_sending() -> None:
+    # a connection dropped after the create was sent is not a server that is not there:
+    # those invocations may run, so the fan-out neither stops nor cancels the others
+    with serving("--actions", "tests._cli_actions:drop_five_creates") as env:
+        stdin = '{"x": 1}\n' * 12
+        done = run(
+            "invoke", "demo-app", "echo", "--payloads", "-", "-o", "json", env=env, input=stdin
+        )
+    results = [json.loads(line) for line in done.stdout.splitlines()]
+    assert sorted(r["line"] for r in results) == list(range(1, 13))
+    errors = [r for r in results if r["status"] == "error"]
+    assert len(errors) == 5
+    assert done.returncode == 1
+    assert "stopped after" not in done.stderr

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from .._version import __version__
 from ._commands import (
@@ -63,6 +63,10 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"error: {message} (see {self.prog} --help)\n")
 
 
+if TYPE_CHECKING:
+    _Commands = argparse._SubParsersAction[_Parser]
+
+
 class _Parents:
     """The option groups commands share."""
 
@@ -108,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_invoke(sub: Any, parents: _Parents) -> None:
+def _add_invoke(sub: _Commands, parents: _Parents) -> None:
     p = sub.add_parser(
         "invoke",
         parents=[parents.api],
@@ -162,7 +166,7 @@ def _add_invoke(sub: Any, parents: _Parents) -> None:
     p.set_defaults(run=cmd_invoke)
 
 
-def _add_queries(sub: Any, parents: _Parents) -> None:
+def _add_queries(sub: _Commands, parents: _Parents) -> None:
     p = sub.add_parser(
         "get", parents=[parents.api], help="show one invocation as JSON (-o json: on one line)"
     )
@@ -204,7 +208,7 @@ def _add_queries(sub: Any, parents: _Parents) -> None:
     p.set_defaults(run=cmd_browsers)
 
 
-def _add_changes(sub: Any, parents: _Parents) -> None:
+def _add_changes(sub: _Commands, parents: _Parents) -> None:
     p = sub.add_parser("cancel", parents=[parents.api], help="cancel an invocation (status failed)")
     p.add_argument("id")
     parents.output(p, "json: the invocation as one line of JSON")
@@ -224,7 +228,7 @@ def _add_changes(sub: Any, parents: _Parents) -> None:
     p.set_defaults(run=cmd_delete_browsers)
 
 
-def _add_emulator(sub: Any, parents: _Parents) -> None:
+def _add_emulator(sub: _Commands, parents: _Parents) -> None:
     p = sub.add_parser(
         "serve",
         parents=[parents.common],
