@@ -12,8 +12,9 @@ what makes it fit to copy:
 - **A departed viewer cancels its invocation.** Each viewer starts its own and nobody else
   watches it, so its result would go nowhere while it holds one of the app's concurrency
   slots. (If your app lets several viewers watch one invocation, cancel it when the last
-  one leaves.) Nothing is started for a viewer who left before the create, and a create
-  still queued for a slot (the app at its concurrency limit) is withdrawn, unsent.
+  one leaves.) Nothing is started for a viewer who left before the create; a create
+  still queued for a slot (the app at its concurrency limit) is withdrawn, unsent; one
+  already sent is let land and its invocation cancelled (`Creates`).
 - **A browser's automatic reconnect** (``EventSource`` sends ``Last-Event-ID``) is answered
   204, which stops it, rather than starting the work again.
 - **Shutdown is prompt** (Ctrl-C, SIGTERM): ``on_shutdown`` ends every open relay at once;
@@ -26,24 +27,17 @@ what makes it fit to copy:
 from __future__ import annotations
 
 import asyncio
-import json
-import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager, suppress
 
-from aiohttp import web
+from aiohttp import ClientMiddlewareType, web
 
-from kernel_async import (
-    AsyncKernel,
-    BadRequestError,
-    ErrorEvent,
-    InvocationEvent,
-    InvocationStateEvent,
-    KernelError,
-    LogEvent,
-)
+from kernel_async import AsyncKernel, KernelError
 
-logger = logging.getLogger("examples.aiohttp_relay")
+try:
+    from examples._relay import Creates, cancel, describe, sse
+except ImportError:  # run as a script: python examples/aiohttp_relay.py
+    from _relay import Creates, cancel, describe, sse  # type: ignore[no-redef,import-not-found]
 
 KERNEL: web.AppKey[AsyncKernel] = web.AppKey("kernel", AsyncKernel)
 
@@ -79,6 +73,7 @@ class Viewers:
     def __init__(self, poll_interval: float = 0.2) -> None:
         self.poll_interval = poll_interval
         self.stopping = False
+        self.creates = Creates()
         self._open: dict[asyncio.Future[str], web.BaseRequest] = {}
         self._monitor: asyncio.Task[None] | None = None
 
@@ -106,11 +101,13 @@ class Viewers:
                     stop.set_result(DEPARTED)
 
     async def context(self, app: web.Application) -> AsyncIterator[None]:
-        """For ``app.cleanup_ctx``: the watching task runs while the app does."""
+        """For ``app.cleanup_ctx``: the watching task runs while the app does; at the end,
+        the creates left to land are cancelled (before the client closes)."""
         self._monitor = asyncio.create_task(self._watch())
         yield
         self._monitor.cancel()
         await asyncio.wait((self._monitor,))
+        await self.creates.drain()
 
     async def shutdown(self, app: web.Application) -> None:
         """For ``app.on_shutdown``: end every open relay now (and refuse new ones)."""
@@ -127,15 +124,18 @@ def make_app(
     kernel_factory: type[AsyncKernel] | None = None,
     *,
     poll_interval: float = 0.2,
+    client_middlewares: Sequence[ClientMiddlewareType] = (),
     **client_options: object,
 ) -> web.Application:
-    """The app. The client is built inside the app's lifetime, in its event loop."""
+    """The app. The client is built inside the app's lifetime, in its event loop, with
+    ``client_options`` (and ``client_middlewares`` after the relay's own)."""
     app = web.Application()
     viewers = app[VIEWERS] = Viewers(poll_interval)
 
     async def kernel_ctx(app: web.Application) -> AsyncIterator[None]:
         factory = kernel_factory or AsyncKernel
-        async with factory(**client_options) as kernel:  # type: ignore[arg-type]
+        middlewares = (viewers.creates.middleware, *client_middlewares)
+        async with factory(middlewares=middlewares, **client_options) as kernel:  # type: ignore[arg-type]
             app[KERNEL] = kernel
             yield
 
@@ -186,12 +186,10 @@ async def relay_invocation(request: web.Request, response: web.StreamResponse, a
     """Start ``action`` and write its events to ``response``; cancel the invocation if the
     relay ends before it does (the viewer left, the server stops, the stream failed)."""
     kernel = request.app[KERNEL]
+    creates = request.app[VIEWERS].creates
     try:
         await response.prepare(request)
-        # Cancelled here (the viewer left), a create still queued for a slot is withdrawn.
-        created = await kernel.invocations.create(
-            "demo-app", action, payload={"pages": 3}, async_=True
-        )
+        invocation_id = await creates.start(kernel, "demo-app", action, {"pages": 3})
     except ConnectionResetError:
         return  # the viewer left
     except KernelError as exc:
@@ -199,11 +197,11 @@ async def relay_invocation(request: web.Request, response: web.StreamResponse, a
         return
     finished = False
     try:
-        async with kernel.invocations.follow(created.id) as events:
+        async with kernel.invocations.follow(invocation_id) as events:
             async for event in events:
                 line = describe(event)
                 if line is not None:
-                    await response.write(sse({"line": line}, id=created.id).encode())
+                    await response.write(sse({"line": line}, id=invocation_id).encode())
         finished = True
         await response.write(sse({}, event="done").encode())
     except ConnectionResetError:
@@ -211,44 +209,14 @@ async def relay_invocation(request: web.Request, response: web.StreamResponse, a
     except KernelError as exc:  # the stream failed for good: say so, and give up on it
         await send(response, sse({"line": f"error: {exc}"}))
     finally:
-        if not finished:
-            await cancel(kernel, created.id)
-
-
-def describe(event: InvocationEvent) -> str | None:
-    """The line a viewer sees for ``event`` (``None``: nothing, as for heartbeats)."""
-    match event:
-        case LogEvent(message=message):
-            return message
-        case ErrorEvent(error=error):
-            return f"error: {error.message}"
-        case InvocationStateEvent(invocation=inv):
-            return f"[{inv.status}]"
-    return None
-
-
-def sse(data: dict[str, str], *, event: str | None = None, id: str | None = None) -> str:
-    """One Server-Sent Event (``id``: what a reconnecting browser sends as Last-Event-ID)."""
-    head = "" if event is None else f"event: {event}\n"
-    head += "" if id is None else f"id: {id}\n"
-    return f"{head}data: {json.dumps(data)}\n\n"
+        if not finished:  # shielded: sent even if the relay is cancelled again meanwhile
+            await asyncio.shield(cancel(kernel, invocation_id))
 
 
 async def send(response: web.StreamResponse, text: str) -> None:
     """Write ``text``, unless the viewer is gone."""
     with suppress(ConnectionResetError):
         await response.write(text.encode())
-
-
-async def cancel(kernel: AsyncKernel, invocation_id: str) -> None:
-    """Cancel an invocation nobody watches any more; shielded, so that it is sent even if
-    the relay is cancelled again meanwhile."""
-    try:
-        await asyncio.shield(kernel.invocations.cancel(invocation_id))
-    except BadRequestError:
-        pass  # it finished meanwhile
-    except KernelError as exc:
-        logger.warning("could not cancel invocation %s: %s", invocation_id, exc)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ events as Server-Sent Events, with the same behaviour at the edges:
 - **A departed viewer cancels its invocation**: each viewer starts its own and nobody else
   watches it. (If your app lets several viewers watch one invocation, cancel it when the
   last one leaves.) Nothing is started for a viewer who left before the create; a create
-  still queued for a slot is withdrawn, unsent.
+  still queued for a slot is withdrawn, unsent; one already sent is let land and its
+  invocation cancelled (`Creates`).
 - **A browser's automatic reconnect** (``Last-Event-ID``) is answered 204, which stops it.
 - **Shutdown is prompt.** uvicorn waits for open responses to end before it runs the
   lifespan's shutdown, so streams that never end would hold it for ever: the app ends
@@ -25,8 +26,6 @@ events as Server-Sent Events, with the same behaviour at the edges:
 from __future__ import annotations
 
 import asyncio
-import json
-import logging
 import signal
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -41,16 +40,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from kernel_async import (
-    AsyncKernel,
-    BadRequestError,
-    ErrorEvent,
-    InvocationStateEvent,
-    KernelError,
-    LogEvent,
-)
+from kernel_async import AsyncKernel, KernelError
 
-logger = logging.getLogger("examples.starlette_relay")
+try:
+    from examples._relay import Creates, cancel, describe, sse
+except ImportError:  # served from inside examples/
+    from _relay import Creates, cancel, describe, sse  # type: ignore[no-redef,import-not-found]
 
 
 class Relays:
@@ -58,6 +53,7 @@ class Relays:
 
     def __init__(self) -> None:
         self.stopping = False
+        self.creates = Creates()
         self._open: set[anyio.CancelScope] = set()
 
     def __len__(self) -> int:
@@ -115,13 +111,15 @@ def make_app(**client_options: Any) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with AsyncKernel(**client_options) as kernel:
+        middlewares = (relays.creates.middleware, *client_options.pop("middlewares", ()))
+        async with AsyncKernel(middlewares=middlewares, **client_options) as kernel:
             app.state.kernel = kernel
             with relays.stop_on_signals():
                 try:
                     yield
-                finally:
-                    relays.stop()  # before the client closes
+                finally:  # before the client closes
+                    relays.stop()
+                    await relays.creates.drain()
 
     async def relay(request: Request) -> Response:
         if relays.stopping or "last-event-id" in request.headers or await request.is_disconnected():
@@ -179,26 +177,19 @@ class RelayResponse(Response):
         """Start the action and write its events; cancel it if cancelled before its end."""
         kernel = self.kernel
         try:
-            # Cancelled here (the viewer left), a create still queued for a slot is withdrawn.
-            created = await kernel.invocations.create(
-                "demo-app", self.action, payload={"pages": 3}, async_=True
+            invocation_id = await self.relays.creates.start(
+                kernel, "demo-app", self.action, {"pages": 3}
             )
         except KernelError as exc:
             await write(sse({"line": f"error: {exc}"}) + sse({}, event="done"))
             return
         finished = False
         try:
-            async with kernel.invocations.follow(created.id) as stream:
+            async with kernel.invocations.follow(invocation_id) as stream:
                 async for event in stream:
-                    if isinstance(event, LogEvent):
-                        line = event.message
-                    elif isinstance(event, ErrorEvent):
-                        line = f"error: {event.error.message}"
-                    elif isinstance(event, InvocationStateEvent):
-                        line = f"[{event.invocation.status}]"
-                    else:
-                        continue
-                    await write(sse({"line": line}, id=created.id))
+                    line = describe(event)
+                    if line is not None:
+                        await write(sse({"line": line}, id=invocation_id))
             finished = True
             await write(sse({}, event="done"))
         except KernelError as exc:  # the stream failed for good: say so, and give up on it
@@ -206,24 +197,7 @@ class RelayResponse(Response):
         finally:
             if not finished:
                 with anyio.CancelScope(shield=True):
-                    await cancel(kernel, created.id)
-
-
-def sse(data: dict[str, str], *, event: str | None = None, id: str | None = None) -> str:
-    """One Server-Sent Event (``id``: what a reconnecting browser sends as Last-Event-ID)."""
-    head = "" if event is None else f"event: {event}\n"
-    head += "" if id is None else f"id: {id}\n"
-    return f"{head}data: {json.dumps(data)}\n\n"
-
-
-async def cancel(kernel: AsyncKernel, invocation_id: str) -> None:
-    """Cancel an invocation nobody watches any more."""
-    try:
-        await kernel.invocations.cancel(invocation_id)
-    except BadRequestError:
-        pass  # it finished meanwhile
-    except KernelError as exc:
-        logger.warning("could not cancel invocation %s: %s", invocation_id, exc)
+                    await cancel(kernel, invocation_id)
 
 
 #: ``uvicorn examples.starlette_relay:app``: the client from the ``KERNEL_*`` env vars.

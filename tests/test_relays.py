@@ -34,10 +34,28 @@ PATIENCE = 10.0
 QUIET = "started; nothing more for an hour"
 
 
+@dataclass
+class Gate:
+    """Holds the emulator's answers to creates (once processed) until opened."""
+
+    closed: bool = False
+    opened: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def __call__(self, request: web.Request, response: web.StreamResponse) -> None:
+        if self.closed and request.method == "POST" and request.path == "/invocations":
+            await self.opened.wait()
+
+
 @pytest.fixture
-async def emulator() -> AsyncIterator[KernelEmulator]:
+def gate() -> Gate:
+    return Gate()
+
+
+@pytest.fixture
+async def emulator(gate: Gate) -> AsyncIterator[KernelEmulator]:
     emulator = KernelEmulator(heartbeat_interval=0.5)
     install_demo_actions(emulator, seed=7)
+    emulator.app.on_response_prepare.append(gate)
 
     async def quiet(ctx: Any, payload: Any) -> None:
         ctx.log(QUIET)
@@ -203,6 +221,33 @@ async def test_aiohttp_relay_starts_nothing_for_a_viewer_who_left_while_queued(
     no_errors_logged(caplog)
 
 
+async def test_aiohttp_relay_cancels_what_a_create_in_flight_started(
+    emulator: KernelEmulator, gate: Gate, caplog: pytest.LogCaptureFixture
+) -> None:
+    gate.closed = True  # the emulator starts the invocation, its answer waits
+    served = await serve_aiohttp(emulator)
+    viewers = served.app[aiohttp_relay.VIEWERS]
+    try:
+        await viewer_leaves_while_its_create_is_in_flight(served.url, emulator, gate)
+        await eventually(lambda: len(viewers) == 0, "the relay noticed its viewer left")
+        gate.opened.set()
+        await eventually(
+            lambda: statuses(emulator, "quiet") == ["failed"], "the landed create cancelled"
+        )
+    finally:
+        await served.runner.cleanup()
+    no_errors_logged(caplog)
+
+
+async def viewer_leaves_while_its_create_is_in_flight(
+    url: str, emulator: KernelEmulator, gate: Gate
+) -> None:
+    async with aiohttp.ClientSession() as session, session.get(f"{url}/run/quiet") as resp:
+        assert resp.status == 200
+        await eventually(lambda: statuses(emulator, "quiet") == ["running"], "it was created")
+        resp.close()  # the viewer hangs up before the relay knows the invocation's id
+
+
 async def test_aiohttp_relay_stops_promptly_on_shutdown(
     emulator: KernelEmulator, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -326,6 +371,32 @@ async def test_the_documented_uvicorn_command_serves_a_crowd_and_stops_promptly(
     assert "ERROR" not in output
     assert "Traceback" not in output
     assert "Application shutdown complete" in output
+
+
+async def test_starlette_relay_cancels_what_a_create_in_flight_started(
+    emulator: KernelEmulator, gate: Gate, caplog: pytest.LogCaptureFixture
+) -> None:
+    uvicorn = pytest.importorskip("uvicorn")
+    starlette_relay = pytest.importorskip("examples.starlette_relay")
+    gate.closed = True
+    app = starlette_relay.make_app(api_key=emulator.api_key, base_url=emulator.url)
+    relays = app.state.relays
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="info"))
+    serving = asyncio.ensure_future(server.serve())
+    try:
+        await eventually(lambda: server.started, "uvicorn started")
+        url = f"http://127.0.0.1:{port}"
+        await viewer_leaves_while_its_create_is_in_flight(url, emulator, gate)
+        await eventually(lambda: len(relays) == 0, "the relay noticed its viewer left")
+        gate.opened.set()
+        await eventually(
+            lambda: statuses(emulator, "quiet") == ["failed"], "the landed create cancelled"
+        )
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(serving, PATIENCE)
+    no_errors_logged(caplog)
 
 
 async def test_uvicorn_stops_at_once_on_ctrl_c_with_streams_open(
