@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import importlib.util
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -26,6 +27,33 @@ API_KEY = "sk_test_9f8e7d6c5b4a"
 # The official SDK's tests run in `nox -s official_sdk`, which installs it; elsewhere they
 # are left out of collection rather than reported as skipped.
 collect_ignore = [] if importlib.util.find_spec("kernel") else ["test_official_sdk.py"]
+
+#: The distributions whose behaviour the suite depends on: the header names their versions,
+#: so a failure after an upstream release says which release it ran against.
+DEPENDENCIES = [
+    "aiohttp",
+    "msgspec",
+    "rich",
+    "opentelemetry-api",
+    "opentelemetry-sdk",
+    "pytest",
+    "pytest-asyncio",
+    "hypothesis",
+    "starlette",
+    "httpx",
+]
+
+
+def pytest_report_header() -> str:
+    """One header line: ``dependencies: aiohttp 3.12.0, msgspec 0.18.6, ...``."""
+    found = []
+    for name in DEPENDENCIES:
+        try:
+            found.append(f"{name} {importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            found.append(f"{name} (not installed)")
+    return "dependencies: " + ", ".join(found)
+
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
