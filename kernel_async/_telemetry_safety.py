@@ -41,20 +41,25 @@ class Guard:
         try:
             return function(*args, **kwargs)
         except Exception as exc:
-            if not self.warned:
-                self.warned = True
-                logger.warning(
-                    "OpenTelemetry raised %s in %s; kernel_async ignores its telemetry "
-                    "errors (this is logged once)",
-                    type(exc).__qualname__,
-                    getattr(function, "__qualname__", function),
-                    exc_info=exc,
-                )
+            self.failed(exc, function)
             return default
+
+    def failed(self, exc: Exception, function: object) -> None:
+        """``function`` raised ``exc``: log it, the first time."""
+        if not self.warned:
+            self.warned = True
+            logger.warning(
+                "OpenTelemetry raised %s in %s; kernel_async ignores its telemetry "
+                "errors (this is logged once)",
+                type(exc).__qualname__,
+                getattr(function, "__qualname__", function),
+                exc_info=exc,
+            )
 
 
 class GuardedSpan(Span):
-    """A span whose every method is run through a `Guard`."""
+    """A span whose every method is run through a `Guard` (the ones each call uses with a
+    ``try`` of their own: free unless it raises)."""
 
     __slots__ = ("_guard", "_span")
 
@@ -63,7 +68,10 @@ class GuardedSpan(Span):
         self._guard = guard
 
     def end(self, end_time: int | None = None) -> None:
-        self._guard.run(self._span.end, None, end_time)
+        try:
+            self._span.end(end_time)
+        except Exception as exc:
+            self._guard.failed(exc, self._span.end)
 
     def get_span_context(self) -> SpanContext:
         return self._guard.run(self._span.get_span_context, INVALID_SPAN.get_span_context())
@@ -72,7 +80,10 @@ class GuardedSpan(Span):
         self._guard.run(self._span.set_attributes, None, attributes)
 
     def set_attribute(self, key: str, value: Any) -> None:
-        self._guard.run(self._span.set_attribute, None, key, value)
+        try:
+            self._span.set_attribute(key, value)
+        except Exception as exc:
+            self._guard.failed(exc, self._span.set_attribute)
 
     def add_event(
         self, name: str, attributes: Attributes = None, timestamp: int | None = None
@@ -110,10 +121,16 @@ class GuardedInstrument:
         self._guard = guard
 
     def add(self, amount: float, attributes: Attributes = None) -> None:
-        self._guard.run(self._instrument.add, None, amount, attributes)
+        try:
+            self._instrument.add(amount, attributes)
+        except Exception as exc:
+            self._guard.failed(exc, self._instrument.add)
 
     def record(self, amount: float, attributes: Attributes = None) -> None:
-        self._guard.run(self._instrument.record, None, amount, attributes)
+        try:
+            self._instrument.record(amount, attributes)
+        except Exception as exc:
+            self._guard.failed(exc, self._instrument.record)
 
 
 #: A URL's query string: from the ``?`` after a scheme and host to the next blank or quote,
