@@ -5,14 +5,16 @@ of an end the way the test lets it (a cancel's answer, a retrieve, the list)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
-from .conftest import Server, ServerFactory, json_response
+from .conftest import Handler, Server, ServerFactory, json_response
 
 
 @dataclass
@@ -92,16 +94,34 @@ class FakeAPI:
         }
         return f"data: {json.dumps(state)}\n\n".encode()
 
+    def routes(self) -> Sequence[tuple[str, str, Handler]]:
+        return [
+            ("POST", "/invocations", self.create),
+            ("GET", "/invocations", self.list),
+            ("GET", "/invocations/{id}", self.retrieve),
+            ("PATCH", "/invocations/{id}", self.update),
+            ("GET", "/invocations/{id}/events", self.events),
+        ]
+
 
 async def start_fake_api(make_server: ServerFactory, **options: Any) -> FakeAPI:
+    """A `FakeAPI` served by the ``make_server`` fixture."""
     api = FakeAPI(**options)
-    api.server = await make_server(
-        [
-            ("POST", "/invocations", api.create),
-            ("GET", "/invocations", api.list),
-            ("GET", "/invocations/{id}", api.retrieve),
-            ("PATCH", "/invocations/{id}", api.update),
-            ("GET", "/invocations/{id}/events", api.events),
-        ]
-    )
+    api.server = await make_server([*api.routes()])
     return api
+
+
+@contextlib.asynccontextmanager
+async def serve(api: FakeAPI) -> AsyncIterator[str]:
+    """Serve ``api`` on 127.0.0.1 (outside pytest fixtures); yields its URL."""
+    app = web.Application()
+    for method, path, handler in api.routes():
+        app.router.add_route(method, path, handler)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.1)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()

@@ -89,6 +89,7 @@ class Admission(Pumped):
         super().__init__(loop)
         self.lister = lister
         self._reconciling: dict[str, asyncio.Task[None]] = {}
+        self._listing: set[str] = set()  # apps whose list is in flight
         # Holds are capped like any Retry-After (never below a first backoff).
         self.policy = AdmissionPolicy(
             limits, initial_delay=initial_delay, max_hold=max(max_retry_after, initial_delay)
@@ -147,8 +148,6 @@ class Admission(Pumped):
         queue.waiting += 1
         handle = None if deadline is None else loop.call_at(deadline, _expire, fut)
         self._pump()
-        if not fut.done():
-            self._reconcile_soon(app)
         try:
             ticket = await fut
         except BaseException:
@@ -221,15 +220,22 @@ class Admission(Pumped):
     def _reconcile_soon(self, app: str) -> None:
         """A create waits for ``app``: if some of ours hold slots, start checking them
         against the service's list (one task per app, while creates wait)."""
-        if self.lister is None or app in self._reconciling or not self.policy.app(app).held:
+        if (
+            self.lister is None
+            or self.closed is not None
+            or app in self._reconciling
+            or not self.policy.app(app).held
+        ):
             return
         self._reconciling[app] = self._loop.create_task(self._reconcile(app, self.lister))
 
     def _settled(self, app: str) -> None:
-        """Nothing of ``app`` waits any more: stop reconciling it."""
-        task = self._reconciling.pop(app, None)
-        if task is not None:
-            task.cancel()
+        """Nothing of ``app`` waits any more: stop reconciling it (a list in flight is let
+        finish: what it learns frees slots all the same)."""
+        if app not in self._listing:
+            task = self._reconciling.pop(app, None)
+            if task is not None:
+                task.cancel()
 
     async def _reconcile(self, app: str, lister: Lister) -> None:
         """While creates of ``app`` wait, free the slots of ours that no longer run on the
@@ -239,12 +245,17 @@ class Admission(Pumped):
                 held = self.policy.app(app).held
                 if held:
                     before = list(held)  # all created before the list is asked for
+                    self._listing.add(app)
                     try:
                         live = await lister(app)
-                    except Exception as exc:
+                    except Exception as exc:  # news only: the lease stands
                         logger.debug("Could not list app %r's running invocations: %s", app, exc)
                     else:
                         self.gone(before, live)
+                    finally:
+                        self._listing.discard(app)
+                    if not self.waiting(app):
+                        break
                 await asyncio.sleep(RECONCILE_INTERVAL)
         finally:
             if self._reconciling.get(app) is asyncio.current_task():
@@ -325,6 +336,7 @@ class Admission(Pumped):
         wake = math.inf
         for app, queue in queues.items():
             if queue.waiting:
+                self._reconcile_soon(app)  # blocked: some of ours may have ended unseen
                 at = policy.wake_at(app, now)
                 if at is not None:
                     wake = min(wake, at)
