@@ -13,6 +13,7 @@ SQLite's exclusive locking mode for as long as it is open, so a second process g
 
 from __future__ import annotations
 
+import itertools
 import os
 import sqlite3
 import threading
@@ -36,11 +37,18 @@ CREATE TABLE header (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE items (
     idx INTEGER PRIMARY KEY,             -- the payload's index in the input
     digest TEXT NOT NULL,                -- sha256 of the payload's JSON string
-    state TEXT NOT NULL CHECK (state IN ('pending', 'creating', 'created', 'finished')),
+    state TEXT NOT NULL CHECK (state IN ('pending', 'creating', 'created')),
     creating_at REAL,                    -- Unix time the create was about to be sent
-    invocation_id TEXT,                  -- once created
-    final TEXT                           -- the finished invocation, as JSON
+    invocation_id TEXT                   -- once created
 );
+CREATE TABLE finals (                    -- apart, so that the rows above stay small
+    idx INTEGER PRIMARY KEY,
+    final TEXT NOT NULL                  -- the finished invocation, as JSON
+);
+CREATE VIEW entries AS                   -- what the journal knows of each index
+    SELECT items.idx, digest, iif(final IS NULL, state, 'finished') AS state,
+           creating_at, invocation_id, final
+    FROM items LEFT JOIN finals ON finals.idx = items.idx;
 CREATE TABLE known_ids (                 -- ids the journal held before an index's current
     invocation_id TEXT PRIMARY KEY,
     idx INTEGER NOT NULL
@@ -170,7 +178,7 @@ class JournalFile:
             rows = {
                 r[0]: Row(*r)
                 for r in self._conn.execute(
-                    "SELECT idx, digest, state, creating_at, invocation_id, final FROM items"
+                    "SELECT idx, digest, state, creating_at, invocation_id, final FROM entries"
                 )
             }
             known = {r[0] for r in self._conn.execute("SELECT invocation_id FROM known_ids")}
@@ -190,8 +198,11 @@ class JournalFile:
                 self._sync = sync
             conn.execute("BEGIN")
             try:
-                for sql, params in writes:
-                    conn.execute(sql, params)
+                # One executemany per kind of record, in the order an index goes through
+                # them (so that one index's records keep their order).
+                ordered = sorted(writes, key=lambda write: _PHASE[write[0]])
+                for sql, group in itertools.groupby(ordered, key=lambda write: write[0]):
+                    conn.executemany(sql, [params for _, params in group])
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
@@ -211,37 +222,39 @@ class JournalFile:
 # --- the writes -----------------------------------------------------------------------------
 
 
+_KNOWN: Final = "INSERT OR IGNORE INTO known_ids VALUES (?, ?)"
+_CREATING: Final = (
+    "INSERT INTO items (idx, digest, state, creating_at) VALUES (?, ?, 'creating', ?) "
+    "ON CONFLICT (idx) DO UPDATE SET state = 'creating', creating_at = excluded.creating_at,"
+    " invocation_id = NULL"
+)
+_CREATED: Final = "UPDATE items SET state = 'created', invocation_id = ? WHERE idx = ?"
+_FINISHED: Final = "INSERT OR REPLACE INTO finals (final, idx) VALUES (?, ?)"
+_PENDING: Final = "UPDATE items SET state = 'pending', creating_at = NULL WHERE idx = ?"
+#: The order of the records of one index (a group of writes is applied in this order).
+_PHASE: Final = {_KNOWN: 0, _CREATING: 1, _CREATED: 2, _FINISHED: 3, _PENDING: 4}
+
+
 def creating(index: int, digest: str, at: float) -> Write:
     """About to send the create of ``index``."""
-    return (
-        "INSERT INTO items (idx, digest, state, creating_at) VALUES (?, ?, 'creating', ?) "
-        "ON CONFLICT (idx) DO UPDATE SET state = 'creating', creating_at = excluded.creating_at,"
-        " invocation_id = NULL, final = NULL",
-        (index, digest, at),
-    )
+    return (_CREATING, (index, digest, at))
 
 
 def known(index: int, invocation_id: str) -> Write:
     """``invocation_id`` was ``index``'s before it was created again: never adopt it."""
-    return ("INSERT OR IGNORE INTO known_ids VALUES (?, ?)", (invocation_id, index))
+    return (_KNOWN, (invocation_id, index))
 
 
 def created(index: int, invocation_id: str) -> Write:
     """``index`` was created as ``invocation_id``."""
-    return (
-        "UPDATE items SET state = 'created', invocation_id = ? WHERE idx = ?",
-        (invocation_id, index),
-    )
+    return (_CREATED, (invocation_id, index))
 
 
 def finished(index: int, final: str) -> Write:
     """``index`` finished: ``final`` is its final invocation as JSON."""
-    return ("UPDATE items SET state = 'finished', final = ? WHERE idx = ?", (final, index))
+    return (_FINISHED, (final, index))
 
 
 def pending(index: int) -> Write:
     """``index`` is certainly not created: a re-run creates it."""
-    return (
-        "UPDATE items SET state = 'pending', creating_at = NULL, final = NULL WHERE idx = ?",
-        (index,),
-    )
+    return (_PENDING, (index,))
