@@ -50,7 +50,9 @@ def test_without_pytest_asyncio_the_fixtures_say_to_install_it(tmp_path: Path) -
     test_file = next(b for b in blocks("python") if "kernel_emulator, kernel_client" in b)
     (tmp_path / "test_agent.py").write_text(test_file)
     (tmp_path / "pytest.ini").write_text("[pytest]\n")
-    done = run_pytest(tmp_path, "-p", "no:asyncio")  # as if pytest-asyncio were not installed
+    # as if pytest-asyncio were not installed; -rN: no short summary, which repeats the hint
+    # untruncated where pytest sees CI set
+    done = run_pytest(tmp_path, "-p", "no:asyncio", "-rN")
     out = done.stdout + done.stderr
     assert done.returncode == 1, out
     hint = "are async: install pytest-asyncio (pip install pytest-asyncio) to use them"
