@@ -13,15 +13,17 @@ SQLite's exclusive locking mode for as long as it is open, so a second process g
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import sqlite3
+import tempfile
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from ._errors import JournalCorruptError, JournalInUseError, JournalMismatchError
+from ._errors import JournalCorruptError, JournalError, JournalInUseError, JournalMismatchError
 
 __all__ = ["HEADER_KEYS", "JournalFile", "Row", "Write"]
 
@@ -82,6 +84,8 @@ class JournalFile:
 
     def __init__(self, path: str, header: dict[str, str]) -> None:
         self.path = path
+        if not os.path.exists(path):
+            _create(path, header)
         if os.path.isfile(path) and os.path.getsize(path) == 0:
             raise JournalCorruptError(
                 f"journal {path} is an empty file, not a journal (delete it to start afresh)",
@@ -135,30 +139,19 @@ class JournalFile:
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("BEGIN EXCLUSIVE")  # takes the lock, kept until close
             app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-            tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-            if app_id == 0 and tables == 0:
-                conn.execute(f"PRAGMA application_id={_APPLICATION_ID}")
-                conn.execute(f"PRAGMA user_version={_FORMAT}")
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                conn.executemany(
-                    "INSERT INTO header VALUES (?, ?)", [(k, header[k]) for k in HEADER_KEYS]
-                )
-            elif app_id != _APPLICATION_ID:
+            if app_id != _APPLICATION_ID:
                 raise JournalCorruptError(
                     f"{self.path} is an SQLite file but not a kernel_async journal; "
                     "it was left as it is",
                     path=self.path,
                 )
-            else:
-                (check,) = conn.execute("PRAGMA quick_check").fetchone()
-                if check != "ok":
-                    raise JournalCorruptError(
-                        f"journal {self.path} is damaged ({check}); it was left as it is",
-                        path=self.path,
-                    )
-                self._check_header(header)
+            (check,) = conn.execute("PRAGMA quick_check").fetchone()
+            if check != "ok":
+                raise JournalCorruptError(
+                    f"journal {self.path} is damaged ({check}); it was left as it is",
+                    path=self.path,
+                )
+            self._check_header(header)
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             raise self._fail(exc) from exc
@@ -217,6 +210,43 @@ class JournalFile:
             with _OPEN_LOCK:
                 _OPEN.discard(self._key)
             self._key = None
+
+
+def _create(path: str, header: dict[str, str]) -> None:
+    """Make a new journal at ``path`` atomically: built in a file of its own and linked
+    into place once complete, so that a crash while creating it leaves no half-made
+    journal (at worst a stray ``.kernel-journal-*.tmp`` file beside it)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, temp = tempfile.mkstemp(prefix=".kernel-journal-", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise JournalError(f"journal {path} cannot be created: {exc}", path=path) from exc
+    os.close(fd)
+    try:
+        conn = sqlite3.connect(temp, isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute(f"PRAGMA application_id={_APPLICATION_ID}")
+            conn.execute(f"PRAGMA user_version={_FORMAT}")
+            conn.execute("BEGIN")
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.executemany(
+                "INSERT INTO header VALUES (?, ?)", [(k, header[k]) for k in HEADER_KEYS]
+            )
+            conn.execute("COMMIT")
+        finally:
+            conn.close()  # checkpoints the WAL into the file, synced
+        with contextlib.suppress(FileExistsError):  # made meanwhile by another process
+            os.link(temp, path)
+    except (OSError, sqlite3.Error) as exc:
+        raise JournalError(f"journal {path} cannot be created: {exc}", path=path) from exc
+    finally:
+        for leftover in (temp, temp + "-wal"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(leftover)
 
 
 # --- the writes -----------------------------------------------------------------------------
