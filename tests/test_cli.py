@@ -71,9 +71,9 @@ def test_invoke_fan_out_as_json_lines_from_stdin_exits_1_on_a_failure(
     )
     assert done.returncode == 1, done.stderr
     results = sorted(
-        (json.loads(line) for line in done.stdout.splitlines()), key=lambda r: r["line"]
+        (json.loads(line) for line in done.stdout.splitlines()), key=lambda r: r["index"]
     )
-    assert [r["line"] for r in results] == [1, 2, 3]
+    assert [(r["index"], r["line"]) for r in results] == [(0, 1), (1, 2), (2, 3)]
     assert results[0]["status"] == "failed"
     assert results[0]["status_reason"] == "upstream timed out"
     assert all(r["status"] == "succeeded" and r["output"] == {"ok": True} for r in results[1:])

@@ -141,7 +141,7 @@ def test_a_fan_out_goes_on_when_answers_are_lost_after_sending() -> None:
             "invoke", "demo-app", "echo", "--payloads", "-", "-o", "json", env=env, input=stdin
         )
     results = [json.loads(line) for line in done.stdout.splitlines()]
-    assert sorted(r["line"] for r in results) == list(range(1, 13))
+    assert sorted(r["index"] for r in results) == list(range(12))
     errors = [r for r in results if r["status"] == "error"]
     assert len(errors) == 5
     assert done.returncode == 1

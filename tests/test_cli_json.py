@@ -52,8 +52,8 @@ def test_payload_lines_end_at_newline_only(served: dict[str, str], tmp_path: Pat
     items.write_bytes(b"\xef\xbb\xbf" + body.encode())  # a BOM, as some editors write
     done = run("invoke", "demo-app", "echo", "--payloads", str(items), "-o", "json", env=served)
     assert done.returncode == 0, done.stderr
-    results = sorted(json_lines(done.stdout), key=lambda r: r["line"])  # type: ignore[arg-type,return-value]
-    assert [r["line"] for r in results] == [1, 2, 3, 4]
+    results = sorted(json_lines(done.stdout), key=lambda r: r["index"])  # type: ignore[arg-type,return-value]
+    assert [(r["index"], r["line"]) for r in results] == [(0, 1), (1, 2), (2, 3), (3, 4)]
     assert [r["output"] for r in results] == [{"text": t} for t in texts]
 
 
@@ -97,16 +97,19 @@ def test_a_fan_out_result_is_one_json_line_whatever_the_output(
 def test_text_and_json_number_a_failure_the_same_way(
     served: dict[str, str], tmp_path: Path
 ) -> None:
+    # payloads #0, #1 and #2; #2 is on line 4, after a blank line
     items = tmp_path / "items.jsonl"
-    items.write_text('{"fail": false}\n\n{"fail": true}\n')  # the failure is on line 3
+    items.write_text('{"fail": true}\n{"fail": false}\n\n{"fail": true}\n')
     text = run("invoke", "demo-app", "flaky", "--payloads", str(items), env=served)
     as_json = run("invoke", "demo-app", "flaky", "--payloads", str(items), "-o", "json", env=served)
     assert text.returncode == as_json.returncode == 1
-    [failure] = [line for line in text.stdout.splitlines() if line.startswith("line ")]
-    assert failure.startswith("line 3: ")
-    assert "upstream timed out" in failure
-    [failed] = [r for r in json_lines(as_json.stdout) if r["status"] == "failed"]
-    assert failed["line"] == 3
+    failures = [line for line in text.stdout.splitlines() if line.startswith("#")]
+    assert [f.split(": ", 1)[0] for f in failures] == ["#0", "#2 (line 4)"]
+    assert all("upstream timed out" in f for f in failures)
+    failed = sorted(
+        (r["index"], r["line"]) for r in json_lines(as_json.stdout) if r["status"] == "failed"
+    )
+    assert failed == [(0, 1), (2, 4)]
 
 
 def test_json_arrays_for_json_tool(served: dict[str, str]) -> None:
@@ -117,7 +120,7 @@ def test_json_arrays_for_json_tool(served: dict[str, str]) -> None:
     assert fan_out.returncode == 0, fan_out.stderr
     assert fan_out.stdout.count("\n") == 1
     results = json.loads(fan_out.stdout)
-    assert [r["line"] for r in results] == [1, 2, 3, 4, 5]  # in line order
+    assert [r["index"] for r in results] == [0, 1, 2, 3, 4]  # in input order
     assert [r["output"] for r in results] == [{"text": f"doc {i}"} for i in range(5)]
     for command in (["list"], ["history"]):
         listed = run(*command, "--limit", "3", "--json", env=served)

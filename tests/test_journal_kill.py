@@ -86,7 +86,7 @@ def kill_loop(tmp_path: Path, *, kills: int, payloads: int, seed: int) -> int:
     assert done.returncode == 0, done.stderr
     assert "journal" in done.stderr
     results = [json.loads(line) for line in done.stdout.splitlines()]
-    assert sorted(r["line"] for r in results) == list(range(1, payloads + 1))
+    assert sorted(r["index"] for r in results) == list(range(payloads))
     assert all(r["status"] == "succeeded" for r in results)
     assert len({r["id"] for r in results}) == payloads
     assert Counter(canonical(p) for p in created if p is not None) == Counter(

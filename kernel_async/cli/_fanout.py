@@ -55,6 +55,11 @@ def read_payloads(path: str) -> list[tuple[int, str]]:
 
 
 class _ResultLine(msgspec.Struct, omit_defaults=True):
+    """One payload's result, as ``-o json`` prints it. ``index`` is the payload's 0-based
+    position in the input (blank lines skipped), as `MapResult.index` and a journal number
+    it; ``line`` is its line number in the file (blank lines counted)."""
+
+    index: int
     line: int
     status: str
     id: str | None = None
@@ -64,12 +69,19 @@ class _ResultLine(msgspec.Struct, omit_defaults=True):
 
 
 def _result_line(result: MapResult, line: int) -> _ResultLine:
-    inv = result.invocation
+    inv, index = result.invocation, result.index
     if inv is None:
         error = describe_error(result.error) if result.error is not None else None
-        return _ResultLine(line, "error", result.invocation_id, error=error)
+        return _ResultLine(index, line, "error", result.invocation_id, error=error)
     output = None if inv.output is None else json_value(inv.output)
-    return _ResultLine(line, inv.status, inv.id, output, inv.status_reason)
+    return _ResultLine(index, line, inv.status, inv.id, output, inv.status_reason)
+
+
+def _label(result: _ResultLine) -> str:
+    """How the text output names a payload: ``#index`` as in JSON, and its line in the
+    file where that is not ``index + 1`` (blank lines skipped before it)."""
+    where = "" if result.line == result.index + 1 else f" (line {result.line})"
+    return f"#{result.index}{where}"
 
 
 async def cmd_invoke_many(args: argparse.Namespace, out: Output) -> int:
@@ -132,7 +144,7 @@ async def cmd_invoke_many(args: argparse.Namespace, out: Output) -> int:
         stats = kernel.limit_stats()
     wall = time.perf_counter() - started
     if mode == "array":
-        out.line(json_line(sorted(collected, key=lambda r: r.line)))
+        out.line(json_line(sorted(collected, key=lambda r: r.index)))
     if gave_up is not None:
         assert gave_up.error is not None
         out.error(
@@ -141,8 +153,8 @@ async def cmd_invoke_many(args: argparse.Namespace, out: Output) -> int:
         )
         return EXIT_FAILED
     if mode == "text":
-        for failure in sorted(failures, key=lambda r: r.line)[:_SHOWN_FAILURES]:
-            out.line(f"line {failure.line}: {_failure_text(failure)}", style="red")
+        for failure in sorted(failures, key=lambda r: r.index)[:_SHOWN_FAILURES]:
+            out.line(f"{_label(failure)}: {_failure_text(failure)}", style="red")
         if len(failures) > _SHOWN_FAILURES:
             out.line(f"... and {len(failures) - _SHOWN_FAILURES} more", style="red")
         out.table(
