@@ -11,13 +11,19 @@ from datetime import datetime
 from ._cli import CLI, free_port, row, run, serving
 
 
+def instant(timestamp: str) -> datetime:
+    """An RFC 3339 time as the API writes it (``...Z``); Python 3.10's fromisoformat
+    does not read the ``Z``."""
+    return datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+
+
 def most_running_at_once(invocations: list[dict[str, str]]) -> int:
     """The most invocations between start and finish at one instant (an end and a start
     at the same instant do not overlap)."""
     moments: list[tuple[datetime, int]] = []
     for inv in invocations:
-        moments.append((datetime.fromisoformat(inv["started_at"]), 1))
-        moments.append((datetime.fromisoformat(inv["finished_at"]), -1))
+        moments.append((instant(inv["started_at"]), 1))
+        moments.append((instant(inv["finished_at"]), -1))
     running = peak = 0
     for _, step in sorted(moments):  # -1 sorts before +1 at a tie
         running += step
