@@ -26,6 +26,7 @@ class FakeAPI:
     status: dict[str, str] = field(default_factory=dict)
     cancels: list[str] = field(default_factory=list)
     create_delay: float = 0.0
+    silent: bool = False  # streams never tell the end (a lagging event pipeline)
     created_once: asyncio.Event = field(default_factory=asyncio.Event)
     streams: int = 0
     _ids: itertools.count[int] = field(default_factory=itertools.count)
@@ -81,7 +82,7 @@ class FakeAPI:
         await response.prepare(request)
         self.streams += 1
         await response.write(self.state_event(id, 0))
-        while self.status[id] == "running":
+        while self.silent or self.status[id] == "running":
             await asyncio.sleep(0.02)  # the server's own poll of its state
         await response.write(self.state_event(id, 1))
         return response

@@ -347,23 +347,6 @@ async def test_cancelling_queued_creates_leaves_no_task_or_connection() -> None:
         await kernel.aclose()
 
 
-async def test_closing_the_client_fails_queued_creates(kernel_emulator: KernelEmulator) -> None:
-    release = asyncio.Event()
-
-    async def hold(ctx: Any, payload: Any) -> None:
-        await release.wait()
-
-    kernel_emulator.add_action("app", "hold", hold)
-    kernel = kernel_emulator.client(limits=Limits(max_running_per_app=1))
-    await kernel.invocations.create("app", "hold", async_=True)
-    queued = asyncio.create_task(kernel.invocations.create("app", "hold", async_=True))
-    await asyncio.sleep(0.05)
-    await kernel.aclose()
-    with pytest.raises(Exception, match="closed"):
-        await queued
-    release.set()
-
-
 def test_limits_are_validated() -> None:
     with pytest.raises(ValueError, match="max_running_per_app"):
         Limits(max_running_per_app=0)
