@@ -17,6 +17,7 @@ from multidict import CIMultiDictProxy
 from yarl import URL
 
 from ._limits import classify_429
+from ._limits._config import lease_for
 from ._limits._seed import project_limits_decoder
 from ._options import (
     NOT_GIVEN,
@@ -77,6 +78,7 @@ class HTTPClient:
     _telemetry: Telemetry | None
     _project_id: str | None
     _project: str | None
+    _api_key: str
 
     def _url(self, path: str) -> URL:
         """``path`` must already be quoted."""
@@ -281,41 +283,57 @@ class HTTPClient:
             report = partial(trace.waited, "admission", app=app_name)
             refused = 0  # concurrency 429s so far
             async with admission.slot(app_name, deadline, async_timeout_seconds, report) as slot:
-                if on_sent is not None:
-                    on_sent()
-                while True:
-                    attempt = timeout
-                    if not land:
-                        left = call.time_left(loop.time())
-                        if left is not None and left <= 0:  # not sent (again): nothing new
-                            raise _refused_until_deadline(app_name, refused)
-                        attempt = within(timeout, left)
-                    try:
-                        resp, content = await self._send(
-                            "POST",
-                            url,
-                            body=body,
-                            timeout=attempt,
-                            extra_headers=extra_headers,
-                            extra_query=extra_query,
-                            call=call,
-                        )
-                    except RateLimitError as exc:
-                        if classify_429(exc.headers, exc.body) != "concurrency":
-                            raise
-                        refused += 1
-                        trace.rate_limited("concurrency", exc.retry_after)
+                shared = self._backpressure.shared(self._base_url, self._api_key)
+                lease = None if shared is None else await shared.acquire(app_name, deadline)
+                try:
+                    if on_sent is not None:
+                        on_sent()
+                    while True:
+                        attempt = timeout
+                        if not land:
+                            left = call.time_left(loop.time())
+                            if left is not None and left <= 0:  # not sent (again): nothing new
+                                raise _refused_until_deadline(app_name, refused)
+                            attempt = within(timeout, left)
                         try:
-                            await slot.requeue(exc.retry_after)
-                        except APITimeoutError:
-                            raise _refused_until_deadline(app_name, refused) from None
-                        continue
-                    result = decode_body(
-                        invoke_response_decoder, content, resp.status, resp.headers
-                    )
-                    slot.started(None if result.is_terminal else result.id)
-                    trace.created(result)
-                    return result
+                            resp, content = await self._send(
+                                "POST",
+                                url,
+                                body=body,
+                                timeout=attempt,
+                                extra_headers=extra_headers,
+                                extra_query=extra_query,
+                                call=call,
+                            )
+                        except RateLimitError as exc:
+                            if classify_429(exc.headers, exc.body) != "concurrency":
+                                raise
+                            refused += 1
+                            trace.rate_limited("concurrency", exc.retry_after)
+                            if lease is not None and shared is not None:
+                                await shared.rejected(lease, exc.retry_after)
+                            try:
+                                await slot.requeue(exc.retry_after)
+                                if lease is not None and shared is not None:
+                                    lease = await shared.acquire(app_name, deadline, lease)
+                            except APITimeoutError:
+                                raise _refused_until_deadline(app_name, refused) from None
+                            continue
+                        result = decode_body(
+                            invoke_response_decoder, content, resp.status, resp.headers
+                        )
+                        invocation_id = None if result.is_terminal else result.id
+                        slot.started(invocation_id)
+                        if lease is not None and shared is not None:
+                            held, lease = lease, None
+                            await shared.started(
+                                held, invocation_id, lease_for(async_timeout_seconds)
+                            )
+                        trace.created(result)
+                        return result
+                finally:
+                    if lease is not None and shared is not None:
+                        shared.release(lease)
 
     async def _project_cap(
         self, project: str, timeout: ClientTimeout, deadline: float | None

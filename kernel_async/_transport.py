@@ -325,8 +325,11 @@ class Transport:
         with `ClientClosedError`; then the sessions the client owns are closed."""
         self.closed = True
         error = ClientClosedError("the AsyncKernel client was closed")
-        for backpressure in {self.backpressure, *self._backpressures.values()}:
+        backpressures = {self.backpressure, *self._backpressures.values()}
+        for backpressure in backpressures:
             backpressure.close(error)
+        for backpressure in backpressures:
+            await backpressure.aclose()
         for stream in list(self.streams):
             stream.abort(error)
         sessions = {self.session, self.stream_session} - {None}

@@ -4,11 +4,14 @@ waiting holds no connection, since nothing is sent until a task is let through."
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import os
 
 from ..errors import ClientClosedError
 from ._config import Limits, LimitStats
 from ._gate import RateGate
 from ._queue import Admission, Lister
+from ._redis import ENV_VAR, RedisLimits, shared_from
 from ._seed import ProjectCaps
 
 __all__ = ["Backpressure"]
@@ -28,6 +31,8 @@ class Backpressure:
         self.lister: Lister | None = None
         """How to list an app's invocations queued or running on the service (set by the
         client): while creates wait, slots of ours that ended unseen are freed with it."""
+        self._shared: RedisLimits | None = None
+        self._shared_made = False
 
     def twin(self) -> Backpressure:
         """A new, separate gate and queue with the same settings (for another server or
@@ -38,7 +43,30 @@ class Backpressure:
         gate = self._gate
         if gate is None:
             gate = self._gate = RateGate(asyncio.get_running_loop())
+            shared = self._shared
+            if shared is not None:
+                gate.on_pause = shared.pause_all
         return gate
+
+    def shared(self, base_url: str, api_key: str) -> RedisLimits | None:
+        """The limits shared through Redis (`Limits.shared`, else ``KERNEL_LIMITS_URL``),
+        made on first use, for this server and key; ``None``: not shared."""
+        if not self._shared_made:
+            self._shared_made = True
+            url = self.limits.shared
+            if url is None:
+                url = os.environ.get(ENV_VAR)
+            digest = hashlib.sha256(f"{base_url}\n{api_key}".encode()).hexdigest()[:16]
+            shared = self._shared = shared_from(url, digest, self.limits.initial)
+            if shared is not None and self._gate is not None:
+                self._gate.on_pause = shared.pause_all
+        shared = self._shared
+        return None if shared is None or shared.failed is not None else shared
+
+    async def aclose(self) -> None:
+        """Give back the shared slots held, and close the connection to Redis."""
+        if self._shared is not None:
+            await self._shared.aclose()
 
     def admission(self) -> Admission:
         admission = self._admission
@@ -57,6 +85,8 @@ class Backpressure:
         admission = self._admission
         if admission is not None and admission.policy.owner:
             admission.finished(invocation_id)
+        if self._shared is not None:
+            self._shared.finished(invocation_id)
 
     def close(self, error: ClientClosedError) -> None:
         """The client is closing: every create waiting for a slot or request waiting at

@@ -64,6 +64,12 @@ class Limits:
     concurrency 429 still waits for a slot or a backoff, it never fails the call)."""
     initial: int = 4
     """Creates let through at once for an app before anything is learnt (slow start)."""
+    shared: str | None = None
+    """Share the limits with every process and machine using this Redis
+    (``"redis://host:port/db"``; needs the ``redis`` extra): slots, learnt windows, the
+    rate-limit pause and one first-come, first-served queue. ``None``: the
+    ``KERNEL_LIMITS_URL`` environment variable if set, else each process learns alone.
+    ``""``: never shared, whatever the environment says."""
 
     def __post_init__(self) -> None:
         for name in ("max_running", "max_running_per_app"):

@@ -7,7 +7,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from ..errors import ClientClosedError, RateLimitError
 from ._pump import Pumped
@@ -30,6 +30,8 @@ class RateGate(Pumped):
         super().__init__(loop)
         self.policy = RatePolicy()
         self.rate_limited = 0
+        self.on_pause: Callable[[float], None] | None = None
+        """Told of every pause (the shared limits pass it on to every process)."""
         # Waiting requests, first come first served. One cancelled (or failed) while waiting
         # stays until it reaches the head, since removing it from the middle would be a
         # linear scan: `_waiting` counts the ones still waiting.
@@ -108,6 +110,8 @@ class RateGate(Pumped):
         """A rate-limit 429 asked every request to hold back ``seconds``: pause everyone
         (`rate_limited` counts the requests that then wait); returns the pause left."""
         before = self.policy.paused_until
+        if self.on_pause is not None:
+            self.on_pause(seconds)  # shared limits: pause every process too
         wait = self.policy.rate_limited(self._loop.time(), seconds, seconds)
         if self.policy.paused_until > before:
             logger.info("Rate limited by the server: holding new requests for %.2fs", wait)

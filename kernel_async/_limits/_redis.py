@@ -1,0 +1,334 @@
+"""Shared limits on Redis: every process and machine using one Redis shares the
+concurrency slots (as leases that expire), each app's learnt window, the rate-limit pause,
+and one first-come, first-served queue of creates.
+
+Turned on by ``Limits(shared="redis://host:port/db")`` or, with no code change, by the
+environment variable ``KERNEL_LIMITS_URL``. Needs the ``redis`` extra (redis-py's asyncio
+client). When Redis is unreachable or fails mid-run, the client logs one warning and goes
+on uncoordinated (each process learning alone): a create waiting for a shared slot goes
+on, nothing is lost, nothing is sent twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import math
+import uuid
+from collections.abc import Awaitable
+from typing import Any, Final
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from ..errors import APITimeoutError
+from . import _redis_scripts as scripts
+
+__all__ = ["LEASE_SECONDS", "ENV_VAR", "RedisLimits", "SharedLease"]
+
+logger = logging.getLogger("kernel_async")
+
+#: The environment variable naming the Redis of the shared limits (``redis://host:port/db``).
+ENV_VAR: Final = "KERNEL_LIMITS_URL"
+#: A slot's lease: renewed every third of it while its invocation runs, so a killed
+#: worker's slots come back within this.
+LEASE_SECONDS: Final = 10.0
+#: How often a worker with creates waiting asks Redis for slots.
+POLL_SECONDS: Final = 0.01
+#: Redis calls that take longer than this count as Redis failing.
+REDIS_TIMEOUT: Final = 2.0
+#: With nothing of the fleet's running and a concurrency 429 (another tenant holds the
+#: cap), every worker's creates wait this long before the next try.
+IDLE_PAUSE_SECONDS: Final = 0.25
+
+
+class SharedLease:
+    """One create's shared slot (or its place in the shared queue)."""
+
+    __slots__ = ("app", "token")
+
+    def __init__(self, app: str, token: str) -> None:
+        self.app = app
+        self.token = token
+
+
+class RedisLimits:
+    """The shared limits of one server and API key (``scope``), through Redis at ``url``.
+
+    Use from one event loop: `acquire` a slot before a create, then `started` (or
+    `rejected` on a concurrency 429, then `acquire` again with ``requeue``, or `release`
+    on any other failure); `finished` when the invocation is seen finished. Every method
+    degrades to uncoordinated (returns ``None`` / does nothing) once Redis failed.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        scope: str,
+        *,
+        initial: int = 4,
+        lease: float = LEASE_SECONDS,
+        poll: float = POLL_SECONDS,
+    ) -> None:
+        self.url = url
+        self._prefix = f"kernel:limits:{scope}"
+        self._worker = uuid.uuid4().hex
+        self._initial = initial
+        self._lease = lease
+        self._poll = poll
+        self._tokens = itertools.count()
+        self._redis: Any = None
+        self.failed: BaseException | None = None
+        """Why Redis was given up on (``None``: it works, as far as known)."""
+        self._waiting: dict[str, dict[str, asyncio.Future[bool]]] = {}
+        self._new: dict[str, list[tuple[str, str]]] = {}  # app -> (ticket, token) to queue
+        self._pollers: dict[str, asyncio.Task[None]] = {}
+        self._held: dict[str, dict[str, float]] = {}  # app -> token -> local expiry
+        self._by_invocation: dict[str, SharedLease] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._renewer: asyncio.Task[None] | None = None
+        self._closed = False
+
+    # --- the create path ------------------------------------------------------------------
+
+    async def acquire(
+        self, app: str, deadline: float | None, requeue: SharedLease | None = None
+    ) -> SharedLease | None:
+        """Wait, first come first served across every worker, for a slot of ``app`` (until
+        ``deadline``, loop time). ``requeue``: a lease refused with a concurrency 429, put
+        back at the head by `rejected`. ``None``: Redis failed, go on uncoordinated."""
+        if self.failed is not None or self._closed:
+            return None
+        loop = asyncio.get_running_loop()
+        token = requeue.token if requeue is not None else f"{self._worker}:{next(self._tokens)}"
+        fut: asyncio.Future[bool] = loop.create_future()
+        self._waiting.setdefault(app, {})[token] = fut
+        # A create refused with a 429 goes back near the head (ticket 1: before any drawn).
+        self._new.setdefault(app, []).append(("1" if requeue is not None else "0", token))
+        poller = self._pollers.get(app)
+        if poller is None or poller.done():
+            self._pollers[app] = loop.create_task(self._poll_loop(app))
+        try:
+            if deadline is None:
+                granted = await fut
+            else:
+                granted = await asyncio.wait_for(fut, max(0.0, deadline - loop.time()))
+        except BaseException as exc:
+            self._waiting.get(app, {}).pop(token, None)
+            if fut.done() and not fut.cancelled() and fut.result():
+                self._release_soon(app, [token])  # granted as it timed out: give it back
+            else:
+                self._forget_soon(app, token)
+            if isinstance(exc, asyncio.TimeoutError):
+                raise APITimeoutError(
+                    f"the call's deadline passed while its create waited for a shared slot "
+                    f"of app {app!r}; nothing was sent"
+                ) from None
+            raise
+        if not granted:
+            return None
+        self._held.setdefault(app, {})[token] = math.inf
+        self._ensure_renewer()
+        return SharedLease(app, token)
+
+    async def started(
+        self, lease: SharedLease, invocation_id: str | None, lease_seconds: float
+    ) -> None:
+        """The create succeeded: its slot is held until ``invocation_id`` is seen finished
+        (``None``: it already did) or ``lease_seconds`` pass; the app's window may grow."""
+        if invocation_id is None:
+            self.release(lease)
+        else:
+            held = self._held.get(lease.app)
+            if held is not None and lease.token in held:
+                held[lease.token] = asyncio.get_running_loop().time() + lease_seconds
+                self._by_invocation[invocation_id] = lease
+        await self._call(scripts.STARTED, lease.app, str(self._initial))
+
+    async def rejected(self, lease: SharedLease, retry_after: float | None) -> None:
+        """A concurrency 429: the fleet's running count is the cap. Then call `acquire` with
+        ``requeue`` to wait again, near the head of the shared queue."""
+        self._held.get(lease.app, {}).pop(lease.token, None)
+        pause = retry_after if retry_after is not None else IDLE_PAUSE_SECONDS
+        await self._call(scripts.REJECTED, lease.app, lease.token, str(int(pause * 1000)))
+
+    def release(self, lease: SharedLease) -> None:
+        """The create failed, or its invocation ended: free the slot (soon, in a task)."""
+        if self._held.get(lease.app, {}).pop(lease.token, None) is not None:
+            self._release_soon(lease.app, [lease.token])
+
+    def finished(self, invocation_id: str) -> None:
+        """An invocation was seen in a terminal state: free its shared slot."""
+        lease = self._by_invocation.pop(invocation_id, None)
+        if lease is not None:
+            self.release(lease)
+
+    def pause_all(self, seconds: float) -> None:
+        """A rate-limit 429 with ``Retry-After``: every worker's creates wait that long."""
+        if self.failed is None and not self._closed and seconds > 0:
+            self._spawn(self._call(scripts.PAUSE, str(int(seconds * 1000))))
+
+    async def seed(self, app: str, cap: int) -> None:
+        """Start app ``app``'s shared window at a cap the service told."""
+        await self._call(scripts.SEED, app, str(cap))
+
+    async def aclose(self) -> None:
+        """Free every slot this worker holds, stop its tasks, close the connection."""
+        self._closed = True
+        for waiting in self._waiting.values():
+            for fut in waiting.values():
+                if not fut.done():
+                    fut.set_result(False)
+        tasks = [*self._pollers.values(), *([self._renewer] if self._renewer else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, *self._tasks, return_exceptions=True)
+        if self.failed is None and self._redis is not None:
+            held = [(app, list(tokens)) for app, tokens in self._held.items() if tokens]
+            for app, tokens in held:
+                await self._call(scripts.RELEASE, app, *tokens)
+        self._held.clear()
+        redis = self._redis
+        self._redis = None
+        if redis is not None:
+            await redis.aclose()
+
+    # --- inside -----------------------------------------------------------------------------
+
+    async def _poll_loop(self, app: str) -> None:
+        """While creates of ``app`` wait here, ask Redis which of them may go."""
+        waiting = self._waiting[app]
+        while waiting and self.failed is None:
+            new = self._new.pop(app, [])
+            args: list[str] = [str(self._initial)]
+            for ticket, token in new:
+                args += [ticket, token]
+            result = await self._call(scripts.ACQUIRE, app, *args, timed=True)
+            if result is None:
+                return  # failed: _fail let every waiter go
+            pause = int(result[0])
+            for token in result[1:]:
+                fut = waiting.pop(token, None)
+                if fut is None or fut.done():
+                    self._release_soon(app, [token])  # its create left meanwhile
+                else:
+                    fut.set_result(True)
+            await asyncio.sleep(pause / 1000 if pause > 0 else self._poll)
+
+    def _ensure_renewer(self) -> None:
+        if self._renewer is None or self._renewer.done():
+            self._renewer = asyncio.get_running_loop().create_task(self._renew_loop())
+
+    async def _renew_loop(self) -> None:
+        """Renew the leases of the slots held, a third of a lease apart; a slot held past
+        its own invocation's lease is freed (its end was never seen)."""
+        loop = asyncio.get_running_loop()
+        while self.failed is None and any(self._held.values()):
+            await asyncio.sleep(self._lease / 3)
+            now = loop.time()
+            for app, held in list(self._held.items()):
+                stale = [token for token, until in held.items() if until <= now]
+                for token in stale:
+                    del held[token]
+                if stale:
+                    await self._call(scripts.RELEASE, app, *stale)
+                if held:
+                    await self._call(scripts.RENEW, app, *held, timed=True)
+
+    def _release_soon(self, app: str, tokens: list[str]) -> None:
+        if self.failed is None and self._redis is not None:
+            self._spawn(self._call(scripts.RELEASE, app, *tokens))
+
+    def _forget_soon(self, app: str, token: str) -> None:
+        """A waiter left before it was granted: drop it from the shared queue."""
+        new = self._new.get(app)
+        unsent = [entry for entry in new or () if entry[1] == token]
+        if new is not None and unsent:
+            new.remove(unsent[0])  # never sent to Redis
+        else:
+            self._release_soon(app, [token])
+
+    def _spawn(self, work: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _call(self, script: str, app: str, *args: str, timed: bool = False) -> Any:
+        """Run ``script`` with the prefix and ``app`` first (``timed``: then the lease, in
+        ms, and this worker). On any failure: `_fail`, and ``None``."""
+        if self.failed is not None:
+            return None
+        argv = [self._prefix, app]
+        if timed:
+            argv += [str(int(self._lease * 1000)), self._worker]
+        argv += args
+        try:
+            redis = self._connect()
+            return await asyncio.wait_for(redis.eval(script, 0, *argv), REDIS_TIMEOUT)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # any failure of Redis: go on uncoordinated
+            self._fail(exc)
+            return None
+
+    def _connect(self) -> Any:
+        redis = self._redis
+        if redis is None:
+            from redis.asyncio import Redis
+
+            redis = self._redis = Redis.from_url(
+                self.url,
+                decode_responses=True,
+                socket_timeout=REDIS_TIMEOUT,
+                socket_connect_timeout=REDIS_TIMEOUT,
+            )
+        return redis
+
+    def _fail(self, exc: BaseException) -> None:
+        """Redis failed: warn once, let every waiter go on uncoordinated."""
+        if self.failed is not None:
+            return
+        self.failed = exc
+        logger.warning(
+            "Shared limits on Redis failed (%s: %s); going on uncoordinated, each process "
+            "learning its limits alone",
+            type(exc).__name__,
+            exc,
+        )
+        for waiting in self._waiting.values():
+            for fut in waiting.values():
+                if not fut.done():
+                    fut.set_result(False)
+            waiting.clear()
+        self._held.clear()
+        self._by_invocation.clear()
+
+
+def shared_from(url: str | None, scope: str, initial: int) -> RedisLimits | None:
+    """The shared limits at ``url`` (``None``: none); a URL that is not ``redis://`` or
+    ``rediss://``, or the ``redis`` package missing, warns and gives ``None``. A
+    ``lease=`` query parameter sets the slots' lease, in seconds (default
+    `LEASE_SECONDS`)."""
+    if not url:
+        return None
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        logger.warning("Ignoring the shared limits' URL %r: not a redis:// URL", url)
+        return None
+    try:
+        import redis.asyncio  # noqa: F401
+    except ImportError:
+        logger.warning("Shared limits need the redis package: pip install 'kernel-async[redis]'")
+        return None
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query)
+    lease = LEASE_SECONDS
+    for name, value in query:
+        if name == "lease":
+            try:
+                lease = float(value)
+            except ValueError:
+                lease = math.nan
+            if not math.isfinite(lease) or lease <= 0:
+                logger.warning("Ignoring lease=%r in the shared limits' URL: not seconds", value)
+                lease = LEASE_SECONDS
+    rest = urlencode([(name, value) for name, value in query if name != "lease"])
+    return RedisLimits(urlunsplit(parts._replace(query=rest)), scope, initial=initial, lease=lease)

@@ -1,0 +1,264 @@
+"""Limits shared through a real Redis (``redis-server`` on 127.0.0.1): processes share one
+cap without hammering it, a killed worker's slots come back, and Redis failing mid-run
+leaves every invocation finished exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from kernel_async import AsyncKernel, Limits, RetryPolicy
+from kernel_async.testing import KernelEmulator, Quotas
+
+REDIS_SERVER = shutil.which("redis-server")
+pytestmark = pytest.mark.skipif(
+    REDIS_SERVER is None, reason="redis-server is not installed (apt-get install redis-server)"
+)
+redis_asyncio = pytest.importorskip("redis.asyncio", reason="the redis extra is not installed")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class RedisServer:
+    """A ``redis-server`` process of the test's own."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        assert REDIS_SERVER is not None
+        self.process = subprocess.Popen(
+            [
+                REDIS_SERVER,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+    async def ready(self) -> None:
+        client = redis_asyncio.Redis.from_url(self.url)
+        try:
+            for _ in range(500):
+                try:
+                    await client.ping()
+                    return
+                except Exception:
+                    await asyncio.sleep(0.01)
+            raise AssertionError("redis-server did not start")
+        finally:
+            await client.aclose()
+
+    async def zcard_running(self) -> int:
+        """Slots held across apps (expired leases included until someone purges them)."""
+        client = redis_asyncio.Redis.from_url(self.url, decode_responses=True)
+        try:
+            keys = [k async for k in client.scan_iter("kernel:limits:*:run")]
+            return sum([await client.zcard(k) for k in keys])
+        finally:
+            await client.aclose()
+
+
+@pytest.fixture
+def redis_process() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest_asyncio.fixture
+async def redis_url(redis_process: RedisServer) -> AsyncIterator[str]:
+    await redis_process.ready()
+    yield redis_process.url
+
+
+def install(emulator: KernelEmulator, seconds: float = 0.05) -> asyncio.Event:
+    gate = asyncio.Event()
+
+    async def work(ctx: Any, payload: Any) -> Any:
+        await asyncio.sleep(seconds)
+        return payload
+
+    async def hold(ctx: Any, payload: Any) -> Any:
+        await gate.wait()
+        return payload
+
+    emulator.add_action("app", "work", work)
+    emulator.add_action("app", "hold", hold)
+    return gate
+
+
+@contextlib.asynccontextmanager
+async def two_clients(
+    emulator: KernelEmulator, policy: RetryPolicy, url: str
+) -> AsyncIterator[tuple[AsyncKernel, AsyncKernel]]:
+    """Two clients sharing limits through ``url``, as two processes would."""
+    limits = Limits(shared=url)
+    async with (
+        emulator.client(retry=policy, limits=limits) as one,
+        emulator.client(retry=policy, limits=limits) as two,
+    ):
+        yield one, two
+
+
+async def test_two_clients_share_one_cap_through_redis(
+    redis_url: str, fast_policy: RetryPolicy
+) -> None:
+    """Two clients (as two processes would) against a cap of 6: the shared window learns
+    the cap once, so few creates are refused; every invocation runs once."""
+    async with KernelEmulator(quotas=Quotas(max_running=6)) as emulator:
+        install(emulator)
+        async with two_clients(emulator, fast_policy, redis_url) as (one, two):
+            results = await asyncio.gather(
+                *(
+                    k.invocations.run("app", "work", payload=i)
+                    for i in range(30)
+                    for k in (one, two)
+                )
+            )
+        assert [r.status for r in results] == ["succeeded"] * 60
+        assert emulator.create_count == 60
+        assert emulator.quotas.stats.peak_running <= 6
+        # Unshared, each client slow-starts and overshoots on its own (and again after
+        # every cut); shared, the first 429 teaches the whole fleet the cap.
+        assert emulator.quotas.stats.concurrency_rejected <= 6
+
+
+WORKER = textwrap.dedent(
+    """
+    import asyncio, sys
+    from kernel_async import AsyncKernel, Limits
+
+    async def main():
+        kernel = AsyncKernel(
+            api_key=sys.argv[1], base_url=sys.argv[2], limits=Limits(shared=sys.argv[3])
+        )
+        for i in range(3):
+            await kernel.invocations.create("app", "hold", async_=True, payload=i)
+        print("ready", flush=True)
+        await asyncio.sleep(3600)
+
+    asyncio.run(main())
+    """
+)
+
+
+async def test_a_killed_workers_slots_come_back_within_the_lease(
+    redis_url: str, redis_process: RedisServer, fast_policy: RetryPolicy
+) -> None:
+    async with KernelEmulator(quotas=Quotas(max_running=3)) as emulator:
+        gate = install(emulator)
+        url = f"{redis_url}?lease=1"
+        worker = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            WORKER,
+            emulator.api_key,
+            emulator.url,
+            url,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        try:
+            assert worker.stdout is not None
+            assert (await asyncio.wait_for(worker.stdout.readline(), 60)).strip() == b"ready"
+            assert await redis_process.zcard_running() == 3  # the worker holds the cap
+        finally:
+            worker.send_signal(signal.SIGKILL)
+            await worker.wait()
+        gate.set()  # its invocations end on the service; the killed worker never saw it
+        async with emulator.client(retry=fast_policy, limits=Limits(shared=url)) as kernel:
+            results = await asyncio.gather(
+                *(kernel.invocations.run("app", "work", payload=i, timeout=30) for i in range(3))
+            )
+        assert [r.status for r in results] == ["succeeded"] * 3
+        assert emulator.create_count == 6
+
+
+async def test_redis_stopping_mid_run_falls_back_with_one_warning(
+    redis_url: str,
+    redis_process: RedisServer,
+    fast_policy: RetryPolicy,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="kernel_async")
+    async with KernelEmulator(quotas=Quotas(max_running=5)) as emulator:
+        install(emulator)
+        async with two_clients(emulator, fast_policy, redis_url) as (one, two):
+            done = 0
+
+            async def run(kernel: AsyncKernel, i: int) -> str:
+                nonlocal done
+                result = await kernel.invocations.run("app", "work", payload=i, timeout=60)
+                done += 1
+                if done == 10:
+                    redis_process.stop()  # Redis goes away mid-run
+                return result.status
+
+            statuses = await asyncio.gather(*(run(k, i) for i in range(25) for k in (one, two)))
+        assert statuses == ["succeeded"] * 50
+        assert emulator.create_count == 50  # nothing lost, nothing sent twice
+        assert sorted(v.payload_as() for v in emulator.snapshot()) == sorted(list(range(25)) * 2)
+        warnings = [r for r in caplog.records if "Shared limits on Redis failed" in r.message]
+        assert 1 <= len(warnings) <= 2  # once per client at most: one per process
+
+
+async def test_redis_unreachable_from_the_start_is_uncoordinated_mode(
+    fast_policy: RetryPolicy, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``KERNEL_LIMITS_URL`` naming a closed port: creates go on, one warning."""
+    caplog.set_level(logging.WARNING, logger="kernel_async")
+    monkeypatch.setenv("KERNEL_LIMITS_URL", f"redis://127.0.0.1:{free_port()}/0")
+    async with KernelEmulator(quotas=Quotas(max_running=4)) as emulator:
+        install(emulator)
+        async with emulator.client(retry=fast_policy) as kernel:
+            results = await asyncio.gather(
+                *(kernel.invocations.run("app", "work", payload=i) for i in range(12))
+            )
+        assert [r.status for r in results] == ["succeeded"] * 12
+        assert emulator.create_count == 12
+    warnings = [r for r in caplog.records if "Shared limits on Redis failed" in r.message]
+    assert len(warnings) == 1
+
+
+def test_an_empty_shared_url_turns_the_environment_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kernel_async._limits import Backpressure
+
+    monkeypatch.setenv("KERNEL_LIMITS_URL", "redis://127.0.0.1:1/0")
+    assert Backpressure(Limits(shared=""), 0.5).shared("http://x", "k") is None
+    assert Backpressure(Limits(), 0.5).shared("http://x", "k") is not None
+    os.environ.pop("KERNEL_LIMITS_URL")
