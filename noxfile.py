@@ -240,11 +240,15 @@ def conformance(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Benchmarks: kernel_async vs the official SDK, aiohttp-sse-client and the raw floor.
 
-    Writes benchmarks/results/latest.json and docs/benchmarks.md. ``-- --quick`` for a
-    smoke run with tiny counts.
+    Writes benchmarks/results/latest.json and docs/benchmarks.md, then runs the
+    many-processes bench (benchmarks/results/multi.json, docs/many-processes.png).
+    ``-- --quick`` for a smoke run with tiny counts.
     """
     session.install("-e", ".[bench]")
     session.run("python", "-m", "benchmarks.run", *session.posargs)
+    # Many processes sharing one cap (alone: python -m benchmarks.multi [--cases K=4]).
+    quick = ["--quick"] if "--quick" in session.posargs else []
+    session.run("python", "-m", "benchmarks.multi", *quick)
 
 
 @nox.session(python=NEWEST)

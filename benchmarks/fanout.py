@@ -105,7 +105,18 @@ async def ours(url: str, key: str, n: int, cap: int, *, semaphore: bool) -> list
         return await _gather(one, n)
 
 
-async def official(url: str, key: str, n: int, cap: int, *, aiohttp_backend: bool) -> list[str]:
+async def official(
+    url: str,
+    key: str,
+    n: int,
+    cap: int,
+    *,
+    aiohttp_backend: bool,
+    app: str = APP,
+    payloads: list[Any] | None = None,
+) -> list[str]:
+    """The official SDK's gather of create + follow (``payloads``: one per invocation,
+    default ``{"i": i}``)."""
     import kernel
 
     http_client = kernel.DefaultAioHttpClient() if aiohttp_backend else None
@@ -113,10 +124,10 @@ async def official(url: str, key: str, n: int, cap: int, *, aiohttp_backend: boo
 
         async def one(i: int) -> str:
             created = await client.invocations.create(
-                app_name=APP,
+                app_name=app,
                 action_name=ACTION,
                 version="latest",
-                payload=json.dumps({"i": i}),
+                payload=json.dumps({"i": i} if payloads is None else payloads[i]),
                 async_=True,
             )
             stream = await client.invocations.follow(created.id)

@@ -317,7 +317,20 @@ def render_fanout(
             "Targets for kernel_async: all complete with no error, none started twice, ≤ 0.5",
             "429s per invocation, makespan ≤ 1.2× ideal: " + ("met." if met else "**not met**."),
         ]
-    return lines
+    return lines + MANY_PROCESSES
+
+
+#: The multi-process bench (`python -m benchmarks.multi`) has a page of its own.
+MANY_PROCESSES = [
+    "",
+    "## Many processes, one cap",
+    "",
+    "K processes sharing one organisation's cap of 20, uncoordinated, through Redis, and the",
+    "official SDK: `python -m benchmarks.multi` (part of `nox -s bench`); the numbers and what",
+    "each mode guarantees are in [Many processes and machines](many-processes.md).",
+    "",
+    "![Makespan and 429s per invocation against K](many-processes.png)",
+]
 
 
 def chart(results: dict[str, dict[str, dict[str, Any]]], clients: list[str], path: Path) -> bool:

@@ -14,21 +14,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_benchmark_quick_run(tmp_path: Path) -> None:
+def run_bench(module: str, *args: str) -> None:
+    """Run ``python -m benchmarks.<module> *args``; it must succeed."""
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.run",
-            "--quick",
-            "--clients",
-            "kernel_async,floor",
-            "--fanout-clients",
-            "kernel_async",
-            "--out",
-            str(tmp_path),
-            "--no-docs",
-        ],
+        [sys.executable, "-m", f"benchmarks.{module}", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -36,6 +25,12 @@ def test_benchmark_quick_run(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_benchmark_quick_run(tmp_path: Path) -> None:
+    out = str(tmp_path)
+    clients = ["--clients", "kernel_async,floor", "--fanout-clients", "kernel_async"]
+    run_bench("run", "--quick", *clients, "--out", out, "--no-docs")
     report = json.loads((tmp_path / "latest.json").read_text())
     assert report["quick"] is True
     cases = (
@@ -60,3 +55,12 @@ def test_benchmark_quick_run(tmp_path: Path) -> None:
     assert fanned["kernel_async"]["completed"] == scenario["n"]
     assert fanned["kernel_async"]["started_twice"] == 0
     assert fanned["kernel_async"]["peak_running"] <= scenario["cap"]
+
+
+def test_many_processes_bench_quick_run(tmp_path: Path) -> None:
+    """Two uncoordinated processes share the emulator's cap: every invocation, no twice."""
+    run_bench(
+        "multi", "--quick", "--modes", "uncoordinated", "--cases", "K=2", "--out", str(tmp_path)
+    )
+    (row,) = json.loads((tmp_path / "multi.json").read_text())
+    assert (row["ok"], row["duplicates"], row["errors"]) == (80, 0, 0)

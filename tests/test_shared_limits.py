@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -105,6 +105,16 @@ def redis_process() -> Iterator[RedisServer]:
 async def redis_url(redis_process: RedisServer) -> AsyncIterator[str]:
     await redis_process.ready()
     yield redis_process.url
+
+
+Warnings = Callable[[], list[logging.LogRecord]]
+
+
+@pytest.fixture
+def redis_warnings(caplog: pytest.LogCaptureFixture) -> Warnings:
+    """The warnings logged so far that Redis failed (the client going uncoordinated)."""
+    caplog.set_level(logging.WARNING, logger="kernel_async")
+    return lambda: [r for r in caplog.records if "Shared limits on Redis failed" in r.message]
 
 
 def install(emulator: KernelEmulator, seconds: float = 0.05) -> asyncio.Event:
@@ -213,9 +223,8 @@ async def test_redis_stopping_mid_run_falls_back_with_one_warning(
     redis_url: str,
     redis_process: RedisServer,
     fast_policy: RetryPolicy,
-    caplog: pytest.LogCaptureFixture,
+    redis_warnings: Warnings,
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="kernel_async")
     async with KernelEmulator(quotas=Quotas(max_running=5)) as emulator:
         install(emulator)
         async with two_clients(emulator, fast_policy, redis_url) as (one, two):
@@ -233,15 +242,14 @@ async def test_redis_stopping_mid_run_falls_back_with_one_warning(
         assert statuses == ["succeeded"] * 50
         assert emulator.create_count == 50  # nothing lost, nothing sent twice
         assert sorted(v.payload_as() for v in emulator.snapshot()) == sorted(list(range(25)) * 2)
-        warnings = [r for r in caplog.records if "Shared limits on Redis failed" in r.message]
+        warnings = redis_warnings()
         assert 1 <= len(warnings) <= 2  # once per client at most: one per process
 
 
 async def test_redis_unreachable_from_the_start_is_uncoordinated_mode(
-    fast_policy: RetryPolicy, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    fast_policy: RetryPolicy, redis_warnings: Warnings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``KERNEL_LIMITS_URL`` naming a closed port: creates go on, one warning."""
-    caplog.set_level(logging.WARNING, logger="kernel_async")
     monkeypatch.setenv("KERNEL_LIMITS_URL", f"redis://127.0.0.1:{free_port()}/0")
     async with KernelEmulator(quotas=Quotas(max_running=4)) as emulator:
         install(emulator)
@@ -251,7 +259,7 @@ async def test_redis_unreachable_from_the_start_is_uncoordinated_mode(
             )
         assert [r.status for r in results] == ["succeeded"] * 12
         assert emulator.create_count == 12
-    warnings = [r for r in caplog.records if "Shared limits on Redis failed" in r.message]
+    warnings = redis_warnings()
     assert len(warnings) == 1
 
 
@@ -262,3 +270,26 @@ def test_an_empty_shared_url_turns_the_environment_off(monkeypatch: pytest.Monke
     assert Backpressure(Limits(shared=""), 0.5).shared("http://x", "k") is None
     assert Backpressure(Limits(), 0.5).shared("http://x", "k") is not None
     os.environ.pop("KERNEL_LIMITS_URL")
+
+
+async def test_a_live_workers_slots_outlive_their_lease_by_renewal(
+    redis_url: str,
+    redis_process: RedisServer,
+    fast_policy: RetryPolicy,
+    redis_warnings: Warnings,
+) -> None:
+    """Slots are renewed while their invocations run: past several leases, still held."""
+    async with KernelEmulator(quotas=Quotas(max_running=3)) as emulator:
+        gate = install(emulator)
+        limits = Limits(shared=f"{redis_url}?lease=0.3")
+        async with emulator.client(retry=fast_policy, limits=limits) as kernel:
+            created = await kernel.invocations.create("app", "hold", async_=True)
+            await asyncio.sleep(1.2)  # four leases
+            assert await redis_process.zcard_running() == 1
+            gate.set()
+            await kernel.invocations.wait(created.id)
+            for _ in range(200):  # freed (by a task) once seen finished
+                if await redis_process.zcard_running() == 0:
+                    break
+            assert await redis_process.zcard_running() == 0
+    assert not redis_warnings()

@@ -1,6 +1,6 @@
 """Shared limits on Redis: every process and machine using one Redis shares the
 concurrency slots (as leases that expire), each app's learnt window, the rate-limit pause,
-and one first-come, first-served queue of creates.
+and one queue of creates in which the workers take turns.
 
 Turned on by ``Limits(shared="redis://host:port/db")`` or, with no code change, by the
 environment variable ``KERNEL_LIMITS_URL``. Needs the ``redis`` extra (redis-py's asyncio
@@ -12,6 +12,7 @@ on, nothing is lost, nothing is sent twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import math
@@ -82,6 +83,7 @@ class RedisLimits:
         self._waiting: dict[str, dict[str, asyncio.Future[bool]]] = {}
         self._new: dict[str, list[tuple[str, str]]] = {}  # app -> (ticket, token) to queue
         self._pollers: dict[str, asyncio.Task[None]] = {}
+        self._wake: dict[str, asyncio.Event] = {}  # app -> set when a slot was freed
         self._held: dict[str, dict[str, float]] = {}  # app -> token -> local expiry
         self._by_invocation: dict[str, SharedLease] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -93,7 +95,7 @@ class RedisLimits:
     async def acquire(
         self, app: str, deadline: float | None, requeue: SharedLease | None = None
     ) -> SharedLease | None:
-        """Wait, first come first served across every worker, for a slot of ``app`` (until
+        """Wait, taking turns with every other worker's creates, for a slot of ``app`` (until
         ``deadline``, loop time). ``requeue``: a lease refused with a concurrency 429, put
         back at the head by `rejected`. ``None``: Redis failed, go on uncoordinated."""
         if self.failed is not None or self._closed:
@@ -102,11 +104,13 @@ class RedisLimits:
         token = requeue.token if requeue is not None else f"{self._worker}:{next(self._tokens)}"
         fut: asyncio.Future[bool] = loop.create_future()
         self._waiting.setdefault(app, {})[token] = fut
-        # A create refused with a 429 goes back near the head (ticket 1: before any drawn).
-        self._new.setdefault(app, []).append(("1" if requeue is not None else "0", token))
+        # A create refused with a 429 goes back to the head; others take their turn.
+        self._new.setdefault(app, []).append(("head" if requeue is not None else "turn", token))
         poller = self._pollers.get(app)
         if poller is None or poller.done():
             self._pollers[app] = loop.create_task(self._poll_loop(app))
+        else:
+            self._wake.setdefault(app, asyncio.Event()).set()  # ask now, not at the next poll
         try:
             if deadline is None:
                 granted = await fut
@@ -142,7 +146,7 @@ class RedisLimits:
             if held is not None and lease.token in held:
                 held[lease.token] = asyncio.get_running_loop().time() + lease_seconds
                 self._by_invocation[invocation_id] = lease
-        await self._call(scripts.STARTED, lease.app, str(self._initial))
+        self._spawn(self._call(scripts.STARTED, lease.app, str(self._initial)))
 
     async def rejected(self, lease: SharedLease, retry_after: float | None) -> None:
         """A concurrency 429: the fleet's running count is the cap. Then call `acquire` with
@@ -212,7 +216,13 @@ class RedisLimits:
                     self._release_soon(app, [token])  # its create left meanwhile
                 else:
                     fut.set_result(True)
-            await asyncio.sleep(pause / 1000 if pause > 0 else self._poll)
+            if pause > 0:
+                await asyncio.sleep(pause / 1000)
+                continue
+            wake = self._wake.setdefault(app, asyncio.Event())
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(wake.wait(), self._poll)
+            wake.clear()
 
     def _ensure_renewer(self) -> None:
         if self._renewer is None or self._renewer.done():
@@ -236,7 +246,14 @@ class RedisLimits:
 
     def _release_soon(self, app: str, tokens: list[str]) -> None:
         if self.failed is None and self._redis is not None:
-            self._spawn(self._call(scripts.RELEASE, app, *tokens))
+            self._spawn(self._release(app, tokens))
+
+    async def _release(self, app: str, tokens: list[str]) -> None:
+        """Free ``tokens``' slots, then let this worker's waiters ask at once."""
+        await self._call(scripts.RELEASE, app, *tokens)
+        wake = self._wake.get(app)
+        if wake is not None:
+            wake.set()
 
     def _forget_soon(self, app: str, token: str) -> None:
         """A waiter left before it was granted: drop it from the shared queue."""

@@ -4,9 +4,10 @@ Keys, under a prefix per server and API key (``P``):
 
 * ``P:run:{app}``, ``P:run``: ZSETs of the slots held (member: a token, score: the lease's
   expiry in ms); an expired member is a slot whose worker stopped renewing it (killed);
-* ``P:q:{app}``: ZSET of the creates waiting, by ticket (first come, first served across
-  every worker); ``P:owner:{app}``: HASH token -> worker; ``P:tick:{app}``: the ticket
-  counter; ``P:alive:{worker}``: a worker's heartbeat (a dead worker's waiters are dropped);
+* ``P:q:{app}``: ZSET of the creates waiting, by turn: each worker's waiters take turns
+  with every other worker's (``P:rank:{app}``: HASH worker -> its last turn), so workers
+  share the slots evenly; ``P:owner:{app}``: HASH token -> worker; ``P:alive:{worker}``:
+  a worker's heartbeat (a dead worker's waiters are dropped);
 * ``P:lim:{app}``: HASH ``window`` (slots the app's creates may hold at once, learnt),
   ``limited`` (a 429 taught it);
 * ``P:pause``: set while a rate-limit 429's ``Retry-After`` runs, for every worker.
@@ -18,9 +19,9 @@ from typing import Final
 
 __all__ = ["ACQUIRE", "PAUSE", "REJECTED", "RELEASE", "RENEW", "SEED", "STARTED"]
 
-#: ARGV: prefix, app, lease_ms, worker, initial window, then pairs (ticket, token)
-#: to enqueue (ticket ``0``: draw one). Returns ``{pause_ms}`` with ``pause_ms > 0`` while
-#: paused, else ``{0, granted tokens of this worker...}``.
+#: ARGV: prefix, app, lease_ms, worker, initial window, then pairs (where, token) to
+#: enqueue (``head``: before every waiter; else the worker's next turn). Returns
+#: ``{pause_ms}`` with ``pause_ms > 0`` while paused, else ``{0, granted tokens...}``.
 ACQUIRE: Final = """
 local p, app, lease, worker = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local clock = redis.call('TIME')
@@ -29,12 +30,23 @@ local initial = tonumber(ARGV[5])
 local run_app, run_org = p .. ':run:' .. app, p .. ':run'
 local queue, owner = p .. ':q:' .. app, p .. ':owner:' .. app
 redis.call('SET', p .. ':alive:' .. worker, '1', 'PX', lease)
+local ranks = p .. ':rank:' .. app
 for i = 6, #ARGV, 2 do
-  local ticket = tonumber(ARGV[i])
-  if ticket == 0 then ticket = redis.call('INCR', p .. ':tick:' .. app) end
+  local first = redis.call('ZRANGE', queue, 0, 0, 'WITHSCORES')
+  local head = tonumber(first[2] or '0')
+  local ticket
+  if ARGV[i] == 'head' then
+    ticket = head - 1
+  else
+    -- Each worker's waiters take turns with every other worker's (round robin): the
+    -- worker's next rank, never before the head (a newcomer joins the current round).
+    ticket = math.max(tonumber(redis.call('HGET', ranks, worker) or '0') + 1, head)
+    redis.call('HSET', ranks, worker, ticket)
+  end
   redis.call('ZADD', queue, ticket, ARGV[i + 1])
   redis.call('HSET', owner, ARGV[i + 1], worker)
 end
+redis.call('PEXPIRE', ranks, 3600000)
 local pause = redis.call('PTTL', p .. ':pause')
 if pause > 0 then return {pause} end
 redis.call('ZREMRANGEBYSCORE', run_app, '-inf', now)
@@ -42,24 +54,25 @@ redis.call('ZREMRANGEBYSCORE', run_org, '-inf', now)
 local window = tonumber(redis.call('HGET', p .. ':lim:' .. app, 'window') or initial)
 local free = math.floor(window) - redis.call('ZCARD', run_app)
 local granted = {0}
-local checked = {}
-while free > 0 do
-  local head = redis.call('ZRANGE', queue, 0, 0, 'WITHSCORES')
-  if #head == 0 then break end
-  local token = head[1]
+local alive = {}
+-- First come, first served: another live worker's earlier waiter reserves a free slot
+-- (it takes it at its next poll); a dead worker's waiter is dropped.
+local entries = redis.call('ZRANGE', queue, 0, free * 4 + 16)
+for _, token in ipairs(entries) do
+  if free <= 0 then break end
   local who = redis.call('HGET', owner, token)
   if who == worker then
     redis.call('ZREM', queue, token)
     redis.call('HDEL', owner, token)
     redis.call('ZADD', run_app, now + lease, token)
     redis.call('ZADD', run_org, now + lease, app .. '/' .. token)
-    free = free - 1
     table.insert(granted, token)
-  elseif who and (checked[who] or redis.call('EXISTS', p .. ':alive:' .. who) == 1) then
-    checked[who] = true
-    break  -- another live worker's turn: first come, first served
+    free = free - 1
+  elseif who and (alive[who] or redis.call('EXISTS', p .. ':alive:' .. who) == 1) then
+    alive[who] = true
+    free = free - 1
   else
-    redis.call('ZREM', queue, token)  -- its worker died: drop its waiter
+    redis.call('ZREM', queue, token)
     if who then redis.call('HDEL', owner, token) end
   end
 end
@@ -70,11 +83,11 @@ return granted
 RENEW: Final = """
 local p, app, worker = ARGV[1], ARGV[2], ARGV[4]
 local clock = redis.call('TIME')
-local until = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000) + tonumber(ARGV[3])
+local expiry = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000) + tonumber(ARGV[3])
 redis.call('SET', p .. ':alive:' .. worker, '1', 'PX', ARGV[3])
 for i = 5, #ARGV do
-  redis.call('ZADD', p .. ':run:' .. app, 'XX', until, ARGV[i])
-  redis.call('ZADD', p .. ':run', 'XX', until, app .. '/' .. ARGV[i])
+  redis.call('ZADD', p .. ':run:' .. app, 'XX', expiry, ARGV[i])
+  redis.call('ZADD', p .. ':run', 'XX', expiry, app .. '/' .. ARGV[i])
 end
 return 0
 """

@@ -61,6 +61,8 @@ class Quotas:
         window: The rate limit's window, in seconds.
         concurrency_retry_after: ``Retry-After`` seconds to send with a concurrency 429
             (``None``: none, the emulator's default).
+        app_caps: Caps of some apps, by name, in place of `max_running_per_app` (plans
+            may differ per app).
         projects: The projects ``GET /org/projects/{id_or_name}/limits`` knows, by id or
             name, with their ``max_concurrent_invocations`` (``None``: no project cap).
             Unset, every project is known and reports `max_running` (the emulator's
@@ -77,6 +79,7 @@ class Quotas:
         window: float = 60.0,
         concurrency_retry_after: float | None = None,
         projects: Mapping[str, int | None] | None = None,
+        app_caps: Mapping[str, int] | None = None,
     ) -> None:
         self.max_running = max_running
         """Cap on running invocations across apps, or ``None``."""
@@ -84,6 +87,8 @@ class Quotas:
         """Cap on running invocations of each app, or ``None``."""
         self.concurrency_retry_after = concurrency_retry_after
         """``Retry-After`` sent with a concurrency 429, or ``None`` for none."""
+        self.app_caps: dict[str, int] = dict(app_caps or {})
+        """Caps of some apps, in place of `max_running_per_app`."""
         self.projects: dict[str, int | None] | None = None if projects is None else dict(projects)
         """Known projects and their reported caps (``None``: every project, `max_running`)."""
         self.requests_per_window: int | None = None
@@ -149,7 +154,8 @@ class Quotas:
     def refuse_start(self, app_name: str) -> web.Response | None:
         """The 429 for a create over a concurrency cap, or ``None`` when it may start."""
         message = None
-        app_cap, org_cap = self.max_running_per_app, self.max_running
+        app_cap = self.app_caps.get(app_name, self.max_running_per_app)
+        org_cap = self.max_running
         if app_cap is not None and self._running[app_name] >= app_cap:
             message = f"App {app_name!r} has {app_cap} running invocations, its limit"
         elif org_cap is not None and self._total >= org_cap:
