@@ -160,9 +160,11 @@ class Served:
     url: str
 
 
-async def serve_aiohttp(emulator: KernelEmulator, **client_options: Any) -> Served:
+async def serve_aiohttp(
+    emulator: KernelEmulator, *, handler_cancellation: bool = False, **client_options: Any
+) -> Served:
     app = aiohttp_relay.make_app(api_key=emulator.api_key, base_url=emulator.url, **client_options)
-    runner = web.AppRunner(app)
+    runner = web.AppRunner(app, handler_cancellation=handler_cancellation)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
@@ -185,6 +187,25 @@ async def test_aiohttp_relay_under_a_crowd_with_departures(
         await served.runner.cleanup()
     assert_served(stayed, left)
     assert emulator.create_count == STAYERS + LEAVERS  # each viewer started exactly one
+    no_errors_logged(caplog)
+
+
+async def test_aiohttp_relay_with_handler_cancellation_cancels_on_departure(
+    emulator: KernelEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    # aiohttp cancels the handler itself when its client leaves: same outcome, no error.
+    served = await serve_aiohttp(emulator, handler_cancellation=True)
+    viewers = served.app[aiohttp_relay.VIEWERS]
+    try:
+        async with aiohttp.ClientSession() as session:
+            left = await asyncio.gather(
+                *(watch(session, f"{served.url}/run/quiet", leave_on=QUIET) for _ in range(5))
+            )
+        await eventually(lambda: statuses(emulator, "quiet") == ["failed"] * 5, "all cancelled")
+        await eventually(lambda: len(viewers) == 0, "every relay handler returned")
+    finally:
+        await served.runner.cleanup()
+    assert all(viewer.lines[-1] == QUIET for viewer in left)
     no_errors_logged(caplog)
 
 
