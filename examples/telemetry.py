@@ -4,10 +4,15 @@ Twelve invocations through ``map()`` under a cap of three running per app, with 
 limit and a stream cut mid-way (on the embedded emulator; on the real API with
 ``KERNEL_API_KEY`` set, minus the faults). The spans are kept in memory and printed as a
 tree: each invocation's lifecycle, its create (with the time it queued for a slot and the
-429s absorbed) and its event stream (with the resume). ``--png`` also draws the timeline
-(needs matplotlib). Needs ``pip install "kernel-async[otel]" opentelemetry-sdk``.
+429s absorbed) and its event stream (with the resume). ``--console`` prints every span as
+JSON with the SDK's ``ConsoleSpanExporter`` instead; ``--png`` also draws the timeline.
+
+Packages: ``pip install ".[otel]" opentelemetry-sdk`` in a clone of the repository (the
+``otel`` extra is the API only; the SDK records and exports the spans), and ``matplotlib``
+for ``--png``.
 
     python examples/telemetry.py
+    python examples/telemetry.py --console
     python examples/telemetry.py --png trace.png
 """
 
@@ -16,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -23,7 +29,7 @@ from pathlib import Path
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from kernel_async import AsyncKernel
@@ -51,11 +57,14 @@ async def traced_client(telemetry: Telemetry) -> AsyncIterator[AsyncKernel]:
         yield kernel
 
 
-async def main(n: int = N) -> list[ReadableSpan]:
-    """Run the fan-out with tracing on; return the finished spans, oldest first."""
+async def main(n: int = N, *, console: bool = False) -> list[ReadableSpan]:
+    """Run the fan-out with tracing on; return the finished spans, oldest first
+    (``console``: also print each span as it ends)."""
     exporter = InMemorySpanExporter()
     tracer_provider = TracerProvider()
     tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    if console:
+        tracer_provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter(out=sys.stdout)))
     meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
     telemetry = Telemetry(tracer_provider=tracer_provider, meter_provider=meter_provider)
     async with traced_client(telemetry) as kernel:
@@ -181,9 +190,11 @@ def draw(spans: Sequence[ReadableSpan], path: Path) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--png", type=Path, help="also draw the timeline to this file")
+    parser.add_argument("--console", action="store_true", help="print the spans as JSON")
     args = parser.parse_args()
-    finished = asyncio.run(main())
-    print("\n".join(tree(finished)))
+    finished = asyncio.run(main(console=args.console))
+    if not args.console:
+        print("\n".join(tree(finished)))
     if args.png:
         draw(finished, args.png)
         print(f"timeline: {args.png}")

@@ -109,3 +109,12 @@ def test_examples_run_as_scripts(script: str) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip()
+
+
+async def test_telemetry_console_prints_each_span_as_json(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    spans = await telemetry.main(n=2, console=True)
+    printed = capsys.readouterr().out
+    assert printed.count('"name": "kernel.invocations.run"') == 2
+    assert printed.count('{\n    "name": ') == len(spans)  # one JSON document per span

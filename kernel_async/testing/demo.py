@@ -8,9 +8,12 @@ from typing import Any
 
 from .emulator import ActionContext, KernelEmulator
 
-__all__ = ["DEMO_APP", "install_demo_actions"]
+__all__ = ["DEMO_APP", "DOCS_APP", "install_demo_actions"]
 
 DEMO_APP = "demo-app"
+#: The app the README's and the docs' examples call (``my-app``): its actions are installed
+#: with the demo's, so those examples run as written against ``kernel-async serve``.
+DOCS_APP = "my-app"
 
 
 def install_demo_actions(emulator: KernelEmulator, *, seed: int | None = None) -> None:
@@ -22,6 +25,10 @@ def install_demo_actions(emulator: KernelEmulator, *, seed: int | None = None) -
     * ``flaky``: fails about one time in eight, like a real upstream would; payload
       ``{"fail": true}`` always fails it, ``{"fail": false}`` never does.
     * ``echo``: returns its payload at once.
+
+    And those of `DOCS_APP` (``my-app``), which the docs' examples call: ``analyze``
+    (payload ``{"url": ...}``: logs, returns the URL and a word count), ``crawl`` and
+    ``echo`` as above.
     """
     rng = random.Random(seed)
 
@@ -60,3 +67,13 @@ def install_demo_actions(emulator: KernelEmulator, *, seed: int | None = None) -
         ("echo", echo),
     ):
         emulator.add_action(DEMO_APP, name, func)
+
+    async def analyze(ctx: ActionContext, payload: Any) -> dict[str, Any]:
+        url = str((payload or {}).get("url", ""))
+        ctx.log(f"fetching {url}")
+        await asyncio.sleep(rng.uniform(0.01, 0.05))
+        ctx.log("analyzing the page")
+        return {"url": url, "words": 300 + len(url)}
+
+    for name, func in (("analyze", analyze), ("crawl", crawl), ("echo", echo)):
+        emulator.add_action(DOCS_APP, name, func)
