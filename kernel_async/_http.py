@@ -127,20 +127,14 @@ class HTTPClient:
         extra_headers: Mapping[str, str] | None = None,
         extra_query: Mapping[str, str] | None = None,
         op: str | None = None,
-        call: Call | None = None,
     ) -> tuple[ClientResponse, bytes]:
         """Make one call (retries included) and return the response with its body.
 
         Raises the typed `APIStatusError` for an error status, `APIConnectionError` /
         `APITimeoutError` for transport failures. ``op`` names the call's span (when
-        telemetry is on); ``call``: this is one attempt of a call made already (a create),
-        with its deadline and trace.
+        telemetry is on).
         """
         client_timeout = self._call_timeout(timeout)
-        if call is not None:
-            return await self._exchange(
-                call, url, client_timeout, params, body, extra_headers, extra_query
-            )
         with self._call_trace(op, method, url) as trace:
             total = client_timeout.total  # 0 is no timeout for aiohttp too
             deadline = asyncio.get_running_loop().time() + total if total else None
@@ -296,14 +290,8 @@ class HTTPClient:
                                 raise _refused_until_deadline(app_name, refused)
                             attempt = within(timeout, left)
                         try:
-                            resp, content = await self._send(
-                                "POST",
-                                url,
-                                body=body,
-                                timeout=attempt,
-                                extra_headers=extra_headers,
-                                extra_query=extra_query,
-                                call=call,
+                            resp, content = await self._exchange(
+                                call, url, attempt, None, body, extra_headers, extra_query
                             )
                         except RateLimitError as exc:
                             if classify_429(exc.headers, exc.body) != "concurrency":
@@ -342,7 +330,8 @@ class HTTPClient:
         ``None``: no project cap, not allowed to read it, or any failure (logged)."""
         url = self._url(f"/org/projects/{quote(project, safe='')}/limits")
         try:
-            _, content = await self._send("GET", url, timeout=timeout, call=Call(deadline, "GET"))
+            call = Call(deadline, "GET")
+            _, content = await self._exchange(call, url, timeout, None, None, None, None)
             return project_limits_decoder.decode(content).max_concurrent_invocations
         except ClientClosedError:
             raise

@@ -361,12 +361,13 @@ class RetryMiddleware:
         idempotent = req.method != "POST"
         # The client's creates wait for a slot in its admission queue on a concurrency 429.
         managed = not idempotent and self.backpressure is not None
-        # Streams hand the open response to their reader; everything else is read here, so
-        # that a body cut off mid-way is a retryable failure like any other.
-        read_body = req.headers.get("Accept") != "text/event-stream"
+        # Streams hand the open response to their reader. Other idempotent requests are
+        # read here, so that a body cut off mid-way is a retryable failure like any other;
+        # a create only when it failed (a 429's body says which limit): a create cut off
+        # mid-body is not retried anyway, and its caller reads it.
+        stream = idempotent and req.headers.get("Accept") == "text/event-stream"
         gate = None if self.backpressure is None else self.backpressure.gate()
         trace = call.trace
-        loop = asyncio.get_running_loop()
         retries = rate_waits = 0
         front = False
         while True:
@@ -386,7 +387,7 @@ class RetryMiddleware:
             try:
                 resp = await handler(req)
                 headers = resp.headers
-                if read_body:
+                if (idempotent or resp.status >= 400) and not stream:
                     try:
                         body = await resp.read()
                     except BaseException:
@@ -412,7 +413,7 @@ class RetryMiddleware:
                 headers=headers,
                 body=body,
                 error=error,
-                time_left=call.time_left(loop.time()),
+                time_left=call.time_left(asyncio.get_running_loop().time()),
                 paused_for=0.0 if gate is None else gate.paused_for(),
                 managed=managed,
             )
