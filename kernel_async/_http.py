@@ -274,7 +274,7 @@ class HTTPClient:
                     partial(self._project_cap, project, timeout, deadline),
                     admission.policy.seed_all,
                 )
-            report = partial(trace.waited, "admission", app=app_name)
+            report = None if trace is NO_TRACE else partial(trace.waited, "admission", app=app_name)
             refused = 0  # concurrency 429s so far
             async with admission.slot(app_name, deadline, async_timeout_seconds, report) as slot:
                 shared = self._backpressure.shared(self._base_url, self._api_key)
