@@ -29,18 +29,24 @@ def test_console_script_is_registered() -> None:
 
 
 def test_demo_runs_to_the_end_under_the_limits() -> None:
-    result = run("demo", "-n", "60", "--app-cap", "5", "--seed", "7")
+    # Only what holds however loaded the machine is: not how many 429s came, nor where the
+    # learnt limit settled between the AIMD cuts (0.8x what ran, then additive increase).
+    n, cap = 60, 5
+    result = run("demo", "-n", str(n), "--app-cap", str(cap), "--seed", "7")
     assert result.returncode == 0, result.stderr
-    assert "60/60" in result.stdout
-    assert row(result.stdout, "client errors") == "0"
-    assert row(result.stdout, "started more than once") == "0"
-    # at most one over the cap while additive increase probes; 0.8x cuts go below it
-    limit, learnt = row(result.stdout, "concurrency limit").split(" ", 1)
-    assert learnt == "(learnt from 429s)"
-    assert 1 <= int(limit) <= 6
-    assert row(result.stdout, "most running at once") == "5"
-    assert int(row(result.stdout, "429s absorbed: concurrency")) > 0
-    assert row(result.stdout, "time queued for a slot").startswith("mean ")
+    out = result.stdout
+    # every invocation seen to its end, none started twice
+    assert row(out, "client errors") == "0"
+    assert int(row(out, "succeeded")) + int(row(out, "failed (by the action)")) == n
+    assert row(out, "started more than once") == "0"
+    # n at once against the cap: the client met it, and the limit it learnt from the
+    # 429s never went more than one past it (additive increase probing for a raised cap)
+    assert int(row(out, "429s absorbed: concurrency")) > 0
+    assert row(out, "most running at once") == str(cap)  # a concurrency 429 means cap ran
+    limit, source = row(out, "concurrency limit").split(" ", 1)
+    assert source == "(learnt from 429s)"
+    assert 1 <= int(limit) <= cap + 1
+    assert 1 <= int(row(out, "highest limit learnt")) <= cap + 1
 
 
 def test_invoke_fans_out_one_invocation_per_payload_line(

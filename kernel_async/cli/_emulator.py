@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import _retry
 from .._client import AsyncKernel
-from .._limits import LimitStats
+from .._limits import AppLimitStats, LimitStats
 from .._retry import RetryPolicy
 from ..errors import KernelError
 from ..models import Invocation, InvocationStateEvent
@@ -127,6 +127,7 @@ async def cmd_demo(args: argparse.Namespace, out: Output) -> int:
     plan = ["summarize", "crawl", "flaky", "summarize", "flaky", "echo", "crawl", "flaky"]
     policy = RetryPolicy(max_retries=5, initial_delay=0.05, max_delay=1.0)
     retried = 0
+    highest = 0  # the highest limit learnt, read after each create (where it can grow)
 
     async def count_retries(req: Any, handler: Any) -> Any:
         nonlocal retried
@@ -140,6 +141,7 @@ async def cmd_demo(args: argparse.Namespace, out: Output) -> int:
     loop = asyncio.get_running_loop()
 
     async def one(i: int, kernel: AsyncKernel) -> None:
+        nonlocal highest
         action = plan[i % len(plan)]
         payload: dict[str, Any] = {"pages": 3 + i % 5, "text": f"document {i} " * (1 + i % 7)}
         start = loop.time()
@@ -148,6 +150,7 @@ async def cmd_demo(args: argparse.Namespace, out: Output) -> int:
             created = await kernel.invocations.create(
                 DEMO_APP, action, payload=payload, async_=True
             )
+            highest = max(highest, _learnt(kernel.limit_stats().apps.get(DEMO_APP)))
             final: Invocation | None = None
             async for event in kernel.invocations.follow(created.id):
                 counts["events"] += 1
@@ -175,9 +178,16 @@ async def cmd_demo(args: argparse.Namespace, out: Output) -> int:
         f"kernel-async demo: {args.n} invocations at once, under an app cap of "
         f"{args.app_cap} and {args.rate_limit} requests/s",
         ["metric", "value"],
-        _demo_rows(args.n, counts, latencies, wall, emulator, limits, retried),
+        _demo_rows(args.n, counts, latencies, wall, emulator, limits, retried, highest),
     )
     return EXIT_OK if counts["errors"] == 0 else EXIT_FAILED
+
+
+def _learnt(app: AppLimitStats | None) -> int:
+    """The limit ``app`` learnt from concurrency 429s (0: none learnt yet)."""
+    if app is None or app.source != "learnt" or app.limit is None:
+        return 0
+    return app.limit
 
 
 def _demo_rows(
@@ -188,6 +198,7 @@ def _demo_rows(
     emulator: Any,
     limits: LimitStats,
     retried: int,
+    highest: int,
 ) -> list[list[str]]:
     from ..testing.demo import DEMO_APP
 
@@ -213,6 +224,7 @@ def _demo_rows(
         ["client errors", str(counts["errors"])],
         ["started more than once", str(emulator.create_count - n)],
         ["concurrency limit", limit_text(app)],
+        ["highest limit learnt", str(highest) if highest else "none"],
         ["most running at once", str(quotas.peak_running_by_app.get(DEMO_APP, 0))],
         ["429s absorbed: concurrency", str(limits.concurrency_limited)],
         [
