@@ -103,6 +103,24 @@ def not_run_reason(page: str, code: str) -> str | None:
     return None
 
 
+def run_snippet(
+    source: str, served: dict[str, str], cwd: Path, *, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """Run ``source`` in a fresh interpreter against the served emulator, in ``cwd`` (what a
+    snippet writes, a journal say, stays out of the repository), without `KERNEL_LOG`."""
+    env = {**os.environ, **served, "PYTHONPATH": str(ROOT)}
+    env.pop("KERNEL_LOG", None)
+    return subprocess.run(
+        [sys.executable, "-c", source],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=check,
+    )
+
+
 @pytest.mark.parametrize(("page", "line", "code"), blocks(), ids=lambda v: str(v)[:40])
 def test_every_python_block_runs_against_the_emulator(
     served: dict[str, str], page: str, line: int, code: str, tmp_path: Path
@@ -111,17 +129,7 @@ def test_every_python_block_runs_against_the_emulator(
     compile(source, f"{page}:{line}", "exec")
     if not_run_reason(page, code) is not None:
         return
-    env = {**os.environ, **served, "PYTHONPATH": str(ROOT)}
-    env.pop("KERNEL_LOG", None)
-    done = subprocess.run(
-        [sys.executable, "-c", source],
-        env=env,
-        cwd=tmp_path,  # what a snippet writes (a journal...) stays out of the repository
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = run_snippet(source, served, tmp_path, check=False)
     assert done.returncode == 0, f"{page}:{line}\n{done.stdout}\n{done.stderr}"
     assert served["KERNEL_API_KEY"] not in done.stdout + done.stderr
 
@@ -131,15 +139,7 @@ def test_the_readme_quick_start_prints_the_result(served: dict[str, str], tmp_pa
     quick = readme.split("## Quick start", 1)[1]
     code = re.search(r"```python\n(.*?)```", quick, flags=re.S)
     assert code is not None
-    done = subprocess.run(
-        [sys.executable, "-c", code.group(1)],
-        env={**os.environ, **served},
-        cwd=tmp_path,  # what a snippet writes (a journal...) stays out of the repository
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
+    done = run_snippet(code.group(1), served, tmp_path)
     assert done.stdout.startswith("succeeded {'url': 'https://example.com'")
 
 
@@ -147,14 +147,6 @@ def test_the_console_exporter_snippet_prints_the_spans(
     served: dict[str, str], tmp_path: Path
 ) -> None:
     code = next(c for page, _, c in blocks() if "ConsoleSpanExporter" in c)
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        env={**os.environ, **served},
-        cwd=tmp_path,  # what a snippet writes (a journal...) stays out of the repository
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
+    done = run_snippet(code, served, tmp_path)
     for name in ("create", "follow", "run"):
         assert f'"name": "kernel.invocations.{name}"' in done.stdout
