@@ -277,7 +277,7 @@ class HTTPClient:
             report = None if trace is NO_TRACE else partial(trace.waited, "admission", app=app_name)
             refused = 0  # concurrency 429s so far
             async with admission.slot(app_name, deadline, async_timeout_seconds, report) as slot:
-                shared = self._backpressure.shared(self._base_url, self._api_key)
+                shared = self._backpressure.shared()
                 lease = None if shared is None else await shared.acquire(app_name, deadline)
                 try:
                     if on_sent is not None:

@@ -253,7 +253,7 @@ class Transport:
         self.backpressure = backpressure
         # One gate and queue per (server, key digest): the limits of one account on one
         # server. The key itself is never kept here.
-        self._backpressures: dict[tuple[str, bytes], Backpressure] = {}
+        self._backpressures: dict[str, Backpressure] = {}
         self.closed = False
         self.loop: asyncio.AbstractEventLoop | None = None
         #: The event streams open now: closing ends them (aiohttp would leave a read of
@@ -266,11 +266,15 @@ class Transport:
         ``api_key`` (the first ones asked for are `backpressure`): copies made by
         `with_options` share them only when both are the same, since a 429 from one server
         or account says nothing of another."""
-        key = (base_url, hashlib.sha256(api_key.encode()).digest())
-        found = self._backpressures.get(key)
+        identity = hashlib.sha256(f"{base_url}\n{api_key}".encode()).hexdigest()[:16]
+        found = self._backpressures.get(identity)
         if found is None:
-            found = self.backpressure if not self._backpressures else self.backpressure.twin()
-            self._backpressures[key] = found
+            if self._backpressures:
+                found = self.backpressure.twin(identity)
+            else:
+                found = self.backpressure
+                found.identity = identity
+            self._backpressures[identity] = found
         return found
 
     def get(self) -> ClientSession:

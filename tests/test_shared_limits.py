@@ -267,8 +267,8 @@ def test_an_empty_shared_url_turns_the_environment_off(monkeypatch: pytest.Monke
     from kernel_async._limits import Backpressure
 
     monkeypatch.setenv("KERNEL_LIMITS_URL", "redis://127.0.0.1:1/0")
-    assert Backpressure(Limits(shared=""), 0.5).shared("http://x", "k") is None
-    assert Backpressure(Limits(), 0.5).shared("http://x", "k") is not None
+    assert Backpressure(Limits(shared=""), 0.5).shared() is None
+    assert Backpressure(Limits(), 0.5).shared() is not None
     os.environ.pop("KERNEL_LIMITS_URL")
 
 

@@ -4,7 +4,6 @@ waiting holds no connection, since nothing is sent until a task is let through."
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 
 from ..errors import ClientClosedError
@@ -20,8 +19,17 @@ __all__ = ["Backpressure"]
 class Backpressure:
     """A client's rate-limit gate and admission queue, made in its event loop on first use."""
 
-    def __init__(self, limits: Limits, initial_delay: float, max_retry_after: float = 60.0):
+    def __init__(
+        self,
+        limits: Limits,
+        initial_delay: float,
+        max_retry_after: float = 60.0,
+        identity: str = "",
+    ):
         self.limits = limits
+        self.identity = identity
+        """Which server and key this gate and queue are for: a digest, never the key
+        (`AsyncKernel`'s transport sets it; Redis names the shared limits with it)."""
         self._initial_delay = initial_delay
         self._max_retry_after = max_retry_after
         self._gate: RateGate | None = None
@@ -34,10 +42,10 @@ class Backpressure:
         self._shared: RedisLimits | None = None
         self._shared_made = False
 
-    def twin(self) -> Backpressure:
-        """A new, separate gate and queue with the same settings (for another server or
-        another key)."""
-        return Backpressure(self.limits, self._initial_delay, self._max_retry_after)
+    def twin(self, identity: str) -> Backpressure:
+        """A new, separate gate and queue with the same settings, for another server or
+        another key (``identity``)."""
+        return Backpressure(self.limits, self._initial_delay, self._max_retry_after, identity)
 
     def gate(self) -> RateGate:
         gate = self._gate
@@ -48,16 +56,15 @@ class Backpressure:
                 gate.on_pause = shared.pause_all
         return gate
 
-    def shared(self, base_url: str, api_key: str) -> RedisLimits | None:
+    def shared(self) -> RedisLimits | None:
         """The limits shared through Redis (`Limits.shared`, else ``KERNEL_LIMITS_URL``),
-        made on first use, for this server and key; ``None``: not shared."""
+        made on first use, for this server and key (`identity`); ``None``: not shared."""
         if not self._shared_made:
             self._shared_made = True
             url = self.limits.shared
             if url is None:
                 url = os.environ.get(ENV_VAR)
-            digest = hashlib.sha256(f"{base_url}\n{api_key}".encode()).hexdigest()[:16]
-            shared = self._shared = shared_from(url, digest, self.limits.initial)
+            shared = self._shared = shared_from(url, self.identity, self.limits.initial)
             if shared is not None and self._gate is not None:
                 self._gate.on_pause = shared.pause_all
         shared = self._shared
