@@ -205,8 +205,15 @@ async def measure(case: Case, redis_url: str | None) -> dict[str, Any]:
     )
     emulator = KernelEmulator(quotas=quotas, heartbeat_interval=15.0)
 
+    running: Counter[int] = Counter()  # running invocations per worker, for the timeline
+
     async def sleep(ctx: Any, payload: Any) -> Any:
-        await asyncio.sleep(case.duration)
+        worker = payload["w"]
+        running[worker] += 1
+        try:
+            await asyncio.sleep(case.duration)
+        finally:
+            running[worker] -= 1
         return payload
 
     async def hold(ctx: Any, payload: Any) -> Any:
@@ -237,11 +244,13 @@ async def measure(case: Case, redis_url: str | None) -> dict[str, Any]:
         if case.tenant:
             await tenant(emulator, case)
         start_at = time.time() + 0.2
+        if not case.tenant:  # the clock starts when the workers do (the tenant's, with it)
+            t0 = start_at
         for proc in procs:
             assert proc.stdin is not None
             proc.stdin.write(f"{start_at}\n".encode())
             await proc.stdin.drain()
-        idle = await sample_idle(emulator, case, t0, procs)
+        idle, timeline = await sample_idle(emulator, case, t0, start_at, running, procs)
         outs = [json.loads((await p.communicate())[0]) for p in procs]
         payloads = Counter(
             json.dumps(v.payload_as(), sort_keys=True)
@@ -261,28 +270,52 @@ async def measure(case: Case, redis_url: str | None) -> dict[str, Any]:
         "makespan_x": max(finishes) / ideal,
         "spread_x": (max(finishes) - min(finishes)) / ideal,
         "idle_s": idle,
+        "finishes_s": finishes,
+        "timeline": timeline,
     }
 
 
-async def sample_idle(emulator: Any, case: Case, start_at: float, procs: list[Any]) -> float:
-    """Seconds (after the first) with free quota while some work was not created yet."""
-    idle, step = 0.0, 0.05
+async def sample_idle(
+    emulator: Any,
+    case: Case,
+    t0: float,
+    start_at: float,
+    running: Counter[int],
+    procs: list[Any],
+) -> tuple[float, list[list[float]]]:
+    """Seconds (whole seconds of the run after the first) in which, on average, more than
+    a tenth of the cap was free while work had not been created yet; and the timeline:
+    ``[seconds since t0, running per worker...]`` every 50 ms.
+
+    A finishing invocation frees its slot a moment before its process sees the end and
+    sends the next create: that turnover keeps about one slot free at any instant even
+    when nothing is wasted, so an instant with a free slot is no idle second; a second
+    whose average leaves more than a tenth of the cap free is."""
+    step = 0.05
     total = (case.n // case.k) * case.k
+    timeline: list[list[float]] = []
+    free: dict[int, list[float]] = {}  # second -> free fraction of each sample with work waiting
     while any(p.returncode is None for p in procs):
         await asyncio.sleep(step)
         now = time.time()
+        timeline.append([round(now - t0, 3), *(running[w] for w in range(case.k))])
         created = emulator.create_count - (case.cap if case.tenant else 0)
         arrived = sum(now >= start_at + d for d in case.worker_delays())
-        waiting = created < total and arrived > 0 and now > start_at + case.tenant + 1.0
-        if waiting and emulator.quotas.running() < case.cap and free_app(emulator, case):
-            idle += step
-    return idle
+        second = int(now - t0)
+        if created < total and arrived > 0 and now > start_at + case.tenant + 1.0:
+            free.setdefault(second, []).append(free_slots(emulator, case) / case.cap)
+    idle = sum(1 for fractions in free.values() if sum(fractions) / len(fractions) > 0.1)
+    return float(idle), timeline
 
 
-def free_app(emulator: Any, case: Case) -> bool:
-    """Whether some app with work could start one more under its own cap."""
+def free_slots(emulator: Any, case: Case) -> int:
+    """Slots some app with work could still fill, under its own cap and the org's."""
     quotas = emulator.quotas
-    return any(quotas.running(app) < case.app_caps.get(app, case.cap) for app in case.worker_apps())
+    by_app = max(
+        case.app_caps.get(app, case.cap) - quotas.running(app) for app in case.worker_apps()
+    )
+    free: int = max(0, min(case.cap - quotas.running(), by_app))
+    return free
 
 
 def chart(results: list[dict[str, Any]], path: Path) -> None:
