@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from kernel_async._limits import AdmissionPolicy, Limits, RatePolicy, classify_429
-from kernel_async._limits._admission import DECREASE, IDLE_PROBE_DELAY
+from kernel_async._limits._admission import DECREASE, IDLE_PROBE_DELAY, SLOW_START_DOUBLING
 
 
 @given(
@@ -173,7 +173,7 @@ class AdmissionMachine(RuleBasedStateMachine):
             self.policy.started(app, self.now, None, probe=probe, lease=100.0)
         elif outcome == "rejected":
             hold = self.policy.rejected(app, self.now, None)
-            assert 0 < hold <= 30.0
+            assert 0 <= hold <= 30.0
             assert not self.policy.may_admit(app, self.now)  # held: no hot loop of 429s
         else:
             self.policy.abandoned(app, self.now, probe=probe)
@@ -219,10 +219,10 @@ TestAdmission = AdmissionMachine.TestCase
 TestAdmission.settings = settings(max_examples=200, stateful_step_count=50, deadline=None)
 
 
-def test_slow_start_then_a_429_cuts_the_limit_then_it_grows_back() -> None:
+def test_slow_start_then_429s_cut_the_limit_then_it_grows_back_in_time() -> None:
     policy = AdmissionPolicy(Limits(initial=2), initial_delay=0.5)
     ids = iter(range(1000))
-    running = []
+    running: list[str] = []
 
     def start_one(now: float) -> None:
         assert policy.may_admit("a", now)
@@ -231,21 +231,38 @@ def test_slow_start_then_a_429_cuts_the_limit_then_it_grows_back() -> None:
         policy.started("a", now, inv, probe=probe, lease=100)
         running.append(inv)
 
-    for _ in range(10):  # slow start: the window grows by two per success that filled it
-        start_one(0.0)
-    assert policy.apps["a"].limit == 12
-    policy.admit("a", 0.0)
-    assert policy.rejected("a", 0.0, None) == 0.5  # a 429 with 10 running
-    assert policy.apps["a"].limit == pytest.approx(DECREASE * 11)  # what ran, cut
-    assert not policy.may_admit("a", 0.1)  # held, and full
-    policy.finished(running.pop(0), 0.2)
-    assert not policy.may_admit("a", 0.2)  # a finish frees no room above the cut limit
-    policy.finished(running.pop(0), 0.2)
-    assert policy.may_admit("a", 0.2)  # below it now: a freed slot admits during the hold
-    for step in range(10):  # then it grows back while the window is used, not beyond
-        start_one(1.0 + step)
-        policy.finished(running.pop(0), 1.0 + step)
-    assert DECREASE * 11 < policy.apps["a"].limit < 10
+    start_one(0.0)
+    start_one(0.0)
+    assert not policy.may_admit("a", 0.0)  # the first window
+    # Slow start doubles in time, not per answer: 3 more slots after log2(3/2) doublings.
+    assert policy.wake_at("a", 0.0) == pytest.approx(SLOW_START_DOUBLING * math.log2(3 / 2))
+    now = 3 * SLOW_START_DOUBLING  # three doublings: 2 -> 16
+    while policy.may_admit("a", now):
+        start_one(now)
+    assert len(running) == 16
+    # A 429 with 16 running: the cap is met. Stay just under it, and hold nothing: a
+    # finish of ours will come.
+    policy.admit("a", now)
+    assert policy.rejected("a", now, None) == 0.0
+    assert policy.apps["a"].limit == 15
+    assert not policy.may_admit("a", now)
+    # Four of ours end; at the next 429 only 12 ran: others take slots, give up half.
+    for _ in range(4):
+        policy.finished(running.pop(0), now)
+    assert policy.may_admit("a", now)
+    policy.admit("a", now)
+    policy.rejected("a", now, None)
+    assert policy.apps["a"].limit == pytest.approx(DECREASE * 12)
+    assert not policy.may_admit("a", now)
+    # It grows back in time: up to the plateau (between the two) in a fraction of a
+    # second, then faster past it; the 13th slot comes when the curve reaches 13.
+    plateau = policy.apps["a"].w_max
+    assert DECREASE * 12 < plateau < 12
+    at = policy.wake_at("a", now)
+    assert at is not None
+    assert now < at < now + 1.0
+    assert not policy.may_admit("a", at - 0.01)
+    assert policy.may_admit("a", at)
 
 
 def test_a_429_with_nothing_of_ours_running_holds_briefly_with_jitter() -> None:

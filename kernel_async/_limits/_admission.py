@@ -11,20 +11,37 @@ from typing import Final, Literal
 
 from ._config import MAX_PROBE_DELAY, AppLimitStats, Limits
 
-__all__ = ["DECREASE", "IDLE_PROBE_DELAY", "INCREASE", "RECOVER", "AdmissionPolicy"]
+__all__ = [
+    "DECREASE",
+    "GROWTH",
+    "IDLE_PROBE_DELAY",
+    "IDLE_PROBE_MIN",
+    "SLOW_START_DOUBLING",
+    "AdmissionPolicy",
+]
 
-#: On a concurrency 429 the learnt limit is cut to this fraction of what ran (the
-#: multiplicative decrease of AIMD: clients sharing one cap converge to equal shares).
-DECREASE: Final = 0.8
-#: After a concurrency 429 the limit grows by this much per full window of successes
-#: (the additive increase: small, so that many clients growing at once rarely overshoot).
-INCREASE: Final = 0.5
+#: On a concurrency 429 that shows others taking slots (fewer of ours ran than at the
+#: last one), the learnt limit is cut to this fraction of what runs (the multiplicative
+#: decrease: clients sharing one cap converge to equal shares).
+DECREASE: Final = 0.5
+#: How fast the limit grows after a cut, in slots per second cubed: like TCP CUBIC, it
+#: grows back to what ran at the last 429 in a fraction of a second, then past it faster
+#: and faster: slots another client gave back are taken within about a second.
+GROWTH: Final = 48.0
 #: With nothing of ours running (so no finish of ours will free a slot), a blocked app
-#: probes again after at most this long (jittered): another tenant's slots come back soon.
+#: probes again, one create at a time, after a short jittered delay growing from
+#: `IDLE_PROBE_MIN` by `IDLE_BACKOFF` per 429 to at most `IDLE_PROBE_DELAY` (seconds):
+#: another tenant's slots come back any moment.
 IDLE_PROBE_DELAY: Final = 1.0
-#: Below the limit at the last 429, the limit grows back by this fraction of the gap per
-#: full window (a single client recovers its share in a few round trips).
-RECOVER: Final = 0.5
+IDLE_PROBE_MIN: Final = 0.2
+IDLE_BACKOFF: Final = 2.0
+#: With some of ours running and none seen finishing for this long (seconds, doubling
+#: with each 429 since the last success), one create goes beyond the limit: some of ours
+#: may have ended unseen.
+UNSEEN_PROBE_DELAY: Final = 1.0
+#: Slow start doubles the limit this often (seconds), from the first create on: in time,
+#: not per answer, so processes that start a moment apart reach the cap with like shares.
+SLOW_START_DOUBLING: Final = 0.05
 
 
 class _App:
@@ -33,26 +50,32 @@ class _App:
     __slots__ = (
         "active",
         "credits",
+        "epoch",
         "held",
         "hold_until",
+        "idle_strikes",
         "limit",
         "limited",
         "next_probe",
-        "peak",
+        "plateau",
         "ssthresh",
         "strikes",
+        "w_max",
     )
 
     def __init__(self, initial: float) -> None:
         self.limit = initial  # the learnt window (math.inf when not adaptive)
         self.ssthresh = math.inf  # slow start below this; learnt on the first 429
-        self.peak = 0.0  # what ran when the last 429 came: recovered quickly, then probed
+        self.w_max = 0.0  # what ran when the last 429 came: the growth curve's plateau
+        self.epoch = -math.inf  # when the last 429 cut the limit (loop time)
+        self.plateau = 0.0  # seconds from the cut until the growth curve reaches w_max
         self.active = 0  # admitted: creates in flight + invocations held
         self.held: dict[str, float] = {}  # invocation id -> lease expiry, oldest first
         self.hold_until = -math.inf  # after a 429: only freed slots admit until then
         self.credits = 0  # slots freed during a hold
         self.next_probe = math.inf  # when the queue head may go beyond the learnt limit
-        self.strikes = 0  # concurrency 429s since the last successful probe
+        self.strikes = 0  # concurrency 429s since the last successful create
+        self.idle_strikes = 0  # of those, with nothing of ours running
         self.limited = False  # whether a 429 taught the limit
 
 
@@ -62,26 +85,32 @@ class AdmissionPolicy:
 
     An app's *active* count is its creates in flight plus its invocations this client has
     not seen finish. A create may go when the active count is below the app's limit (and
-    the caps of `Limits`). The limit is learnt AIMD-style, like TCP's congestion window,
-    so that processes sharing one cap without talking to each other converge to equal
-    shares and, together, use the whole cap:
+    the caps of `Limits`). The limit is learnt like TCP's congestion window (CUBIC), so
+    that processes sharing one cap without talking to each other converge to equal shares
+    and, together, use the whole cap:
 
     * slow start: the limit starts at `Limits.initial` (or at a cap the service told,
-      `seed`) and the window of creates in flight doubles every round trip (never past
-      twice the number running plus `Limits.initial`), until the first concurrency 429;
-    * multiplicative decrease: a concurrency 429 cuts the limit to `DECREASE` times what
-      ran (never above what still runs, so no create goes until one of ours finishes);
-    * additive increase: then it grows by `INCREASE` per full window of successes, never
-      past the number running plus `Limits.initial` + 1.
+      `seed`, and stays there) and doubles every `SLOW_START_DOUBLING` seconds, in time
+      rather than per answer (processes that start a moment apart reach the cap with
+      like shares), never past twice the number running plus `Limits.initial`, until
+      the first concurrency 429;
+    * decrease: at a concurrency 429 what runs is what fits. As many as at the last 429
+      (alone at a cap, or a share that holds): the limit steps one under it. Fewer: others
+      are taking slots, so the limit is cut to `DECREASE` times what runs and the
+      plateau set lower still (TCP's "fast convergence"): the larger share gives up more;
+    * growth in time, not per success: the limit climbs back to the plateau (what ran) in
+      a fraction of a second, then grows past it faster and faster (`GROWTH`), never past
+      twice the number running plus `Limits.initial`. Every client grows alike whatever
+      its share, and the larger share is cut by more: shares converge.
 
-    After a 429 the app is held for a backoff during which only a slot freed by one of
-    ours finishing admits. With nothing of ours running, no finish will come: the hold is
-    a short, jittered `IDLE_PROBE_DELAY` at most (another tenant's slots may come back any
-    moment). With some running, when the hold passes and nothing of ours was seen finishing
-    for a backoff, the queue's head goes as a probe, beyond the learnt limit (never beyond
-    a cap): some of ours may have ended unseen. A probe that succeeds takes that as news
-    that the oldest unseen one of ours ended, and the next one probes at once. Every hold
-    is capped by ``max_hold`` (a ``Retry-After`` included).
+    With nothing of ours running, no finish will come: a 429 holds the app for a short,
+    jittered delay (from `IDLE_PROBE_MIN` up to `IDLE_PROBE_DELAY`), then one create goes
+    (another tenant's slots may come back any moment). With some running, when nothing of
+    ours was seen finishing for `UNSEEN_PROBE_DELAY` (doubling per 429), the queue's head
+    goes as a probe, beyond the learnt limit (never beyond a cap): some of ours may have
+    ended unseen. A probe that succeeds takes that as news that the oldest unseen one of
+    ours ended, and the next one probes at once. A ``Retry-After`` holds the app (capped
+    by ``max_hold``); during a hold only a slot freed by one of ours finishing admits.
     """
 
     def __init__(
@@ -128,8 +157,10 @@ class AdmissionPolicy:
         if self._capped(state):
             return False
         if now < state.hold_until:
-            return state.credits > 0 and state.active < state.limit
-        return state.active < state.limit or now >= state.next_probe
+            return state.credits > 0 and state.active + 1 <= state.limit
+        if state.active + 1 > state.limit and state.epoch > -math.inf:
+            self._grow(state, now)
+        return state.active + 1 <= state.limit or now >= state.next_probe
 
     def wake_at(self, name: str, now: float) -> float | None:
         """When a blocked app may admit again without news (``None``: only news)."""
@@ -138,7 +169,44 @@ class AdmissionPolicy:
             return None
         if now < state.hold_until:
             return state.hold_until
-        return state.next_probe if state.next_probe < math.inf else None
+        wake = state.next_probe
+        if state.epoch > -math.inf and self._ceiling(state) >= state.active + 1:
+            wake = min(wake, max(self._reaches(state, state.active + 1.0), now + 0.001))
+        return wake if wake < math.inf else None
+
+    def _ceiling(self, state: _App) -> float:
+        """The most the limit may grow to now: twice what runs plus the first window (a
+        pile of creates cannot all reach the service at once); with nothing of ours
+        running, one create at a time."""
+        held = len(state.held)
+        return 2.0 * held + self.limits.initial if held or not state.limited else 1.0
+
+    def _grow(self, state: _App, now: float) -> None:
+        """The limit on its growth curve: in slow start, doubling every
+        `SLOW_START_DOUBLING`; after a cut, concave up to ``w_max`` (what ran at that
+        429), then convex beyond it."""
+        t = now - state.epoch
+        if state.limited:
+            t -= state.plateau
+            curve = state.w_max + GROWTH * t * t * t
+        elif state.limit < state.ssthresh:
+            doublings = min(t / SLOW_START_DOUBLING, 64.0)
+            curve = min(self.limits.initial * 2.0**doublings, state.ssthresh)
+        else:
+            return
+        if curve > state.limit:
+            state.limit = max(state.limit, min(curve, self._ceiling(state)))
+
+    def _reaches(self, state: _App, limit: float) -> float:
+        """When the growth curve reaches ``limit`` (loop time; infinite: never)."""
+        if state.limited:
+            excess = limit - state.w_max
+            return (
+                state.epoch + state.plateau + math.copysign(abs(excess / GROWTH) ** (1 / 3), excess)
+            )
+        if limit > state.ssthresh:
+            return math.inf
+        return state.epoch + SLOW_START_DOUBLING * math.log2(max(limit, 1.0) / self.limits.initial)
 
     def admit(self, name: str, now: float) -> bool:
         """Count one create of ``name`` as sent; returns whether it is a probe (beyond the
@@ -147,9 +215,11 @@ class AdmissionPolicy:
         probe = False
         if now < state.hold_until:
             state.credits -= 1
-        elif state.active >= state.limit:
+        elif state.active + 1 > state.limit:
             probe = True
             state.next_probe = math.inf  # one probe at a time
+        if state.epoch == -math.inf and self.limits.adaptive:
+            state.epoch = now  # slow start's clock starts with the first create
         state.active += 1
         self.total_active += 1
         self.admitted += 1
@@ -161,29 +231,16 @@ class AdmissionPolicy:
         """The create succeeded. ``invocation_id`` holds the slot until it is seen to finish
         (``None``: it already finished, e.g. a synchronous invocation)."""
         state = self.app(name)
-        state.strikes = 0  # there was room: backoffs start over
+        if state.idle_strikes and state.limited:
+            # In after a wait with nothing of ours running: grow from here, afresh (not
+            # at the pace a long wait's curve has reached).
+            state.epoch, state.plateau = now, 0.0
+            state.w_max = state.limit = max(1.0, float(state.active))
+        state.strikes = state.idle_strikes = 0  # there was room: backoffs start over
         if probe:
             state.next_probe = now  # room was there: try the next one at once
             if state.held:  # and the oldest unseen one of ours presumably ended
                 self._release(next(iter(state.held)))
-        elif state.active >= state.limit and self.limits.adaptive:
-            # What runs on the service: ours held, and the creates in flight (this one
-            # included): a synchronous create's invocation runs while it is in flight.
-            running = state.active
-            if state.limit < state.ssthresh:
-                # Slow start: this create filled the window, and the window grows by
-                # two: it (at least) doubles every round trip, so a cap of N is found in
-                # about log2(N) round trips. At most twice what runs (plus the
-                # first window) may be admitted: creates that piled up (behind a
-                # rate-limit pause, say) cannot all reach the service at once.
-                state.limit = min(state.limit + 2.0, 2.0 * running + self.limits.initial)
-            else:
-                # Back quickly (half the gap per window) to what ran at the last 429, then
-                # additive increase: INCREASE per full window of successes.
-                step = max(INCREASE, RECOVER * (state.peak - state.limit))
-                state.limit = min(
-                    state.limit + step / state.limit, running + 1.0 + self.limits.initial
-                )
         if invocation_id is None:
             self._free(state)
             return
@@ -213,27 +270,40 @@ class AdmissionPolicy:
             self.seed(name, cap)
 
     def rejected(self, name: str, now: float, retry_after: float | None) -> float:
-        """The create got a concurrency 429: free its slot, cut the limit, and hold the app.
-        Returns the hold, in seconds."""
+        """The create got a concurrency 429: free its slot, cut the limit, and (with none
+        of ours running, or a ``Retry-After``) hold the app. Returns the hold, in seconds."""
         state = self.app(name)
         self._free(state)
         self.concurrency_limited += 1
         running = len(state.held)
         if self.limits.adaptive:
-            # Multiplicative decrease, from what ran (this create included), and never
-            # above what still runs: the next create waits for one of ours to finish.
-            ran = min(state.limit, running + 1.0)
-            # A peak lower than the last one: others want more, give up more (TCP's
-            # "fast convergence").
-            state.peak = ran if ran >= state.peak else ran * (1.0 + DECREASE) / 2.0
-            cut = DECREASE * ran
-            state.limit = state.ssthresh = max(1.0, min(cut, float(running)))
+            # What ran fits. Fewer than at the last 429: others are taking slots, so give
+            # up more (a cut of `DECREASE`, and a lower plateau: TCP's "fast
+            # convergence"); as many or more: alone, or at a fair share already, so stay
+            # just under it.
+            ran = float(max(running, 1))
+            if ran < state.w_max - 0.5:
+                state.w_max = ran * (1.0 + DECREASE) / 2.0
+                state.limit = max(1.0, DECREASE * running)
+            else:
+                state.w_max = ran
+                state.limit = max(1.0, running - 1.0)
+            state.ssthresh = state.limit
+            state.epoch = now
+            state.plateau = (max(0.0, state.w_max - state.limit) / GROWTH) ** (1 / 3)
             state.limited = True
-        delay = self._probe_delay(state) if running else self._idle_delay(state)
+        delay = 0.0
+        if not running:
+            delay = min(IDLE_PROBE_DELAY, IDLE_PROBE_MIN * IDLE_BACKOFF**state.idle_strikes)
+            delay *= self._rng.uniform(0.5, 1.0)
+            state.idle_strikes += 1
         if retry_after is not None:
             delay = max(delay, min(retry_after, self.max_hold))
         state.strikes += 1
-        state.hold_until = state.next_probe = now + delay
+        state.hold_until = now + delay
+        # With some of ours running, probe beyond the limit if none is seen finishing for
+        # a backoff; with none, the hold is all (then the limit admits one create).
+        state.next_probe = now + self._probe_delay(state) if running else math.inf
         state.credits = 0
         return delay
 
@@ -278,13 +348,11 @@ class AdmissionPolicy:
         return name is not None and self.apps[name].held.get(invocation_id) == until
 
     def _probe_delay(self, state: _App) -> float:
-        """Exponential backoff since the last success, capped by ``max_hold``."""
-        return min(self.max_hold, self.initial_delay * 2.0 ** min(state.strikes, 32))
-
-    def _idle_delay(self, state: _App) -> float:
-        """A short, jittered backoff for an app with nothing of ours running."""
-        delay = min(self._probe_delay(state), IDLE_PROBE_DELAY)
-        return delay * self._rng.uniform(0.5, 1.0)
+        """How long no finish of ours is seen before a probe beyond the limit: exponential
+        since the last success, from `UNSEEN_PROBE_DELAY` at least (finishes of ours
+        come much more often while we see them), capped by ``max_hold``."""
+        base = max(self.initial_delay, UNSEEN_PROBE_DELAY)
+        return min(self.max_hold, base * 2.0 ** min(state.strikes, 32))
 
     def _release(self, invocation_id: str) -> None:
         """One of ours ended: its slot is free on the service too, so even a held app may
