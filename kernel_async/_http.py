@@ -272,13 +272,16 @@ class HTTPClient:
                 await self._backpressure.project_caps.read_once(
                     project,
                     partial(self._project_cap, project, timeout, deadline),
-                    admission.policy.seed_all,
+                    self._backpressure.seed,
                 )
             report = None if trace is NO_TRACE else partial(trace.waited, "admission", app=app_name)
             refused = 0  # concurrency 429s so far
             async with admission.slot(app_name, deadline, async_timeout_seconds, report) as slot:
                 shared = self._backpressure.shared()
-                lease = None if shared is None else await shared.acquire(app_name, deadline)
+                lease = None
+                if shared is not None:
+                    admission.reconcile_soon(app_name)  # some of ours may have ended unseen
+                    lease = await shared.acquire(app_name, deadline)
                 try:
                     if on_sent is not None:
                         on_sent()
@@ -301,7 +304,8 @@ class HTTPClient:
                             if lease is not None and shared is not None:
                                 await shared.rejected(lease, exc.retry_after)
                             try:
-                                await slot.requeue(exc.retry_after)
+                                # Shared: Redis learnt from it for the whole fleet.
+                                await slot.requeue(exc.retry_after, learn=lease is None)
                                 if lease is not None and shared is not None:
                                     lease = await shared.acquire(app_name, deadline, lease)
                             except APITimeoutError:

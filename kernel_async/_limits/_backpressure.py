@@ -85,7 +85,26 @@ class Backpressure:
                 self._max_retry_after,
                 self.lister,
             )
+            admission.ended = self._shared_ended
+            admission.waiting_elsewhere = self._shared_waiting
         return admission
+
+    def seed(self, cap: int) -> None:
+        """The service told the cap every app shares (a project's): start admission
+        there, and the shared limits too."""
+        self.admission().policy.seed_all(cap)
+        shared = self.shared()
+        if shared is not None:
+            shared.seed_all(cap)
+
+    def _shared_ended(self, invocation_id: str) -> None:
+        """An invocation was found ended unseen: free its shared slot at once."""
+        if self._shared is not None:
+            self._shared.finished(invocation_id)
+
+    def _shared_waiting(self, app: str) -> int:
+        shared = self._shared
+        return 0 if shared is None else shared.waiting(app)
 
     def finished(self, invocation_id: str) -> None:
         """An invocation was seen finished: free its slot, if it held one."""

@@ -101,6 +101,12 @@ class Admission(Pumped):
         self._queues: dict[str, _Queue] = {}
         self._seq = 0
         self._last_reject: dict[str, float] = {}
+        self.ended: Callable[[str], None] | None = None
+        """Told the id of each invocation found ended unseen (`gone`): the shared limits
+        free its slot too."""
+        self.waiting_elsewhere: Callable[[str], int] | None = None
+        """Creates of an app waiting for a slot elsewhere (the shared limits' queue):
+        while some do, the app's slots are reconciled as while creates wait here."""
 
     def slot(
         self,
@@ -180,16 +186,18 @@ class Admission(Pumped):
         )
         self._pump()
 
-    def rejected(self, ticket: Ticket, retry_after: float | None) -> None:
+    def rejected(self, ticket: Ticket, retry_after: float | None, *, learn: bool = True) -> None:
         """The create got a concurrency 429: the caller acquires again with ``front=True``.
         A ``Retry-After`` longer than the retry policy's ``max_retry_after`` is capped to
-        it: one answer never holds an app's creates for an hour."""
+        it: one answer never holds an app's creates for an hour. ``learn=False`` (the
+        limits shared through Redis learnt from it, for the whole fleet): only free the
+        slot, this process's limit neither cut nor held."""
         now = self._loop.time()
         policy = self.policy
         app = ticket.app
         if retry_after is not None:
             retry_after = min(retry_after, self.max_retry_after)
-        if ticket.admitted_at < self._last_reject.get(app, -math.inf):
+        if not learn or ticket.admitted_at < self._last_reject.get(app, -math.inf):
             # Sent before the previous 429 was known: the same crowding, not a new one.
             policy.abandoned(app, now, probe=ticket.probe)
             policy.concurrency_limited += 1
@@ -217,7 +225,7 @@ class Admission(Pumped):
         if self.policy.finished(invocation_id, self._loop.time()) is not None:
             self._pump()
 
-    def _reconcile_soon(self, app: str) -> None:
+    def reconcile_soon(self, app: str) -> None:
         """A create waits for ``app``: if some of ours hold slots, start checking them
         against the service's list (one task per app, while creates wait)."""
         if (
@@ -232,7 +240,7 @@ class Admission(Pumped):
     def _settled(self, app: str) -> None:
         """Nothing of ``app`` waits any more: stop reconciling it (a list in flight is let
         finish: what it learns frees slots all the same)."""
-        if app not in self._listing:
+        if app not in self._listing and not self._blocked(app):
             task = self._reconciling.pop(app, None)
             if task is not None:
                 task.cancel()
@@ -241,7 +249,7 @@ class Admission(Pumped):
         """While creates of ``app`` wait, free the slots of ours that no longer run on the
         service, at most once per `RECONCILE_INTERVAL`."""
         try:
-            while self.waiting(app) and self.closed is None:
+            while self._blocked(app) and self.closed is None:
                 held = self.policy.app(app).held
                 if held:
                     before = list(held)  # all created before the list is asked for
@@ -254,12 +262,17 @@ class Admission(Pumped):
                         self.gone(before, live)
                     finally:
                         self._listing.discard(app)
-                    if not self.waiting(app):
+                    if not self._blocked(app):
                         break
                 await asyncio.sleep(RECONCILE_INTERVAL)
         finally:
             if self._reconciling.get(app) is asyncio.current_task():
                 del self._reconciling[app]
+
+    def _blocked(self, app: str) -> int:
+        """Creates of ``app`` waiting for a slot, here or elsewhere."""
+        elsewhere = self.waiting_elsewhere
+        return self.waiting(app) + (0 if elsewhere is None else elsewhere(app))
 
     def gone(self, before: Collection[str], live: Collection[str]) -> None:
         """Free the slots of the ids in ``before`` not in ``live`` (the service's queued
@@ -270,6 +283,8 @@ class Admission(Pumped):
             logger.info("%d invocation(s) ended unseen: their slots are free", len(ended))
             for id in ended:
                 self.finished(id)
+                if self.ended is not None:
+                    self.ended(id)
 
     def close(self, error: ClientClosedError) -> None:
         """Fail every waiting create with ``error``, and every later one (the client is
@@ -336,7 +351,7 @@ class Admission(Pumped):
         wake = math.inf
         for app, queue in queues.items():
             if queue.waiting:
-                self._reconcile_soon(app)  # blocked: some of ours may have ended unseen
+                self.reconcile_soon(app)  # blocked: some of ours may have ended unseen
                 at = policy.wake_at(app, now)
                 if at is not None:
                     wake = min(wake, at)
@@ -392,13 +407,13 @@ class Slot:
         finally:
             report(admission._loop.time() - started)
 
-    async def requeue(self, retry_after: float | None) -> None:
-        """The create got a concurrency 429: learn from it and wait for a slot again, at
-        the head of the app's queue."""
+    async def requeue(self, retry_after: float | None, *, learn: bool = True) -> None:
+        """The create got a concurrency 429: learn from it (unless not ``learn``: the
+        shared limits did) and wait for a slot again, at the head of the app's queue."""
         ticket, self._ticket = self._ticket, None
         assert ticket is not None
         admission = self._admission
-        admission.rejected(ticket, retry_after)
+        admission.rejected(ticket, retry_after, learn=learn)
         self._ticket = await self._wait(front=True)
 
     def started(self, invocation_id: str | None) -> None:

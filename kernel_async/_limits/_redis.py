@@ -1,6 +1,9 @@
 """Shared limits on Redis: every process and machine using one Redis shares the
-concurrency slots (as leases that expire), each app's learnt window, the rate-limit pause,
-and one queue of creates in which the workers take turns.
+concurrency slots (as leases that expire), each app's learnt window and the
+organisation's, the rate-limit pause, and one queue of creates in which the workers take
+turns. The process's own admission policy learns nothing from a concurrency 429 while
+Redis works (Redis learnt it for the fleet); it takes over from where it is if Redis
+fails.
 
 Turned on by ``Limits(shared="redis://host:port/db")`` or, with no code change, by the
 environment variable ``KERNEL_LIMITS_URL``. Needs the ``redis`` extra (redis-py's asyncio
@@ -38,8 +41,10 @@ POLL_SECONDS: Final = 0.01
 #: Redis calls that take longer than this count as Redis failing.
 REDIS_TIMEOUT: Final = 2.0
 #: With nothing of the fleet's running and a concurrency 429 (another tenant holds the
-#: cap), every worker's creates wait this long before the next try.
+#: cap), every worker's creates wait this long before the next try (one create probes),
+#: doubling with each such 429 in a row up to `IDLE_PAUSE_MAX_SECONDS`.
 IDLE_PAUSE_SECONDS: Final = 0.25
+IDLE_PAUSE_MAX_SECONDS: Final = 0.5
 
 
 class SharedLease:
@@ -146,14 +151,19 @@ class RedisLimits:
             if held is not None and lease.token in held:
                 held[lease.token] = asyncio.get_running_loop().time() + lease_seconds
                 self._by_invocation[invocation_id] = lease
-        self._spawn(self._call(scripts.STARTED, lease.app, str(self._initial)))
+        self._spawn(self._call(scripts.STARTED, lease.app, str(self._initial), lease.token))
 
     async def rejected(self, lease: SharedLease, retry_after: float | None) -> None:
-        """A concurrency 429: the fleet's running count is the cap. Then call `acquire` with
+        """A concurrency 429: the fleet's running count is a cap (the app's or the
+        organisation's, see `scripts.REJECTED`); with nothing of the fleet's running, every
+        worker pauses ``retry_after`` (else `IDLE_PAUSE_SECONDS`). Then call `acquire` with
         ``requeue`` to wait again, near the head of the shared queue."""
         self._held.get(lease.app, {}).pop(lease.token, None)
-        pause = retry_after if retry_after is not None else IDLE_PAUSE_SECONDS
-        await self._call(scripts.REJECTED, lease.app, lease.token, str(int(pause * 1000)))
+        pause, most = IDLE_PAUSE_SECONDS, IDLE_PAUSE_MAX_SECONDS
+        if retry_after is not None:
+            pause = most = retry_after  # the service said how long: as long, no longer
+        ms = [str(int(seconds * 1000)) for seconds in (pause, most)]
+        await self._call(scripts.REJECTED, lease.app, lease.token, *ms)
 
     def release(self, lease: SharedLease) -> None:
         """The create failed, or its invocation ended: free the slot (soon, in a task)."""
@@ -171,9 +181,17 @@ class RedisLimits:
         if self.failed is None and not self._closed and seconds > 0:
             self._spawn(self._call(scripts.PAUSE, str(int(seconds * 1000))))
 
-    async def seed(self, app: str, cap: int) -> None:
-        """Start app ``app``'s shared window at a cap the service told."""
-        await self._call(scripts.SEED, app, str(cap))
+    def seed_all(self, cap: int) -> None:
+        """The service told the cap every app of this server and key shares (a project's
+        ``max_concurrent_invocations``): the fleet's window, and each app's not learnt yet,
+        start there instead of slow start."""
+        if cap >= 1 and self.failed is None and not self._closed:
+            self._initial = max(self._initial, cap)
+            self._spawn(self._call(scripts.SEED, str(cap)))
+
+    def waiting(self, app: str) -> int:
+        """Creates of ``app`` of this worker waiting for a shared slot now."""
+        return len(self._waiting.get(app, ()))
 
     async def aclose(self) -> None:
         """Free every slot this worker holds, stop its tasks, close the connection."""

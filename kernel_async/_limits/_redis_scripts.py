@@ -4,13 +4,23 @@ Keys, under a prefix per server and API key (``P``):
 
 * ``P:run:{app}``, ``P:run``: ZSETs of the slots held (member: a token, score: the lease's
   expiry in ms); an expired member is a slot whose worker stopped renewing it (killed);
+* ``P:fly:{app}``: ZSET of the slots granted whose create has no answer yet (scored
+  like ``run``): the rest of ``run:{app}`` is known to run;
 * ``P:q:{app}``: ZSET of the creates waiting, by turn: each worker's waiters take turns
   with every other worker's (``P:rank:{app}``: HASH worker -> its last turn), so workers
   share the slots evenly; ``P:owner:{app}``: HASH token -> worker; ``P:alive:{worker}``:
   a worker's heartbeat (a dead worker's waiters are dropped);
-* ``P:lim:{app}``: HASH ``window`` (slots the app's creates may hold at once, learnt),
-  ``limited`` (a 429 taught it);
-* ``P:pause``: set while a rate-limit 429's ``Retry-After`` runs, for every worker.
+* ``P:lim:{app}`` (each app's) and ``P:org`` (the whole fleet's, none until a 429 of the
+  organisation's cap or a cap the service told): HASH ``window`` (slots the creates may
+  hold at once, learnt), ``limited`` (a 429 taught it), ``grow`` (slots added per round
+  of starts at the window's edge: doubles every round since the last 429), ``count``
+  (starts at the edge in this round), ``ceil`` (what ran at the last 429), ``fast``
+  (that 429 moved the cap: grow as in slow start); an app's
+  ``proven`` (the most it was known to run at once since its last 429);
+* ``P:apps``: SET of the apps whose creates waited lately;
+* ``P:pause``: set while a rate-limit 429's ``Retry-After`` runs, for every worker;
+* ``P:idle``: set while nothing of the fleet runs and another tenant holds the cap: one
+  create at a time probes, until one starts.
 """
 
 from __future__ import annotations
@@ -19,15 +29,27 @@ from typing import Final
 
 __all__ = ["ACQUIRE", "PAUSE", "REJECTED", "RELEASE", "RENEW", "SEED", "STARTED"]
 
+#: An app's window: the learnt one, else ``initial`` (which a cap the service told
+#: raises, unless a 429 taught the window already).
+_APP_WINDOW = """
+local function app_window(lim, initial)
+  local window = tonumber(redis.call('HGET', lim, 'window') or initial)
+  if window < initial and not redis.call('HGET', lim, 'limited') then window = initial end
+  return window
+end
+"""
+
 #: ARGV: prefix, app, lease_ms, worker, initial window, then pairs (where, token) to
 #: enqueue (``head``: before every waiter; else the worker's next turn). Returns
 #: ``{pause_ms}`` with ``pause_ms > 0`` while paused, else ``{0, granted tokens...}``.
-ACQUIRE: Final = """
+ACQUIRE: Final = (
+    _APP_WINDOW
+    + """
 local p, app, lease, worker = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local initial = tonumber(ARGV[5])
-local run_app, run_org = p .. ':run:' .. app, p .. ':run'
+local run_app, run_org, fly = p .. ':run:' .. app, p .. ':run', p .. ':fly:' .. app
 local queue, owner = p .. ':q:' .. app, p .. ':owner:' .. app
 redis.call('SET', p .. ':alive:' .. worker, '1', 'PX', lease)
 local ranks = p .. ':rank:' .. app
@@ -47,12 +69,40 @@ for i = 6, #ARGV, 2 do
   redis.call('HSET', owner, ARGV[i + 1], worker)
 end
 redis.call('PEXPIRE', ranks, 3600000)
+local apps = p .. ':apps'
+redis.call('SADD', apps, app)
+redis.call('PEXPIRE', apps, 3600000)
 local pause = redis.call('PTTL', p .. ':pause')
 if pause > 0 then return {pause} end
 redis.call('ZREMRANGEBYSCORE', run_app, '-inf', now)
 redis.call('ZREMRANGEBYSCORE', run_org, '-inf', now)
-local window = tonumber(redis.call('HGET', p .. ':lim:' .. app, 'window') or initial)
-local free = math.floor(window) - redis.call('ZCARD', run_app)
+redis.call('ZREMRANGEBYSCORE', fly, '-inf', now)
+local window = app_window(p .. ':lim:' .. app, initial)
+local held = redis.call('ZCARD', run_app)
+local free = math.floor(window) - held
+local org_held = redis.call('ZCARD', run_org)
+local org_window = redis.call('HGET', p .. ':org', 'window')
+if org_window then
+  local org_free = math.floor(tonumber(org_window)) - org_held
+  -- The organisation's free slots go first to the apps holding fewer (max-min fair):
+  -- each other app with a live worker's create waiting, below its own window and
+  -- holding fewer than this one, keeps one for itself.
+  for _, other in ipairs(redis.call('SMEMBERS', apps)) do
+    if org_free <= 0 then break end
+    if other ~= app then
+      local head = redis.call('ZRANGE', p .. ':q:' .. other, 0, 0)[1]
+      local who = head and redis.call('HGET', p .. ':owner:' .. other, head)
+      if who and redis.call('EXISTS', p .. ':alive:' .. who) == 1 then
+        local theirs = redis.call('ZCARD', p .. ':run:' .. other)
+        if theirs < held and theirs < app_window(p .. ':lim:' .. other, initial) then
+          org_free = org_free - 1
+        end
+      end
+    end
+  end
+  free = math.min(free, org_free)
+end
+if redis.call('EXISTS', p .. ':idle') == 1 then free = math.min(free, 1 - org_held) end
 local granted = {0}
 local alive = {}
 -- First come, first served: another live worker's earlier waiter reserves a free slot
@@ -66,6 +116,7 @@ for _, token in ipairs(entries) do
     redis.call('HDEL', owner, token)
     redis.call('ZADD', run_app, now + lease, token)
     redis.call('ZADD', run_org, now + lease, app .. '/' .. token)
+    redis.call('ZADD', fly, now + lease, token)
     table.insert(granted, token)
     free = free - 1
   elseif who and (alive[who] or redis.call('EXISTS', p .. ':alive:' .. who) == 1) then
@@ -78,6 +129,7 @@ for _, token in ipairs(entries) do
 end
 return granted
 """
+)
 
 #: ARGV: prefix, app, lease_ms, worker, tokens held. Renews their leases.
 RENEW: Final = """
@@ -88,6 +140,7 @@ redis.call('SET', p .. ':alive:' .. worker, '1', 'PX', ARGV[3])
 for i = 5, #ARGV do
   redis.call('ZADD', p .. ':run:' .. app, 'XX', expiry, ARGV[i])
   redis.call('ZADD', p .. ':run', 'XX', expiry, app .. '/' .. ARGV[i])
+  redis.call('ZADD', p .. ':fly:' .. app, 'XX', expiry, ARGV[i])
 end
 return 0
 """
@@ -98,53 +151,105 @@ local p, app = ARGV[1], ARGV[2]
 for i = 3, #ARGV do
   redis.call('ZREM', p .. ':run:' .. app, ARGV[i])
   redis.call('ZREM', p .. ':run', app .. '/' .. ARGV[i])
+  redis.call('ZREM', p .. ':fly:' .. app, ARGV[i])
   redis.call('ZREM', p .. ':q:' .. app, ARGV[i])
   redis.call('HDEL', p .. ':owner:' .. app, ARGV[i])
 end
 return 0
 """
 
-#: ARGV: prefix, app, initial window. A create succeeded: the window grows (doubling per
-#: round trip before any 429, by one per full window after) when it was full.
-STARTED: Final = """
+#: ARGV: prefix, app, initial window, token. A create succeeded (the fleet is not idle any
+#: more): each window it filled grows. Before any 429, or after one that moved the cap
+#: (``fast``), by one per start (it doubles every round trip); after one that found the
+#: cap where the last one did, by ``grow`` per round of starts, ``grow`` doubling every
+#: round since that 429: slow at first (the cap is where the 429 said), fast when
+#: capacity came free without a word (another app finished, another tenant let go).
+STARTED: Final = (
+    _APP_WINDOW
+    + """
 local p, app = ARGV[1], ARGV[2]
-local lim = p .. ':lim:' .. app
-local window = tonumber(redis.call('HGET', lim, 'window') or ARGV[3])
-local held = redis.call('ZCARD', p .. ':run:' .. app)
-if held >= math.floor(window) then
-  if redis.call('HGET', lim, 'limited') then
-    window = window + 1 / window
-  else
-    window = window + 1
+local lim, org = p .. ':lim:' .. app, p .. ':org'
+redis.call('DEL', p .. ':idle')
+local function grow(key, window, held)
+  if held < math.floor(window) then return end
+  if redis.call('HGET', key, 'fast') or not redis.call('HGET', key, 'limited') then
+    redis.call('HSET', key, 'window', window + 1)
+    return
   end
-  redis.call('HSET', lim, 'window', window)
+  local step = tonumber(redis.call('HGET', key, 'grow') or '1')
+  local count = tonumber(redis.call('HGET', key, 'count') or '0') + 1
+  window = window + step / window
+  if count >= math.floor(window) then step, count = step * 2, 0 end
+  redis.call('HSET', key, 'window', window, 'grow', step, 'count', count)
 end
-return tostring(window)
+local fly = p .. ':fly:' .. app
+redis.call('ZREM', fly, ARGV[4])
+local held = redis.call('ZCARD', p .. ':run:' .. app)
+local known = held - redis.call('ZCARD', fly)
+if known > tonumber(redis.call('HGET', lim, 'proven') or '0') then
+  redis.call('HSET', lim, 'proven', known)
+end
+grow(lim, app_window(lim, tonumber(ARGV[3])), held)
+local org_window = redis.call('HGET', org, 'window')
+if org_window then grow(org, tonumber(org_window), redis.call('ZCARD', p .. ':run')) end
+return 0
 """
+)
 
-#: ARGV: prefix, app, token, pause_ms. A concurrency 429: every worker's slots are in
-#: ``run``, so what runs is the cap: the window becomes that (at least 1). With nothing of
-#: the fleet's running (another tenant holds the cap), every worker pauses ``pause_ms``.
+#: ARGV: prefix, app, token, pause_ms, most_ms. A concurrency 429: every worker's slots are in
+#: ``run``, so what runs is a cap. The app's, unless the app was known to run more than
+#: it holds now since its last 429 (or holds nothing): then the organisation's (other
+#: apps of the fleet hold the rest), and the app's window stays. The window cut grows
+#: slowly if the cap is where the last 429 put it (give or take one), else as in slow
+#: start (``fast``: capacity was lost, or is coming back).
+#: With nothing of the fleet's running (another tenant holds the cap), nothing is learnt:
+#: every worker pauses ``pause_ms`` (doubling with each such 429 in a row, up to
+#: ``most_ms``), then one create at a time probes until one starts.
 REJECTED: Final = """
 local p, app, token = ARGV[1], ARGV[2], ARGV[3]
 redis.call('ZREM', p .. ':run:' .. app, token)
 redis.call('ZREM', p .. ':run', app .. '/' .. token)
+local fly = p .. ':fly:' .. app
+redis.call('ZREM', fly, token)
 local held = redis.call('ZCARD', p .. ':run:' .. app)
-local lim = p .. ':lim:' .. app
-local window = math.max(1, held)
-redis.call('HSET', lim, 'window', window, 'limited', '1')
-local pause = tonumber(ARGV[4])
-if held == 0 and pause > 0 then
-  redis.call('SET', p .. ':pause', '1', 'PX', pause)
+local org_held = redis.call('ZCARD', p .. ':run')
+if org_held == 0 then
+  local idle = p .. ':idle'
+  local strikes = tonumber(redis.call('GET', idle) or '0')
+  local first = tonumber(ARGV[4])
+  local pause = math.min(first * 2 ^ strikes, math.max(first, tonumber(ARGV[5])))
+  if pause > 0 and redis.call('PTTL', p .. ':pause') < pause then
+    redis.call('SET', p .. ':pause', '1', 'PX', math.floor(pause))
+  end
+  redis.call('SET', idle, strikes + 1, 'PX', 60000)
+  return 0
 end
-return window
+local lim = p .. ':lim:' .. app
+local key, at = lim, held
+if held == 0 or tonumber(redis.call('HGET', lim, 'proven') or '0') > held then
+  key, at = p .. ':org', org_held
+end
+local ceil = tonumber(redis.call('HGET', key, 'ceil') or math.huge)
+redis.call('HSET', key, 'window', math.max(1, at), 'limited', '1', 'grow', 0.25, 'count', 0,
+  'ceil', at)
+if math.abs(at - ceil) <= 1 and at > 1 then
+  redis.call('HDEL', key, 'fast')
+else
+  redis.call('HSET', key, 'fast', '1')
+end
+if key == lim then redis.call('HSET', lim, 'proven', held - redis.call('ZCARD', fly)) end
+return at
 """
 
-#: ARGV: prefix, app, window. Seeds the window from a cap the service told, unless one is
-#: learnt already.
+#: ARGV: prefix, cap. Seeds the fleet's window from a cap the service told, as if a 429
+#: had found it there, unless one was learnt already (each app's window starts there
+#: too: `ACQUIRE`'s initial window).
 SEED: Final = """
-local lim = ARGV[1] .. ':lim:' .. ARGV[2]
-if not redis.call('HGET', lim, 'limited') then redis.call('HSET', lim, 'window', ARGV[3]) end
+local org = ARGV[1] .. ':org'
+if not redis.call('HGET', org, 'limited') then
+  redis.call('HSET', org, 'window', ARGV[2], 'limited', '1', 'grow', 0.25, 'count', 0,
+    'ceil', ARGV[2])
+end
 return 0
 """
 

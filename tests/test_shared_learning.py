@@ -1,0 +1,210 @@
+"""What the shared limits learn, on a real ``redis-server`` (127.0.0.1): a 429 of the
+organisation's cap cuts the fleet's window, not the app's; a process's own limit is left
+to Redis; a slot found ended unseen is freed in Redis at once; a cap the service tells
+seeds the fleet's window."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from kernel_async import Limits, RetryPolicy
+from kernel_async._limits._redis import RedisLimits, SharedLease
+from kernel_async.testing import KernelEmulator, Quotas
+
+from ._redis import REDIS_SERVER, RedisServer, redis_asyncio, redis_process, redis_url
+
+pytestmark = pytest.mark.skipif(
+    REDIS_SERVER is None, reason="redis-server is not installed (apt-get install redis-server)"
+)
+__all__ = ["redis_process", "redis_url"]  # fixtures
+
+SCOPE = "test"
+PREFIX = f"kernel:limits:{SCOPE}"
+
+
+@pytest_asyncio.fixture
+async def shared(redis_url: str) -> AsyncIterator[RedisLimits]:
+    """One worker's shared limits, driven by hand (no service)."""
+    limits = RedisLimits(redis_url, SCOPE, initial=4)
+    try:
+        yield limits
+    finally:
+        await limits.aclose()
+
+
+async def window(url: str, key: str) -> float | None:
+    """The window learnt in ``key`` (``lim:{app}`` or ``org``), ``None``: none."""
+    client = redis_asyncio.Redis.from_url(url, decode_responses=True)
+    try:
+        value = await client.hget(f"{PREFIX}:{key}", "window")
+        return None if value is None else float(value)
+    finally:
+        await client.aclose()
+
+
+async def run(shared: RedisLimits, app: str, count: int) -> list[SharedLease]:
+    """``count`` creates of ``app`` granted and started, each holding its slot."""
+    leases = []
+    for i in range(count):
+        lease = await shared.acquire(app, None)
+        assert lease is not None
+        await shared.started(lease, f"{app}-{i}", 60.0)
+        leases.append(lease)
+    await settle(shared)
+    return leases
+
+
+async def settle(shared: RedisLimits) -> None:
+    """Let the tasks the shared limits spawned (started, released) reach Redis."""
+    for _ in range(100):
+        pending = [task for task in shared._tasks if not task.done()]
+        if not pending:
+            return
+        await asyncio.gather(*pending, return_exceptions=True)
+
+
+async def org_refuses(shared: RedisLimits) -> SharedLease:
+    """App a runs 4 at once, then holds 2 while app b holds 1, and a's next create is
+    refused: the organisation's cap (a ran more than 2 already). Returns that create."""
+    await run(shared, "a", 4)
+    for i in range(2):
+        shared.finished(f"a-{i}")
+    await settle(shared)
+    await run(shared, "b", 1)
+    lease = await shared.acquire("a", None)
+    assert lease is not None
+    await shared.rejected(lease, None)
+    return lease
+
+
+async def test_an_org_429_does_not_shrink_an_apps_window(
+    shared: RedisLimits, redis_url: str
+) -> None:
+    """The fleet's window becomes the 3 held, a's own window stays where it was (4 ran)."""
+    refused = await org_refuses(shared)
+    assert await window(redis_url, "org") == 3
+    a_window = await window(redis_url, "lim:a")
+    assert a_window is not None
+    assert a_window >= 4
+    shared.release(refused)
+
+
+async def test_an_apps_own_429_cuts_its_window_not_the_fleets(
+    shared: RedisLimits, redis_url: str
+) -> None:
+    """App a holds all it ever ran (4), and a fifth is refused: that is a's cap."""
+    await run(shared, "a", 4)
+    lease = await shared.acquire("a", None)
+    assert lease is not None
+    await shared.rejected(lease, None)
+    assert await window(redis_url, "lim:a") == 4
+    assert await window(redis_url, "org") is None
+    shared.release(lease)
+
+
+async def test_the_fleets_window_caps_every_app(shared: RedisLimits) -> None:
+    """Once the organisation's cap is learnt (3), a create of any app waits for a slot of
+    the fleet; a slot freed lets one go."""
+    shared.release(await org_refuses(shared))
+    waiting = asyncio.ensure_future(shared.acquire("c", None))
+    await asyncio.sleep(0.2)  # many polls: none may grant it
+    assert not waiting.done()
+    shared.finished("b-0")  # a slot of the fleet comes free
+    lease = await asyncio.wait_for(waiting, 10)
+    assert lease is not None
+    assert lease.app == "c"
+    shared.release(lease)
+
+
+async def test_the_local_limit_is_left_to_redis(redis_url: str, fast_policy: RetryPolicy) -> None:
+    """Shared, a concurrency 429 is learnt in Redis for the fleet: the process's own limit
+    is neither cut nor held (it would run a share of the cap Redis gives it)."""
+    async with KernelEmulator(quotas=Quotas(max_running=3)) as emulator:
+
+        async def work(ctx: Any, payload: Any) -> Any:
+            await asyncio.sleep(0.05)
+            return payload
+
+        emulator.add_action("app", "work", work)
+        async with emulator.client(retry=fast_policy, limits=Limits(shared=redis_url)) as kernel:
+            results = await asyncio.gather(
+                *(kernel.invocations.run("app", "work", payload=i) for i in range(20))
+            )
+            stats = kernel.limit_stats()
+        assert [r.status for r in results] == ["succeeded"] * 20
+        assert emulator.create_count == 20
+        assert emulator.quotas.stats.concurrency_rejected >= 1  # Redis learnt from one
+        assert stats.concurrency_limited == emulator.quotas.stats.concurrency_rejected
+        assert not stats.apps["app"].learnt  # the process's own limit learnt nothing
+
+
+async def test_a_slot_found_ended_unseen_is_freed_in_redis_at_once(
+    redis_url: str, redis_process: RedisServer, fast_policy: RetryPolicy
+) -> None:
+    """An invocation created and never followed ends on the service: a create waiting
+    for a shared slot has the app's running list read, and the slot freed in Redis at
+    once (not at the end of its lease, renewed for as long as it could run)."""
+    async with KernelEmulator(quotas=Quotas(max_running=5)) as emulator:
+        gate = asyncio.Event()
+
+        async def hold(ctx: Any, payload: Any) -> Any:
+            await gate.wait()
+            return payload
+
+        emulator.add_action("app", "hold", hold)
+        async with emulator.client(retry=fast_policy, limits=Limits(shared=redis_url)) as kernel:
+            first = await kernel.invocations.create("app", "hold", async_=True)
+            client = redis_asyncio.Redis.from_url(redis_url, decode_responses=True)
+            try:
+                [lim] = [key async for key in client.scan_iter("kernel:limits:*:lim:app")]
+                # The fleet learnt a window of one for the app (a 429 would teach it).
+                await client.hset(lim, mapping={"window": 1, "limited": 1, "grow": 0})
+            finally:
+                await client.aclose()
+            gate.set()
+            while emulator.snapshot()[0].status == "running":  # ended, unseen by the client
+                await asyncio.sleep(0.01)
+            second = await asyncio.wait_for(
+                kernel.invocations.create("app", "hold", async_=True), 30
+            )
+        assert second.id != first.id
+        assert emulator.create_count == 2
+        assert emulator.quotas.stats.concurrency_rejected == 0
+        assert await redis_process.zcard_running() == 0  # closing gave the second one back
+
+
+async def test_a_cap_the_service_tells_seeds_the_fleets_window(
+    redis_url: str, fast_policy: RetryPolicy
+) -> None:
+    """With a project capped at 12, the first create reads the cap once and the fleet's
+    window starts there: twelve creates at once all go, none refused."""
+    quotas = Quotas(max_running=12, projects={"prod": 12})
+    async with KernelEmulator(quotas=quotas) as emulator:
+        gate = asyncio.Event()
+
+        async def hold(ctx: Any, payload: Any) -> Any:
+            await gate.wait()
+            return payload
+
+        emulator.add_action("app", "hold", hold)
+        limits = Limits(shared=redis_url)
+        async with emulator.client(retry=fast_policy, limits=limits, project="prod") as kernel:
+            created = await asyncio.gather(
+                *(kernel.invocations.create("app", "hold", async_=True) for _ in range(12))
+            )
+            client = redis_asyncio.Redis.from_url(redis_url, decode_responses=True)
+            try:
+                [org] = [key async for key in client.scan_iter("kernel:limits:*:org")]
+                told = await client.hget(org, "window")
+            finally:
+                await client.aclose()
+            gate.set()
+        assert len({c.id for c in created}) == 12
+        assert emulator.quotas.stats.concurrency_rejected == 0
+        assert told is not None
+        assert int(float(told)) == 12  # and grows slowly from there (the cap is known)
