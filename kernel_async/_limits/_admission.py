@@ -42,6 +42,10 @@ UNSEEN_PROBE_DELAY: Final = 1.0
 #: Slow start doubles the limit this often (seconds), from the first create on: in time,
 #: not per answer, so processes that start a moment apart reach the cap with like shares.
 SLOW_START_DOUBLING: Final = 0.05
+#: A 429 counts as others taking slots (and halves the limit) when what ran fell below
+#: the last plateau by more than this fraction of it (and by at least one): a slot seen
+#: free a moment late is no news.
+SLACK: Final = 0.15
 
 
 class _App:
@@ -277,12 +281,12 @@ class AdmissionPolicy:
         self.concurrency_limited += 1
         running = len(state.held)
         if self.limits.adaptive:
-            # What ran fits. Fewer than at the last 429: others are taking slots, so give
-            # up more (a cut of `DECREASE`, and a lower plateau: TCP's "fast
-            # convergence"); as many or more: alone, or at a fair share already, so stay
-            # just under it.
+            # What ran fits. Clearly fewer than at the last 429 (`SLACK`): others are
+            # taking slots, so give up more (a cut of `DECREASE`, and a lower plateau:
+            # TCP's "fast convergence"). As many or more: alone, or at a fair share
+            # already, so stay just under it.
             ran = float(max(running, 1))
-            if ran < state.w_max - 0.5:
+            if ran < state.w_max - max(0.5, SLACK * state.w_max):
                 state.w_max = ran * (1.0 + DECREASE) / 2.0
                 state.limit = max(1.0, DECREASE * running)
             else:
