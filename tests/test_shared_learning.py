@@ -208,3 +208,27 @@ async def test_a_cap_the_service_tells_seeds_the_fleets_window(
         assert emulator.quotas.stats.concurrency_rejected == 0
         assert told is not None
         assert int(float(told)) == 12  # and grows slowly from there (the cap is known)
+
+
+async def test_another_tenants_429_teaches_nothing_and_one_create_probes(
+    shared: RedisLimits, redis_url: str
+) -> None:
+    """Refused with nothing of the fleet running (another tenant holds the cap): no window
+    is learnt; after the pause one create at a time goes, until one starts."""
+    refused = await shared.acquire("a", None)
+    assert refused is not None
+    await shared.rejected(refused, None)
+    shared.release(refused)
+    await settle(shared)
+    assert await window(redis_url, "lim:a") is None
+    assert await window(redis_url, "org") is None
+    waiting = [asyncio.ensure_future(shared.acquire("a", None)) for _ in range(3)]
+    done, pending = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+    assert len(done) == 1  # the probe
+    await asyncio.sleep(0.2)  # many polls: the others wait for the probe's answer
+    assert all(not fut.done() for fut in pending)
+    probe = done.pop().result()
+    assert probe is not None
+    await shared.started(probe, "probe", 60.0)  # it started: the tenant let go
+    leases = await asyncio.wait_for(asyncio.gather(*pending), 10)
+    assert all(lease is not None for lease in leases)

@@ -103,6 +103,7 @@ if org_window then
   free = math.min(free, org_free)
 end
 if redis.call('EXISTS', p .. ':idle') == 1 then free = math.min(free, 1 - org_held) end
+if free <= 0 then return {0} end
 local granted = {0}
 local alive = {}
 -- First come, first served: another live worker's earlier waiter reserves a free slot
