@@ -53,7 +53,7 @@ async def test_a_gather_of_run_finishes_under_an_app_cap_each_started_once() -> 
         assert emulator.quotas.stats.concurrency_rejected < n / 2  # it learnt, it did not hammer
         app = stats.apps["app"]
         assert (app.learnt, app.running, app.queued) == (True, 0, 0)
-        # AIMD: between the cut after a 429 (DECREASE x cap) and one over while it probes
+        # Between a full cut after a 429 (DECREASE x cap) and one over while it probes
         assert app.limit is not None
         assert int(DECREASE * cap) <= app.limit <= cap + 1
         assert stats.concurrency_limited == emulator.quotas.stats.concurrency_rejected

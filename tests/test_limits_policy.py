@@ -286,6 +286,17 @@ def test_a_429_with_nothing_of_ours_running_holds_briefly_with_jitter() -> None:
     assert capped.rejected("a", 0.0, 3600.0) == 60.0
 
 
+def test_an_app_held_for_hours_by_another_tenant_keeps_probing_about_once_a_second() -> None:
+    policy = AdmissionPolicy(Limits(), initial_delay=0.5, rng=random.Random(2))
+    now = 0.0
+    for _ in range(5000):  # over an hour of 429s with nothing of ours running
+        policy.admit("a", now)
+        hold = policy.rejected("a", now, None)
+        assert 0.0 < hold <= IDLE_PROBE_DELAY
+        now += hold
+    assert now > 3600
+
+
 def test_a_known_cap_seeds_the_limit_but_not_over_a_learnt_one() -> None:
     policy = AdmissionPolicy(Limits(initial=2), initial_delay=0.5)
     policy.seed("a", 15)

@@ -298,7 +298,8 @@ class AdmissionPolicy:
             state.limited = True
         delay = 0.0
         if not running:
-            delay = min(IDLE_PROBE_DELAY, IDLE_PROBE_MIN * IDLE_BACKOFF**state.idle_strikes)
+            backoff = IDLE_BACKOFF ** min(state.idle_strikes, 32)
+            delay = min(IDLE_PROBE_DELAY, IDLE_PROBE_MIN * backoff)
             delay *= self._rng.uniform(0.5, 1.0)
             state.idle_strikes += 1
         if retry_after is not None:
