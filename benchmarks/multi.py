@@ -208,9 +208,11 @@ async def measure(case: Case, redis_url: str | None) -> dict[str, Any]:
     emulator = KernelEmulator(quotas=quotas, heartbeat_interval=15.0)
 
     running: Counter[int] = Counter()  # running invocations per worker, for the timeline
+    begun: Counter[int] = Counter()  # invocations started per worker: whose work is left
 
     async def sleep(ctx: Any, payload: Any) -> Any:
         worker = payload["w"]
+        begun[worker] += 1
         running[worker] += 1
         try:
             await asyncio.sleep(case.duration)
@@ -252,7 +254,7 @@ async def measure(case: Case, redis_url: str | None) -> dict[str, Any]:
             assert proc.stdin is not None
             proc.stdin.write(f"{start_at}\n".encode())
             await proc.stdin.drain()
-        idle, timeline = await sample_idle(emulator, case, t0, start_at, running, procs)
+        idle, timeline = await sample_idle(emulator, case, t0, start_at, running, procs, begun)
         outs = [json.loads((await p.communicate())[0]) for p in procs]
         payloads = Counter(
             json.dumps(v.payload_as(), sort_keys=True)
@@ -284,10 +286,13 @@ async def sample_idle(
     start_at: float,
     running: Counter[int],
     procs: list[Any],
+    begun: Counter[int] | None = None,
 ) -> tuple[float, list[list[float]]]:
     """Seconds (whole seconds of the run after the first) in which, on average, more than
     a tenth of the cap was free while work waited to be created (slots left free for
-    want of work are not counted: at the end, fewer creates wait than slots are free);
+    want of work are not counted: at the end, fewer creates wait than slots are free; nor
+    are those only apps with no work left could fill, ``begun`` counting each worker's
+    invocations started);
     and the timeline:
     ``[seconds since t0, running per worker...]`` every 50 ms.
 
@@ -306,17 +311,29 @@ async def sample_idle(
         arrived = sum(now >= start_at + d for d in case.worker_delays())
         waiting = arrived * (case.n // case.k) - created  # the arrived workers' creates
         if waiting > 0 and now > start_at + case.tenant + 1.0:
-            unused = min(free_slots(emulator, case), waiting)
+            share = case.n // case.k
+            pairs = enumerate(zip(case.worker_apps(), case.worker_delays(), strict=True))
+            with_work = [
+                app
+                for w, (app, delay) in pairs
+                if now >= start_at + delay and (begun is None or begun[w] < share)
+            ]
+            unused = min(free_slots(emulator, case, with_work), waiting)
             free.setdefault(int(now - t0), []).append(unused / case.cap)
     idle = sum(1 for fractions in free.values() if sum(fractions) / len(fractions) > 0.1)
     return float(idle), timeline
 
 
-def free_slots(emulator: Any, case: Case) -> int:
-    """Slots some app with work could still fill, under its own cap and the org's."""
+def free_slots(emulator: Any, case: Case, apps: list[str] | None = None) -> int:
+    """Slots some app with work (``apps``; default: every worker's) could still fill,
+    under its own cap and the org's."""
     quotas = emulator.quotas
     by_app = max(
-        case.app_caps.get(app, case.cap) - quotas.running(app) for app in case.worker_apps()
+        (
+            case.app_caps.get(app, case.cap) - quotas.running(app)
+            for app in (case.worker_apps() if apps is None else apps)
+        ),
+        default=0,
     )
     free: int = max(0, min(case.cap - quotas.running(), by_app))
     return free

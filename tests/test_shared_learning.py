@@ -232,3 +232,29 @@ async def test_another_tenants_429_teaches_nothing_and_one_create_probes(
     await shared.started(probe, "probe", 60.0)  # it started: the tenant let go
     leases = await asyncio.wait_for(asyncio.gather(*pending), 10)
     assert all(lease is not None for lease in leases)
+
+
+async def test_creates_sent_before_a_cut_are_the_same_crowding(
+    shared: RedisLimits, redis_url: str
+) -> None:
+    """Two creates in flight at once are both refused: the first cut (to the 3 held then)
+    is news, the second only brings the window down to what is held (2): it does not
+    count as a second 429 at the same cap, which would make the window probe slowly."""
+    await run(shared, "a", 2)
+    first = await shared.acquire("a", None)
+    second = await shared.acquire("a", None)
+    assert first is not None
+    assert second is not None
+    await asyncio.sleep(0.01)  # both were sent before the first 429 came back
+    await shared.rejected(first, None)
+    await shared.rejected(second, None)
+    assert await window(redis_url, "lim:a") == 2
+    client = redis_asyncio.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        state = await client.hgetall(f"{PREFIX}:lim:a")
+    finally:
+        await client.aclose()
+    assert state["ceil"] == "3"  # what the first 429 found
+    assert state["fast"] == "1"  # it moved the cap: the window regrows as in slow start
+    for lease in (first, second):
+        shared.release(lease)

@@ -163,7 +163,7 @@ class RedisLimits:
         if retry_after is not None:
             pause = most = retry_after  # the service said how long: as long, no longer
         ms = [str(int(seconds * 1000)) for seconds in (pause, most)]
-        await self._call(scripts.REJECTED, lease.app, lease.token, *ms)
+        await self._call(scripts.REJECTED, lease.app, lease.token, *ms, timed=True)
 
     def release(self, lease: SharedLease) -> None:
         """The create failed, or its invocation ended: free the slot (soon, in a task)."""

@@ -15,7 +15,7 @@ Keys, under a prefix per server and API key (``P``):
   hold at once, learnt), ``limited`` (a 429 taught it), ``grow`` (slots added per round
   of starts at the window's edge: doubles every round since the last 429), ``count``
   (starts at the edge in this round), ``ceil`` (what ran at the last 429), ``fast``
-  (that 429 moved the cap: grow as in slow start); an app's
+  (that 429 moved the cap: grow as in slow start), ``cut`` (when, ms); an app's
   ``proven`` (the most it was known to run at once since its last 429);
 * ``P:apps``: SET of the apps whose creates waited lately;
 * ``P:pause``: set while a rate-limit 429's ``Retry-After`` runs, for every worker;
@@ -197,28 +197,32 @@ return 0
 """
 )
 
-#: ARGV: prefix, app, token, pause_ms, most_ms. A concurrency 429: every worker's slots are in
-#: ``run``, so what runs is a cap. The app's, unless the app was known to run more than
-#: it holds now since its last 429 (or holds nothing): then the organisation's (other
-#: apps of the fleet hold the rest), and the app's window stays. The window cut grows
-#: slowly if the cap is where the last 429 put it (give or take one), else as in slow
-#: start (``fast``: capacity was lost, or is coming back).
-#: With nothing of the fleet's running (another tenant holds the cap), nothing is learnt:
-#: every worker pauses ``pause_ms`` (doubling with each such 429 in a row, up to
-#: ``most_ms``), then one create at a time probes until one starts.
+#: ARGV: prefix, app, lease_ms, worker, token, pause_ms, most_ms. A concurrency 429:
+#: every worker's slots are in ``run``, so what runs is a cap. The app's, unless the app
+#: was known to run more than it holds now since its last 429 (or holds nothing): then
+#: the organisation's (other apps of the fleet hold the rest), and the app's window
+#: stays. The window cut grows slowly if the cap is where the last 429 put it (give or
+#: take one), else as in slow start (``fast``: capacity was lost, or is coming back). A
+#: create sent before the window's last cut is the same crowding: the window follows
+#: what is held, no more. With nothing of the fleet's running (another tenant holds the
+#: cap), nothing is learnt: every worker pauses ``pause_ms`` (doubling with each such 429
+#: in a row, up to ``most_ms``), then one create at a time probes until one starts.
 REJECTED: Final = """
-local p, app, token = ARGV[1], ARGV[2], ARGV[3]
+local p, app, lease, token = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[5]
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 redis.call('ZREM', p .. ':run:' .. app, token)
 redis.call('ZREM', p .. ':run', app .. '/' .. token)
 local fly = p .. ':fly:' .. app
+local sent = tonumber(redis.call('ZSCORE', fly, token) or lease) - lease  -- 0: unknown
 redis.call('ZREM', fly, token)
 local held = redis.call('ZCARD', p .. ':run:' .. app)
 local org_held = redis.call('ZCARD', p .. ':run')
 if org_held == 0 then
   local idle = p .. ':idle'
   local strikes = tonumber(redis.call('GET', idle) or '0')
-  local first = tonumber(ARGV[4])
-  local pause = math.min(first * 2 ^ strikes, math.max(first, tonumber(ARGV[5])))
+  local first = tonumber(ARGV[6])
+  local pause = math.min(first * 2 ^ strikes, math.max(first, tonumber(ARGV[7])))
   if pause > 0 and redis.call('PTTL', p .. ':pause') < pause then
     redis.call('SET', p .. ':pause', '1', 'PX', math.floor(pause))
   end
@@ -230,15 +234,26 @@ local key, at = lim, held
 if held == 0 or tonumber(redis.call('HGET', lim, 'proven') or '0') > held then
   key, at = p .. ':org', org_held
 end
+if sent > 0 and sent < tonumber(redis.call('HGET', key, 'cut') or '0') then
+  -- Sent before the last cut: the same crowding, no news. The window follows what is
+  -- held (no create goes until one ends), and is not cut again.
+  if at < tonumber(redis.call('HGET', key, 'window')) then
+    redis.call('HSET', key, 'window', math.max(1, at))
+  end
+  return at
+end
 local ceil = tonumber(redis.call('HGET', key, 'ceil') or math.huge)
 redis.call('HSET', key, 'window', math.max(1, at), 'limited', '1', 'grow', 0.25, 'count', 0,
-  'ceil', at)
+  'ceil', at, 'cut', now)
 if math.abs(at - ceil) <= 1 and at > 1 then
   redis.call('HDEL', key, 'fast')
 else
   redis.call('HSET', key, 'fast', '1')
 end
-if key == lim then redis.call('HSET', lim, 'proven', held - redis.call('ZCARD', fly)) end
+if key == lim then  -- known to run since: no more than the cap it was cut to
+  local proven = tonumber(redis.call('HGET', lim, 'proven') or '0')
+  redis.call('HSET', lim, 'proven', math.min(proven, held))
+end
 return at
 """
 
