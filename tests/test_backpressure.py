@@ -53,9 +53,9 @@ async def test_a_gather_of_run_finishes_under_an_app_cap_each_started_once() -> 
         assert emulator.quotas.stats.concurrency_rejected < n / 2  # it learnt, it did not hammer
         app = stats.apps["app"]
         assert (app.learnt, app.running, app.queued) == (True, 0, 0)
-        # Between a full cut after a 429 (DECREASE x cap) and one over while it probes
+        # What fit at the last 429: the cap, or a little under it (a finish seen late)
         assert app.limit is not None
-        assert int(DECREASE * cap) <= app.limit <= cap + 1
+        assert int(DECREASE * cap) <= app.limit <= cap
         assert stats.concurrency_limited == emulator.quotas.stats.concurrency_rejected
 
 
@@ -194,7 +194,7 @@ async def test_with_options_copies_share_the_queue_and_the_gate() -> None:
             quick = kernel.with_options(timeout=30)
             await asyncio.gather(*(c.invocations.run("app", "work") for c in [kernel, quick] * 10))
             assert quick.limit_stats() == kernel.limit_stats()
-            assert kernel.limit_stats().apps["app"].limit in {1, 2, 3}  # AIMD cuts 2 to 1.6
+            assert kernel.limit_stats().apps["app"].limit in {1, 2}  # what fit under the cap
         assert emulator.quotas.stats.peak_running_by_app["app"] <= 2
 
 

@@ -55,6 +55,7 @@ class _App:
         "active",
         "credits",
         "epoch",
+        "fit",
         "held",
         "hold_until",
         "idle_strikes",
@@ -72,6 +73,7 @@ class _App:
         self.ssthresh = math.inf  # slow start below this; learnt on the first 429
         self.w_max = 0.0  # what ran when the last 429 came: the growth curve's plateau
         self.epoch = -math.inf  # when the last 429 cut the limit (loop time)
+        self.fit = 0  # how many of ours ran when the last 429 came: the limit learnt
         self.plateau = 0.0  # seconds from the cut until the growth curve reaches w_max
         self.active = 0  # admitted: creates in flight + invocations held
         self.held: dict[str, float] = {}  # invocation id -> lease expiry, oldest first
@@ -286,6 +288,7 @@ class AdmissionPolicy:
             # TCP's "fast convergence"). As many or more: alone, or at a fair share
             # already, so stay just under it.
             ran = float(max(running, 1))
+            state.fit = max(running, 1)
             if ran < state.w_max - max(0.5, SLACK * state.w_max):
                 state.w_max = ran * (1.0 + DECREASE) / 2.0
                 state.limit = max(1.0, DECREASE * running)
@@ -381,8 +384,11 @@ class AdmissionPolicy:
             source: Literal["learnt", "told", "configured", "none"] = "none"
             limit: float | None = None
             if state.limited or not math.isinf(state.ssthresh):  # learnt or told: within the cap
+                # Learnt: what fit at the last 429 (the window itself dips under it after a
+                # cut and probes over it before the next).
                 source = "learnt" if state.limited else "told"
-                limit = state.limit if cap is None else min(state.limit, cap)
+                known = state.fit if state.limited else state.limit
+                limit = known if cap is None else min(known, cap)
             elif cap is not None:  # slow start's window is no limit: only the cap is
                 source, limit = "configured", cap
             result[name] = AppLimitStats(

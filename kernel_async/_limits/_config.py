@@ -90,9 +90,10 @@ class AppLimitStats:
     queued: int
     """Creates waiting for a slot."""
     limit: int | None
-    """The limit known: the one learnt from the service's concurrency 429s or told by it
-    (within the cap), else the cap set with `Limits`; ``None`` when no limit was seen or set (the
-    client is still feeling its way up, see `source`)."""
+    """The limit known: the one learnt from the service's concurrency 429s (how many of
+    this client's ran when the last one came) or told by it (within the cap), else the cap
+    set with `Limits`; ``None`` when no limit was seen or set (the client is still feeling
+    its way up, see `source`)."""
     learnt: bool
     """Whether the limit comes from a concurrency 429."""
     source: Literal["learnt", "told", "configured", "none"] = "none"
