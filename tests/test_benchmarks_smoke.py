@@ -64,3 +64,8 @@ def test_many_processes_bench_quick_run(tmp_path: Path) -> None:
     )
     (row,) = json.loads((tmp_path / "multi.json").read_text())
     assert (row["ok"], row["duplicates"], row["errors"]) == (80, 0, 0)
+
+
+def test_the_limits_simulation_runs_a_case() -> None:
+    """The policy's simulator (what a policy change is tried on first) runs from the CLI."""
+    run_bench("limits_sim", "K=2", "--seeds", "1", "--timeline")

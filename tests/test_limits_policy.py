@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import math
 import random
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from benchmarks.limits_sim import simulate
+from benchmarks.multi import Case
 from kernel_async._limits import AdmissionPolicy, Limits, RatePolicy, classify_429
 from kernel_async._limits._admission import DECREASE, IDLE_PROBE_DELAY, SLOW_START_DOUBLING
 
@@ -316,114 +317,41 @@ def _admit_all(policy: AdmissionPolicy, app: str, now: float) -> list[bool]:
     return probes
 
 
-def _simulate(
-    k: int,
-    *,
-    n: int = 400,
-    cap: int = 20,
-    duration: float = 0.25,
-    latency: float = 0.01,
-    seed: int = 0,
-    tenant: float = 0.0,
-) -> dict[str, float]:
-    """K uncoordinated `AdmissionPolicy` objects (one per process) against one shared cap,
-    as a discrete-event simulation: a create reaches the service half a round trip after
-    it is sent and is refused there if the cap is full; a finish is seen half a round trip
-    after it happens. ``tenant`` seconds: another tenant holds the whole cap at first.
-    Each process does the same as the client's admission queue: a 429 for a create sent
-    before the previous 429 was known is the same crowding (abandoned, not learnt)."""
-    rng = random.Random(seed)
-    policies = [
-        AdmissionPolicy(Limits(), initial_delay=0.5, rng=random.Random(seed * 100 + i))
-        for i in range(k)
-    ]
-    todo, done, last_finish = [n // k] * k, [0] * k, [0.0] * k
-    last_reject = [-math.inf] * k
-    refused = 0
-    running = cap if tenant else 0
-    # (time, order, kind, process, (sent at, probe, accepted, invocation id))
-    events: list[tuple[float, int, str, int, tuple[float, bool, bool, str]]] = []
-    seq = itertools.count()
-    nothing = (0.0, False, False, "")
-
-    def push(at: float, kind: str, proc: int, data: tuple[float, bool, bool, str]) -> None:
-        heapq.heappush(events, (at, next(seq), kind, proc, data))
-
-    for i in range(k):
-        push(0.0, "wake", i, nothing)
-    if tenant:
-        push(tenant, "tenant_done", -1, nothing)
-    now = 0.0
-    while events:
-        now, _, kind, i, (sent, probe, ok, inv) = heapq.heappop(events)
-        assert now < 100 * n * duration / cap, "the simulation stalls"
-        if kind == "tenant_done":
-            running -= cap
-            continue
-        if kind == "arrive":  # the service decides
-            ok = running < cap
-            running += ok
-            inv = f"inv{next(seq)}"
-            if ok:
-                push(now + duration, "server_finish", i, (sent, probe, ok, inv))
-            push(now + latency / 2, "answer", i, (sent, probe, ok, inv))
-            continue
-        if kind == "server_finish":
-            running -= 1
-            push(now + latency / 2, "finish", i, (sent, probe, ok, inv))
-            continue
-        policy = policies[i]
-        if kind == "answer" and ok:
-            policy.started("app", now, inv, probe=probe, lease=1000.0)
-        elif kind == "answer":
-            refused += 1
-            todo[i] += 1
-            if sent < last_reject[i]:
-                policy.abandoned("app", now, probe=probe)
-            else:
-                last_reject[i] = now
-                policy.rejected("app", now, None)
-        elif kind == "finish":
-            done[i] += 1
-            last_finish[i] = now
-            policy.finished(inv, now)
-        while todo[i] and policy.may_admit("app", now):
-            probe = policy.admit("app", now)
-            todo[i] -= 1
-            push(now + latency * rng.uniform(0.25, 0.75), "arrive", i, (now, probe, False, ""))
-        wake = policy.wake_at("app", now) if todo[i] else None
-        if wake is not None:
-            push(max(wake, now), "wake", i, nothing)
-    ideal = tenant + n * duration / cap
-    assert sum(done) == n
-    return {
-        "refused_per_invocation": refused / n,
-        "makespan": max(last_finish) / ideal,
-        "spread": (max(last_finish) - min(last_finish)) / ideal,
-    }
+def _case(name: str, **kw: Any) -> Case:
+    """A case of the multi-process bench (``benchmarks/multi.py``), uncoordinated."""
+    return Case(name, "uncoordinated", **kw)
 
 
 @pytest.mark.parametrize("k", [1, 2, 4])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_uncoordinated_processes_share_one_cap_fairly_and_use_all_of_it(k: int, seed: int) -> None:
-    result = _simulate(k, seed=seed)
-    assert result["refused_per_invocation"] <= 0.3
-    assert result["makespan"] <= 1.25  # the whole cap is used
-    assert result["spread"] <= 0.3  # fair shares: the processes finish together
+    """K processes, each an `AdmissionPolicy` learning alone, simulated against one cap of
+    20 (``benchmarks/limits_sim.py``: start jitter, round trips, finishes seen late)."""
+    result = simulate(_case(f"K={k}", k=k), seed)
+    assert result["per_inv_429"] <= 0.3
+    assert result["makespan_x"] <= 1.25  # the whole cap is used
+    assert result["spread_x"] <= 0.3  # fair shares: the processes finish together
 
 
 def test_eight_processes_still_finish_everything_with_few_429s() -> None:
-    result = _simulate(8)
-    assert result["refused_per_invocation"] <= 0.35
-    assert result["makespan"] <= 1.5
+    result = simulate(_case("K=8", k=8))
+    assert result["per_inv_429"] <= 0.3
+    assert result["makespan_x"] <= 1.3
 
 
 def test_a_tenant_holding_the_cap_costs_no_long_sleep_once_it_lets_go() -> None:
     """The issue's case: another tenant holds all 20 slots for 7.6 s; the old exponential
     hold slept to ~15.5 s. Now the processes are back within about a probe interval."""
-    result = _simulate(4, tenant=7.6)
-    assert result["makespan"] <= 1.2
-    assert result["refused_per_invocation"] <= 0.3
+    result = simulate(_case("tenant", k=4, tenant=7.6))
+    assert result["makespan_x"] <= 1.2
+    assert result["per_inv_429"] <= 0.3
+
+
+def test_apps_under_their_own_caps_and_the_org_cap_all_finish_near_the_bound() -> None:
+    caps = {"a5": 5, "a10": 10, "a20": 20}
+    result = simulate(_case("3 apps", k=3, n=399, apps=list(caps), app_caps=caps))
+    assert result["makespan_x"] <= 1.25  # the app capped at 5 is the bound: near its cap
+    assert result["per_inv_429"] <= 0.3
 
 
 def test_leases_expire_in_order_and_released_ones_are_forgotten() -> None:

@@ -1,0 +1,151 @@
+"""The uncoordinated admission policy, simulated: K `AdmissionPolicy` objects (one per
+process) against one service's caps, as discrete events, in well under a second per case.
+
+It plays the cases of ``benchmarks.multi`` without processes, sockets or CPU contention:
+each process starts a few milliseconds apart (``jitter``), a create reaches the service
+half a round trip after it is sent (``rtt``, drawn per create) and is refused there when
+the organisation's or its app's cap is full, and a finish is seen ``seen`` seconds after
+it happens. Each process does what the client's admission queue does (a 429 for a create
+sent before the previous 429 was known is the same crowding: freed, not learnt). Use it to
+try a change to the policy across seeds before measuring it for real:
+
+    python -m benchmarks.limits_sim            # every case, 8 seeds: mean/worst
+    python -m benchmarks.limits_sim K=8 --seed 3 --timeline
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import itertools
+import math
+import random
+import statistics
+from typing import Any
+
+from kernel_async._limits._admission import AdmissionPolicy
+from kernel_async._limits._config import Limits
+
+from .multi import Case, cases
+
+
+def simulate(
+    case: Case,
+    seed: int = 0,
+    *,
+    rtt: tuple[float, float] = (0.002, 0.008),
+    seen: float = 0.003,
+    jitter: float = 0.02,
+) -> dict[str, Any]:
+    """Run ``case``; returns 429s per invocation, makespan and spread (÷ ideal), each
+    process's finish, and a timeline of each process's running count every 0.25 s."""
+    rng = random.Random(seed)
+    k, apps, share = case.k, case.worker_apps(), case.n // case.k
+    policies = [
+        AdmissionPolicy(Limits(), initial_delay=0.5, rng=random.Random(seed * 100 + i))
+        for i in range(k)
+    ]
+    todo, done, last_finish = [share] * k, [0] * k, [0.0] * k
+    last_reject = [-math.inf] * k
+    refused = 0
+    org = case.cap if case.tenant else 0
+    by_app = dict.fromkeys(apps, 0)
+    per_process = [0] * k
+    timeline: list[tuple[float, tuple[int, ...]]] = []
+    events: list[tuple[float, int, str, int, Any]] = []
+    order = itertools.count()
+
+    def push(at: float, kind: str, process: int, data: Any = None) -> None:
+        heapq.heappush(events, (at, next(order), kind, process, data))
+
+    for i, delay in enumerate(case.worker_delays()):
+        push(delay + rng.uniform(0, jitter), "wake", i)
+    if case.tenant:
+        push(case.tenant, "tenant_done", -1)
+    push(0.0, "sample", -1)
+    while events:
+        now, _, kind, i, data = heapq.heappop(events)
+        if now > 100 * case.ideal():
+            raise RuntimeError(f"the simulation of {case.name} stalls")
+        if kind == "sample":
+            timeline.append((round(now, 2), tuple(per_process)))
+            if sum(done) < share * k:
+                push(now + 0.25, "sample", -1)
+            continue
+        if kind == "tenant_done":
+            org -= case.cap
+            continue
+        app = apps[i]
+        if kind == "arrive":  # the service decides
+            sent, probe = data
+            ok = org < case.cap and by_app[app] < case.app_caps.get(app, case.cap)
+            invocation = f"inv{next(order)}"
+            if ok:
+                org, by_app[app], per_process[i] = org + 1, by_app[app] + 1, per_process[i] + 1
+                push(now + case.duration, "server_finish", i, invocation)
+            push(now + rng.uniform(*rtt) / 2, "answer", i, (sent, probe, ok, invocation))
+            continue
+        if kind == "server_finish":
+            org, by_app[app], per_process[i] = org - 1, by_app[app] - 1, per_process[i] - 1
+            push(now + seen, "finish", i, data)
+            continue
+        policy = policies[i]
+        if kind == "answer":
+            sent, probe, ok, invocation = data
+            if ok:
+                policy.started("app", now, invocation, probe=probe, lease=1000.0)
+            else:
+                refused += 1
+                todo[i] += 1
+                if sent < last_reject[i]:  # the same crowding as the last 429
+                    policy.abandoned("app", now, probe=probe)
+                    policy.concurrency_limited += 1
+                else:
+                    last_reject[i] = now
+                    policy.rejected("app", now, None)
+        elif kind == "finish":
+            done[i] += 1
+            last_finish[i] = now
+            policy.finished(data, now)
+        while todo[i] and policy.may_admit("app", now):
+            probe = policy.admit("app", now)
+            todo[i] -= 1
+            push(now + rng.uniform(*rtt) / 2, "arrive", i, (now, probe))
+        wake = policy.wake_at("app", now) if todo[i] else None
+        if wake is not None:
+            push(max(wake, now), "wake", i)
+    ideal = case.ideal()
+    return {
+        "per_inv_429": refused / (share * k),
+        "makespan_x": max(last_finish) / ideal,
+        "spread_x": (max(last_finish) - min(last_finish)) / ideal,
+        "finishes_s": [round(t, 2) for t in last_finish],
+        "timeline": timeline,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("cases", nargs="*", help="case names (default: every one)")
+    parser.add_argument("--seeds", type=int, default=8)
+    parser.add_argument("--seed", type=int, help="one seed only")
+    parser.add_argument("--timeline", action="store_true", help="print each process's count")
+    args = parser.parse_args()
+    chosen = [c for c in cases(quick=False) if c.mode == "uncoordinated"]
+    if args.cases:
+        chosen = [c for c in chosen if c.name in args.cases]
+    seeds = [args.seed] if args.seed is not None else list(range(args.seeds))
+    for case in chosen:
+        runs = [simulate(case, seed) for seed in seeds]
+        cells = []
+        for key in ("per_inv_429", "makespan_x", "spread_x"):
+            values = [run[key] for run in runs]
+            cells.append(f"{key} {statistics.mean(values):.2f}/{max(values):.2f}")
+        print(f"{case.name:28} " + "  ".join(cells))
+        if args.timeline:
+            for at, counts in runs[-1]["timeline"]:
+                print(f"  {at:5.2f} " + " ".join(f"{c:2d}" for c in counts))
+
+
+if __name__ == "__main__":
+    main()
