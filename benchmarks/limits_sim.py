@@ -37,8 +37,9 @@ def simulate(
     seen: float = 0.003,
     jitter: float = 0.02,
 ) -> dict[str, Any]:
-    """Run ``case``; returns 429s per invocation, makespan and spread (÷ ideal), each
-    process's finish, and a timeline of each process's running count every 0.25 s."""
+    """Run ``case``; returns 429s per invocation, makespan and spread (÷ ideal), idle
+    seconds (as `benchmarks.multi` counts them), each process's finish, and a timeline of
+    each process's running count every 0.05 s."""
     rng = random.Random(seed)
     k, apps, share = case.k, case.worker_apps(), case.n // case.k
     policies = [
@@ -51,6 +52,9 @@ def simulate(
     org = case.cap if case.tenant else 0
     by_app = dict.fromkeys(apps, 0)
     per_process = [0] * k
+    accepted = [0] * k  # creates the service took, per process
+    delays = case.worker_delays()
+    free_by_second: dict[int, list[float]] = {}
     timeline: list[tuple[float, tuple[int, ...]]] = []
     events: list[tuple[float, int, str, int, Any]] = []
     order = itertools.count()
@@ -69,8 +73,18 @@ def simulate(
             raise RuntimeError(f"the simulation of {case.name} stalls")
         if kind == "sample":
             timeline.append((round(now, 2), tuple(per_process)))
+            arrived = [w for w, delay in enumerate(delays) if now >= delay]
+            waiting = sum(share - accepted[w] for w in arrived)
+            if waiting > 0 and now > case.tenant + 1.0:
+                room = max(  # what an app with work left could still start
+                    case.app_caps.get(apps[w], case.cap) - by_app[apps[w]]
+                    for w in arrived
+                    if accepted[w] < share
+                )
+                unused = min(max(0, min(case.cap - org, room)), waiting)
+                free_by_second.setdefault(int(now), []).append(unused / case.cap)
             if sum(done) < share * k:
-                push(now + 0.25, "sample", -1)
+                push(now + 0.05, "sample", -1)
             continue
         if kind == "tenant_done":
             org -= case.cap
@@ -82,6 +96,7 @@ def simulate(
             invocation = f"inv{next(order)}"
             if ok:
                 org, by_app[app], per_process[i] = org + 1, by_app[app] + 1, per_process[i] + 1
+                accepted[i] += 1
                 push(now + case.duration, "server_finish", i, invocation)
             push(now + rng.uniform(*rtt) / 2, "answer", i, (sent, probe, ok, invocation))
             continue
@@ -119,6 +134,7 @@ def simulate(
         "per_inv_429": refused / (share * k),
         "makespan_x": max(last_finish) / ideal,
         "spread_x": (max(last_finish) - min(last_finish)) / ideal,
+        "idle_s": sum(1 for f in free_by_second.values() if sum(f) / len(f) > 0.1),
         "finishes_s": [round(t, 2) for t in last_finish],
         "timeline": timeline,
     }
@@ -138,12 +154,12 @@ def main() -> None:
     for case in chosen:
         runs = [simulate(case, seed) for seed in seeds]
         cells = []
-        for key in ("per_inv_429", "makespan_x", "spread_x"):
+        for key in ("per_inv_429", "makespan_x", "spread_x", "idle_s"):
             values = [run[key] for run in runs]
             cells.append(f"{key} {statistics.mean(values):.2f}/{max(values):.2f}")
         print(f"{case.name:28} " + "  ".join(cells))
         if args.timeline:
-            for at, counts in runs[-1]["timeline"]:
+            for at, counts in runs[-1]["timeline"][::5]:
                 print(f"  {at:5.2f} " + " ".join(f"{c:2d}" for c in counts))
 
 
