@@ -187,6 +187,28 @@ async def test_a_concurrency_429_with_retry_after_holds_that_long() -> None:
         release.set()
 
 
+async def test_without_adaptive_learning_a_concurrency_429_waits_instead_of_hammering() -> None:
+    # adaptive=False keeps no learnt limit: a 429 with some of ours running must still
+    # wait for one of them to finish (or a backoff), never resend at once in a loop.
+    async def work(ctx: Any, payload: Any) -> Any:
+        await asyncio.sleep(0.3)
+        return payload
+
+    async with KernelEmulator(quotas=Quotas(max_running_per_app=3)) as emulator:
+        emulator.add_action("app", "work", work)
+        async with emulator.client(retry=FAST, limits=Limits(adaptive=False)) as kernel:
+            results = await asyncio.wait_for(
+                asyncio.gather(
+                    *(kernel.invocations.run("app", "work", payload=i) for i in range(12))
+                ),
+                30,
+            )
+        assert sorted(r.output_as() for r in results) == list(range(12))
+        assert emulator.create_count == 12
+        # At most a few refusals per slot freed, not thousands.
+        assert emulator.quotas.stats.concurrency_rejected <= 3 * 12
+
+
 async def test_with_options_copies_share_the_queue_and_the_gate() -> None:
     async with KernelEmulator(quotas=Quotas(max_running_per_app=2)) as emulator:
         install_work(emulator)

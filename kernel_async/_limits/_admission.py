@@ -305,6 +305,10 @@ class AdmissionPolicy:
             delay = min(IDLE_PROBE_DELAY, IDLE_PROBE_MIN * backoff)
             delay *= self._rng.uniform(0.5, 1.0)
             state.idle_strikes += 1
+        elif not self.limits.adaptive:
+            # No learnt limit to stay under: wait for a finish of ours (a credit) or the
+            # unseen-probe backoff, never resend at once.
+            delay = self._probe_delay(state)
         if retry_after is not None:
             delay = max(delay, min(retry_after, self.max_hold))
         state.strikes += 1
