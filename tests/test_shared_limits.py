@@ -212,3 +212,27 @@ async def test_a_live_workers_slots_outlive_their_lease_by_renewal(
                     break
             assert await redis_process.zcard_running() == 0
     assert not redis_warnings()
+
+
+async def test_a_concurrency_429s_long_retry_after_pauses_the_fleet_no_longer_than_locally(
+    redis_url: str, redis_warnings: Warnings
+) -> None:
+    """Another tenant holds the cap and the service asks for an hour: like the local
+    hold, the fleet's pause is capped by ``max_retry_after`` (it had paused every worker
+    for the whole hour)."""
+    quotas = Quotas(max_running=1, concurrency_retry_after=3600)
+    policy = RetryPolicy(max_retries=2, initial_delay=0.02, max_delay=0.1, max_retry_after=0.5)
+    async with KernelEmulator(quotas=quotas) as emulator:
+        gate = install(emulator)
+        async with (
+            emulator.client(retry=policy, limits=Limits(shared="")) as tenant,
+            emulator.client(retry=policy, limits=Limits(shared=redis_url)) as kernel,
+        ):
+            await tenant.invocations.create("app", "hold", async_=True)  # holds the cap
+            asyncio.get_running_loop().call_later(0.3, gate.set)
+            created = await asyncio.wait_for(
+                kernel.invocations.create("app", "hold", async_=True), 10
+            )
+        assert created.id
+        assert emulator.create_count == 2
+    assert not redis_warnings()

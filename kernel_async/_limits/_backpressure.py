@@ -64,7 +64,9 @@ class Backpressure:
             url = self.limits.shared
             if url is None:
                 url = os.environ.get(ENV_VAR)
-            shared = self._shared = shared_from(url, self.identity, self.limits.initial)
+            shared = self._shared = shared_from(
+                url, self.identity, self.limits.initial, max_pause=self._max_retry_after
+            )
             if shared is not None and self._gate is not None:
                 self._gate.on_pause = shared.pause_all
         shared = self._shared

@@ -74,6 +74,7 @@ class RedisLimits:
         initial: int = 4,
         lease: float = LEASE_SECONDS,
         poll: float = POLL_SECONDS,
+        max_pause: float = 60.0,
     ) -> None:
         self.url = url
         self._prefix = f"kernel:limits:{scope}"
@@ -81,6 +82,7 @@ class RedisLimits:
         self._initial = initial
         self._lease = lease
         self._poll = poll
+        self._max_pause = max_pause  # the retry policy's max_retry_after: the longest pause
         self._tokens = itertools.count()
         self._redis: Any = None
         self.failed: BaseException | None = None
@@ -161,7 +163,9 @@ class RedisLimits:
         self._held.get(lease.app, {}).pop(lease.token, None)
         pause, most = IDLE_PAUSE_SECONDS, IDLE_PAUSE_MAX_SECONDS
         if retry_after is not None:
-            pause = most = retry_after  # the service said how long: as long, no longer
+            # The service said how long: as long, no longer, and never longer than a
+            # local hold (`max_retry_after`): one answer never pauses the fleet for an hour.
+            pause = most = min(retry_after, self._max_pause)
         ms = [str(int(seconds * 1000)) for seconds in (pause, most)]
         await self._call(scripts.REJECTED, lease.app, lease.token, *ms, timed=True)
 
@@ -178,6 +182,7 @@ class RedisLimits:
 
     def pause_all(self, seconds: float) -> None:
         """A rate-limit 429 with ``Retry-After``: every worker's creates wait that long."""
+        seconds = min(seconds, self._max_pause)
         if self.failed is None and not self._closed and seconds > 0:
             self._spawn(self._call(scripts.PAUSE, str(int(seconds * 1000))))
 
@@ -338,11 +343,13 @@ class RedisLimits:
         self._by_invocation.clear()
 
 
-def shared_from(url: str | None, scope: str, initial: int) -> RedisLimits | None:
+def shared_from(
+    url: str | None, scope: str, initial: int, *, max_pause: float = 60.0
+) -> RedisLimits | None:
     """The shared limits at ``url`` (``None``: none); a URL that is not ``redis://`` or
     ``rediss://``, or the ``redis`` package missing, warns and gives ``None``. A
     ``lease=`` query parameter sets the slots' lease, in seconds (default
-    `LEASE_SECONDS`)."""
+    `LEASE_SECONDS`). ``max_pause``: the longest a ``Retry-After`` pauses the fleet."""
     if not url:
         return None
     if not url.startswith(("redis://", "rediss://", "unix://")):
@@ -366,4 +373,10 @@ def shared_from(url: str | None, scope: str, initial: int) -> RedisLimits | None
                 logger.warning("Ignoring lease=%r in the shared limits' URL: not seconds", value)
                 lease = LEASE_SECONDS
     rest = urlencode([(name, value) for name, value in query if name != "lease"])
-    return RedisLimits(urlunsplit(parts._replace(query=rest)), scope, initial=initial, lease=lease)
+    return RedisLimits(
+        urlunsplit(parts._replace(query=rest)),
+        scope,
+        initial=initial,
+        lease=lease,
+        max_pause=max_pause,
+    )
