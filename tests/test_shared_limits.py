@@ -182,6 +182,24 @@ async def test_redis_unreachable_from_the_start_is_uncoordinated_mode(
     assert len(warnings) == 1
 
 
+async def test_a_malformed_kernel_limits_url_warns_and_fails_no_create(
+    fast_policy: RetryPolicy, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A URL that cannot even be parsed (an unclosed IPv6 bracket) had made the first
+    create raise ValueError: it is ignored with one warning, like any other bad URL."""
+    caplog.set_level(logging.WARNING, logger="kernel_async")
+    monkeypatch.setenv("KERNEL_LIMITS_URL", "redis://[::1/0")
+    async with KernelEmulator(quotas=Quotas(max_running=2)) as emulator:
+        install(emulator)
+        async with emulator.client(retry=fast_policy) as kernel:
+            results = await asyncio.gather(
+                *(kernel.invocations.run("app", "work", payload=i) for i in range(6))
+            )
+        assert [r.status for r in results] == ["succeeded"] * 6
+        assert emulator.create_count == 6
+    assert len([r for r in caplog.records if "shared limits' URL" in r.message]) == 1
+
+
 def test_an_empty_shared_url_turns_the_environment_off(monkeypatch: pytest.MonkeyPatch) -> None:
     from kernel_async._limits import Backpressure
 

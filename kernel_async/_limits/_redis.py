@@ -360,8 +360,13 @@ def shared_from(
     except ImportError:
         logger.warning("Shared limits need the redis package: pip install 'kernel-async[redis]'")
         return None
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query)
+    try:
+        parts = urlsplit(url)
+        query = parse_qsl(parts.query)
+        parts.port  # noqa: B018  (raises on a port out of range or not a number)
+    except ValueError as exc:
+        logger.warning("Ignoring the shared limits' URL: %s", exc)
+        return None
     lease = LEASE_SECONDS
     for name, value in query:
         if name == "lease":
