@@ -254,3 +254,27 @@ async def test_a_concurrency_429s_long_retry_after_pauses_the_fleet_no_longer_th
         assert created.id
         assert emulator.create_count == 2
     assert not redis_warnings()
+
+
+async def test_many_apps_at_once_do_not_exhaust_the_redis_connection_pool(
+    redis_url: str, fast_policy: RetryPolicy, redis_warnings: Warnings
+) -> None:
+    """150 apps creating at once ask Redis 150 things at once: more than redis-py's pool
+    holds (it raises MaxConnectionsError past 100), which had made the client give up on
+    Redis. The calls wait their turn for a connection instead."""
+
+    async def work(ctx: Any, payload: Any) -> Any:
+        await asyncio.sleep(0.05)
+        return payload
+
+    apps = [f"app{i}" for i in range(150)]
+    async with KernelEmulator() as emulator:
+        for app in apps:
+            emulator.add_action(app, "work", work)
+        async with emulator.client(retry=fast_policy, limits=Limits(shared=redis_url)) as kernel:
+            results = await asyncio.wait_for(
+                asyncio.gather(*(kernel.invocations.run(app, "work") for app in apps)), 60
+            )
+        assert [r.status for r in results] == ["succeeded"] * len(apps)
+        assert emulator.create_count == len(apps)
+    assert not redis_warnings()

@@ -40,6 +40,9 @@ LEASE_SECONDS: Final = 10.0
 POLL_SECONDS: Final = 0.01
 #: Redis calls that take longer than this count as Redis failing.
 REDIS_TIMEOUT: Final = 2.0
+#: Most Redis calls of one worker at once; more wait their turn (redis-py's pool raises
+#: past its size, 100 by default, instead of waiting: that would give up on Redis).
+MAX_CALLS: Final = 32
 #: With nothing of the fleet's running and a concurrency 429 (another tenant holds the
 #: cap), every worker's creates wait this long before the next try (one create probes),
 #: doubling with each such 429 in a row up to `IDLE_PAUSE_MAX_SECONDS`.
@@ -96,6 +99,7 @@ class RedisLimits:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._renewer: asyncio.Task[None] | None = None
         self._closed = False
+        self._calls = asyncio.Semaphore(MAX_CALLS)
 
     # --- the create path ------------------------------------------------------------------
 
@@ -294,21 +298,23 @@ class RedisLimits:
 
     async def _call(self, script: str, app: str, *args: str, timed: bool = False) -> Any:
         """Run ``script`` with the prefix and ``app`` first (``timed``: then the lease, in
-        ms, and this worker). On any failure: `_fail`, and ``None``."""
-        if self.failed is not None:
-            return None
+        ms, and this worker). On any failure: `_fail`, and ``None`` (at once, once Redis
+        failed: checked when the call's turn comes)."""
         argv = [self._prefix, app]
         if timed:
             argv += [str(int(self._lease * 1000)), self._worker]
         argv += args
-        try:
-            redis = self._connect()
-            return await asyncio.wait_for(redis.eval(script, 0, *argv), REDIS_TIMEOUT)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # any failure of Redis: go on uncoordinated
-            self._fail(exc)
-            return None
+        async with self._calls:  # the timeout counts from a connection's turn
+            if self.failed is not None:
+                return None
+            try:
+                redis = self._connect()
+                return await asyncio.wait_for(redis.eval(script, 0, *argv), REDIS_TIMEOUT)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # any failure of Redis: go on uncoordinated
+                self._fail(exc)
+                return None
 
     def _connect(self) -> Any:
         redis = self._redis
