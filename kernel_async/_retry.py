@@ -278,10 +278,12 @@ def decide(
     too_long = retry_after is not None and retry_after > policy.max_retry_after
     if status == 429 and headers.get("x-should-retry") != "false":
         kind = classify_429(headers, body)
-        if (idempotent or kind == "rate") and (
-            retry_after is not None or headers.get("X-RateLimit-Remaining") == "0"
-        ):
-            # The rate limit, saying when: everyone waits for the window.
+        says_when = retry_after is not None or headers.get("X-RateLimit-Remaining") == "0"
+        # A create's rate 429 that does not say when is the rate limit all the same: never
+        # queued as a cap, nor raised at once (other requests retry it as they would).
+        rate_create = kind == "rate" and not idempotent
+        if (says_when and (idempotent or kind == "rate")) or rate_create:
+            # The rate limit: everyone waits for the window (a backoff when not told).
             fallback = policy.backoff(rate_waits)
             pause = fallback if retry_after is None else min(retry_after, policy.max_retry_after)
             if too_long or rate_waits >= policy.max_rate_limit_waits:

@@ -282,6 +282,35 @@ async def test_waiting_for_the_rate_limit_holds_no_connection(make_server: Serve
     assert calls == 12
 
 
+@pytest.mark.parametrize("headers", [{}, {"X-RateLimit-Remaining": "5"}])
+async def test_a_rate_limit_429_on_create_saying_no_time_is_waited_out_not_raised(
+    make_server: ServerFactory, headers: dict[str, str]
+) -> None:
+    """A create's 429 whose body names the rate limit but gives no ``Retry-After`` (nor
+    ``X-RateLimit-Remaining: 0``) had been raised at once: neither waited out as the rate
+    limit nor queued as a cap. It is the rate limit: waited out with backoff."""
+    posts = 0
+
+    async def handler(_: web.Request) -> web.Response:
+        nonlocal posts
+        posts += 1
+        if posts <= 2:
+            return json_response(
+                '{"code":"rate_limited","message":"slow down"}', 429, headers=headers
+            )
+        return json_response(INVOCATION_JSON)
+
+    server = await make_server([("POST", "/invocations", handler)])
+    async with server.client(retry=FAST) as kernel:
+        created = await asyncio.wait_for(
+            kernel.invocations.create("my-app", "analyze", async_=True), 10
+        )
+        stats = kernel.limit_stats()
+    assert created.id == "inv_1"
+    assert posts == 3
+    assert stats.rate_limited == 2
+
+
 async def test_the_budget_from_x_ratelimit_remaining_is_never_overspent(
     make_server: ServerFactory,
 ) -> None:
