@@ -18,7 +18,7 @@ from yarl import URL
 
 from ._limits import classify_429
 from ._limits._config import lease_for
-from ._limits._seed import project_limits_decoder
+from ._limits._seed import PROJECT_CAP_TIMEOUT, project_limits_decoder
 from ._options import (
     NOT_GIVEN,
     SYNC_INVOCATION_LIMIT,
@@ -331,11 +331,15 @@ class HTTPClient:
         self, project: str, timeout: ClientTimeout, deadline: float | None
     ) -> int | None:
         """``GET /org/projects/{project}/limits``'s ``max_concurrent_invocations``, or
-        ``None``: no project cap, not allowed to read it, or any failure (logged)."""
+        ``None``: no project cap, not allowed to read it, or any failure (logged). A hint:
+        given up after `PROJECT_CAP_TIMEOUT` (retries included), or the call's deadline."""
         url = self._url(f"/org/projects/{quote(project, safe='')}/limits")
+        soon = asyncio.get_running_loop().time() + PROJECT_CAP_TIMEOUT
+        deadline = soon if deadline is None else min(deadline, soon)
         try:
             call = Call(deadline, "GET")
-            _, content = await self._exchange(call, url, timeout, None, None, None, None)
+            attempt = within(timeout, PROJECT_CAP_TIMEOUT)
+            _, content = await self._exchange(call, url, attempt, None, None, None, None)
             return project_limits_decoder.decode(content).max_concurrent_invocations
         except ClientClosedError:
             raise

@@ -105,3 +105,43 @@ async def test_a_project_without_a_cap_or_without_rights_starts_slow(
             assert (stats.limit, stats.source) == (None, "none")  # nothing seeded
     reads = [r.path for r in server.requests if r.method == "GET"]
     assert reads == [LIMITS_PATH.format(p) for p in answers]
+
+
+async def test_a_project_limits_read_that_hangs_delays_the_creates_briefly_only(
+    make_server: ServerFactory, fast_policy: RetryPolicy
+) -> None:
+    """The limits are a hint: a read that never answers had held every create for the
+    client's whole timeout (and its retries). It is given up after `PROJECT_CAP_TIMEOUT`,
+    once, and the creates go as if nothing was told."""
+    from kernel_async import AsyncKernel
+    from kernel_async._limits._seed import PROJECT_CAP_TIMEOUT
+
+    release = asyncio.Event()
+
+    async def limits(_: web.Request) -> web.Response:
+        await release.wait()
+        return json_response('{"max_concurrent_invocations":5}')
+
+    async def create(_: web.Request) -> web.Response:
+        return json_response(INVOCATION_JSON)
+
+    server = await make_server(
+        [("GET", "/org/projects/{name}/limits", limits), ("POST", "/invocations", create)]
+    )
+    try:
+        async with AsyncKernel(
+            api_key="k", base_url=server.url, retry=fast_policy, project="slow"
+        ) as kernel:
+            created = await asyncio.wait_for(
+                asyncio.gather(
+                    *(kernel.invocations.create("my-app", "analyze", async_=True) for _ in range(5))
+                ),
+                PROJECT_CAP_TIMEOUT * 4,
+            )
+            assert [c.id for c in created] == ["inv_1"] * 5
+            stats = kernel.limit_stats().apps["my-app"]
+            assert (stats.limit, stats.source) == (None, "none")  # nothing seeded
+    finally:
+        release.set()
+    reads = [r.path for r in server.requests if r.path.endswith("/limits")]
+    assert reads == [LIMITS_PATH.format("slow")]  # once, never retried

@@ -8,12 +8,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Final
 
 import msgspec
 
-__all__ = ["ProjectCaps", "ProjectLimits", "project_limits_decoder"]
+__all__ = ["PROJECT_CAP_TIMEOUT", "ProjectCaps", "ProjectLimits", "project_limits_decoder"]
 
 logger = logging.getLogger("kernel_async")
+
+#: The longest the first creates wait for a project's limits (seconds, retries included):
+#: a hint, not worth holding every create for the client's whole timeout.
+PROJECT_CAP_TIMEOUT: Final = 2.0
 
 
 class ProjectLimits(msgspec.Struct, kw_only=True):
