@@ -200,6 +200,21 @@ async def test_a_malformed_kernel_limits_url_warns_and_fails_no_create(
     assert len([r for r in caplog.records if "shared limits' URL" in r.message]) == 1
 
 
+@pytest.mark.parametrize(
+    "url", ["http://user:s3cret@127.0.0.1:1/0", "s3cret", "https://:s3cret@h/"]
+)
+def test_a_url_that_is_not_redis_is_ignored_without_showing_it(
+    url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The warning names the scheme, never the URL: it may carry a password."""
+    from kernel_async._limits import Backpressure
+
+    caplog.set_level(logging.WARNING, logger="kernel_async")
+    assert Backpressure(Limits(shared=url), 0.5).shared() is None
+    (record,) = [r for r in caplog.records if "shared limits' URL" in r.getMessage()]
+    assert "s3cret" not in record.getMessage()
+
+
 def test_an_empty_shared_url_turns_the_environment_off(monkeypatch: pytest.MonkeyPatch) -> None:
     from kernel_async._limits import Backpressure
 

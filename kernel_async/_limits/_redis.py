@@ -359,7 +359,11 @@ def shared_from(
     if not url:
         return None
     if not url.startswith(("redis://", "rediss://", "unix://")):
-        logger.warning("Ignoring the shared limits' URL %r: not a redis:// URL", url)
+        scheme = url.partition(":")[0] if "://" in url else ""
+        # Not the URL itself: it may carry a password.
+        logger.warning(
+            "Ignoring the shared limits' URL (scheme %r): not a redis:// URL", scheme[:16]
+        )
         return None
     try:
         import redis.asyncio  # noqa: F401
