@@ -287,6 +287,19 @@ async def test_faults_rate_limit_fail_and_latency(
     assert (stats.rate_limited, stats.errors, stats.delayed) == (2, 1, 1)
 
 
+async def test_an_injected_429_can_carry_a_body_of_its_own(
+    emulator_actions: KernelEmulator,
+) -> None:
+    """A concurrency 429 (its error code in a JSON body) can be injected, not only the
+    rate limit's."""
+    body = b'{"code": "concurrency_limit_exceeded", "message": "at the cap"}'
+    emulator_actions.faults.fail(429, body=body)
+    status, headers, text = await _raw_text(emulator_actions)
+    assert (status, text) == (429, body)
+    assert headers["Content-Type"].startswith("application/json")
+    assert emulator_actions.faults.stats.rate_limited == 1
+
+
 async def _raw_text(emulator: KernelEmulator) -> tuple[int, dict[str, str], bytes]:
     async with aiohttp.ClientSession() as session:
         async with session.get(

@@ -300,7 +300,16 @@ class KernelEmulator:
             await asyncio.Event().wait()
         if rule.status == 429:
             stats.rate_limited += 1
-            return error(429, "rate_limited", "Too many requests", headers=rule.headers)
+            if rule.body is None:
+                return error(429, "rate_limited", "Too many requests", headers=rule.headers)
+            # A body of the test's own: e.g. a concurrency 429's error code.
+            json_like = rule.body.lstrip().startswith((b"{", b"["))
+            content_type = "application/json" if json_like else "text/html"
+            return web.Response(
+                status=429,
+                body=rule.body,
+                headers={"Content-Type": content_type, **rule.headers},
+            )
         stats.errors += 1
         if rule.body is not None:
             return web.Response(

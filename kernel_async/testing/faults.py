@@ -117,7 +117,8 @@ class Faults:
     ) -> None:
         """Answer the next ``times`` matching requests with ``status``.
 
-        ``body`` replaces the JSON Error body (e.g. an HTML page from a "proxy").
+        ``body`` replaces the JSON Error body (e.g. an HTML page from a "proxy"; for a 429,
+        a JSON body is sent as JSON: a concurrency 429's error code, say).
         ``after_processing=True`` handles the request first (a create really starts the
         invocation) and then answers with the error: the ambiguous failure.
         """
