@@ -53,9 +53,10 @@ async def test_a_gather_of_run_finishes_under_an_app_cap_each_started_once() -> 
         assert emulator.quotas.stats.concurrency_rejected < n / 2  # it learnt, it did not hammer
         app = stats.apps["app"]
         assert (app.learnt, app.running, app.queued) == (True, 0, 0)
-        # What fit at the last 429: the cap, or a little under it (a finish seen late)
+        # What fit at the last 429 as this client counted it: about the cap (one over when
+        # one of its invocations ended a moment before it saw the end)
         assert app.limit is not None
-        assert int(DECREASE * cap) <= app.limit <= cap
+        assert int(DECREASE * cap) <= app.limit <= cap + 1
         assert stats.concurrency_limited == emulator.quotas.stats.concurrency_rejected
 
 
@@ -216,7 +217,7 @@ async def test_with_options_copies_share_the_queue_and_the_gate() -> None:
             quick = kernel.with_options(timeout=30)
             await asyncio.gather(*(c.invocations.run("app", "work") for c in [kernel, quick] * 10))
             assert quick.limit_stats() == kernel.limit_stats()
-            assert kernel.limit_stats().apps["app"].limit in {1, 2}  # what fit under the cap
+            assert kernel.limit_stats().apps["app"].limit in {1, 2, 3}  # what fit, about 2
         assert emulator.quotas.stats.peak_running_by_app["app"] <= 2
 
 

