@@ -26,7 +26,7 @@ from typing import Any
 from kernel_async._limits._admission import AdmissionPolicy
 from kernel_async._limits._config import Limits
 
-from .multi import Case, cases
+from .multi import Case, cases, idle_seconds, unused_slots
 
 
 def simulate(
@@ -76,12 +76,8 @@ def simulate(
             arrived = [w for w, delay in enumerate(delays) if now >= delay]
             waiting = sum(share - accepted[w] for w in arrived)
             if waiting > 0 and now > case.tenant + 1.0:
-                room = max(  # what an app with work left could still start
-                    case.app_caps.get(apps[w], case.cap) - by_app[apps[w]]
-                    for w in arrived
-                    if accepted[w] < share
-                )
-                unused = min(max(0, min(case.cap - org, room)), waiting)
+                with_work = [apps[w] for w in arrived if accepted[w] < share]
+                unused = unused_slots(case, org, by_app.__getitem__, with_work, waiting)
                 free_by_second.setdefault(int(now), []).append(unused / case.cap)
             if sum(done) < share * k:
                 push(now + 0.05, "sample", -1)
@@ -134,7 +130,7 @@ def simulate(
         "per_inv_429": refused / (share * k),
         "makespan_x": max(last_finish) / ideal,
         "spread_x": (max(last_finish) - min(last_finish)) / ideal,
-        "idle_s": sum(1 for f in free_by_second.values() if sum(f) / len(f) > 0.1),
+        "idle_s": idle_seconds(free_by_second),
         "finishes_s": [round(t, 2) for t in last_finish],
         "timeline": timeline,
     }

@@ -32,6 +32,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -286,7 +287,7 @@ async def sample_idle(
     start_at: float,
     running: Counter[int],
     procs: list[Any],
-    begun: Counter[int] | None = None,
+    begun: Counter[int],
 ) -> tuple[float, list[list[float]]]:
     """Seconds (whole seconds of the run after the first) in which, on average, more than
     a tenth of the cap was free while work waited to be created (slots left free for
@@ -314,29 +315,31 @@ async def sample_idle(
             share = case.n // case.k
             pairs = enumerate(zip(case.worker_apps(), case.worker_delays(), strict=True))
             with_work = [
-                app
-                for w, (app, delay) in pairs
-                if now >= start_at + delay and (begun is None or begun[w] < share)
+                app for w, (app, delay) in pairs if now >= start_at + delay and begun[w] < share
             ]
-            unused = min(free_slots(emulator, case, with_work), waiting)
+            quotas = emulator.quotas
+            unused = unused_slots(case, quotas.running(), quotas.running, with_work, waiting)
             free.setdefault(int(now - t0), []).append(unused / case.cap)
-    idle = sum(1 for fractions in free.values() if sum(fractions) / len(fractions) > 0.1)
-    return float(idle), timeline
+    return float(idle_seconds(free)), timeline
 
 
-def free_slots(emulator: Any, case: Case, apps: list[str] | None = None) -> int:
-    """Slots some app with work (``apps``; default: every worker's) could still fill,
-    under its own cap and the org's."""
-    quotas = emulator.quotas
-    by_app = max(
-        (
-            case.app_caps.get(app, case.cap) - quotas.running(app)
-            for app in (case.worker_apps() if apps is None else apps)
-        ),
-        default=0,
-    )
-    free: int = max(0, min(case.cap - quotas.running(), by_app))
-    return free
+def unused_slots(
+    case: Case,
+    org_running: int,
+    app_running: Callable[[str], int],
+    apps: Iterable[str],
+    waiting: int,
+) -> int:
+    """Slots some app with work left (``apps``) could still start, under its own cap and
+    the org's, up to the creates ``waiting``."""
+    room = max((case.app_caps.get(app, case.cap) - app_running(app) for app in apps), default=0)
+    return min(max(0, min(case.cap - org_running, room)), waiting)
+
+
+def idle_seconds(free: dict[int, list[float]]) -> int:
+    """Whole seconds (``free``: each second's samples of the unused share of the cap) whose
+    average leaves more than a tenth of the cap unused."""
+    return sum(1 for fractions in free.values() if sum(fractions) / len(fractions) > 0.1)
 
 
 def chart(results: list[dict[str, Any]], path: Path) -> None:
