@@ -84,6 +84,10 @@ class _App:
         self.idle_strikes = 0  # of those, with nothing of ours running
         self.limited = False  # whether a 429 taught the limit
 
+    def room(self) -> bool:
+        """Whether one more create fits under the limit (a fractional limit rounds down)."""
+        return self.active + 1 <= self.limit
+
 
 class AdmissionPolicy:
     """Which creates may be sent now, per app. Pure: the caller passes ``now`` (and, for
@@ -163,10 +167,10 @@ class AdmissionPolicy:
         if self._capped(state):
             return False
         if now < state.hold_until:
-            return state.credits > 0 and state.active + 1 <= state.limit
-        if state.active + 1 > state.limit and state.epoch > -math.inf:
+            return state.credits > 0 and state.room()
+        if not state.room() and state.epoch > -math.inf:
             self._grow(state, now)
-        return state.active + 1 <= state.limit or now >= state.next_probe
+        return state.room() or now >= state.next_probe
 
     def wake_at(self, name: str, now: float) -> float | None:
         """When a blocked app may admit again without news (``None``: only news)."""
@@ -221,7 +225,7 @@ class AdmissionPolicy:
         probe = False
         if now < state.hold_until:
             state.credits -= 1
-        elif state.active + 1 > state.limit:
+        elif not state.room():
             probe = True
             state.next_probe = math.inf  # one probe at a time
         if state.epoch == -math.inf and self.limits.adaptive:
@@ -287,8 +291,8 @@ class AdmissionPolicy:
             # taking slots, so give up more (a cut of `DECREASE`, and a lower plateau:
             # TCP's "fast convergence"). As many or more: alone, or at a fair share
             # already, so stay just under it.
-            ran = float(max(running, 1))
             state.fit = max(running, 1)
+            ran = float(state.fit)
             if ran < state.w_max - max(0.5, SLACK * state.w_max):
                 state.w_max = ran * (1.0 + DECREASE) / 2.0
                 state.limit = max(1.0, DECREASE * running)
