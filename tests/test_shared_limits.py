@@ -165,19 +165,25 @@ async def test_redis_stopping_mid_run_falls_back_with_one_warning(
         assert 1 <= len(warnings) <= 2  # once per client at most: one per process
 
 
+async def runs_each_once(policy: RetryPolicy, *, cap: int, n: int) -> None:
+    """A gather of ``n`` runs under an org cap of ``cap`` (shared limits as the environment
+    says): every one succeeds, each created once."""
+    async with KernelEmulator(quotas=Quotas(max_running=cap)) as emulator:
+        install(emulator)
+        async with emulator.client(retry=policy) as kernel:
+            results = await asyncio.gather(
+                *(kernel.invocations.run("app", "work", payload=i) for i in range(n))
+            )
+        assert [r.status for r in results] == ["succeeded"] * n
+        assert emulator.create_count == n
+
+
 async def test_redis_unreachable_from_the_start_is_uncoordinated_mode(
     fast_policy: RetryPolicy, redis_warnings: Warnings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``KERNEL_LIMITS_URL`` naming a closed port: creates go on, one warning."""
     monkeypatch.setenv("KERNEL_LIMITS_URL", f"redis://127.0.0.1:{free_port()}/0")
-    async with KernelEmulator(quotas=Quotas(max_running=4)) as emulator:
-        install(emulator)
-        async with emulator.client(retry=fast_policy) as kernel:
-            results = await asyncio.gather(
-                *(kernel.invocations.run("app", "work", payload=i) for i in range(12))
-            )
-        assert [r.status for r in results] == ["succeeded"] * 12
-        assert emulator.create_count == 12
+    await runs_each_once(fast_policy, cap=4, n=12)
     warnings = redis_warnings()
     assert len(warnings) == 1
 
@@ -189,14 +195,7 @@ async def test_a_malformed_kernel_limits_url_warns_and_fails_no_create(
     create raise ValueError: it is ignored with one warning, like any other bad URL."""
     caplog.set_level(logging.WARNING, logger="kernel_async")
     monkeypatch.setenv("KERNEL_LIMITS_URL", "redis://[::1/0")
-    async with KernelEmulator(quotas=Quotas(max_running=2)) as emulator:
-        install(emulator)
-        async with emulator.client(retry=fast_policy) as kernel:
-            results = await asyncio.gather(
-                *(kernel.invocations.run("app", "work", payload=i) for i in range(6))
-            )
-        assert [r.status for r in results] == ["succeeded"] * 6
-        assert emulator.create_count == 6
+    await runs_each_once(fast_policy, cap=2, n=6)
     assert len([r for r in caplog.records if "shared limits' URL" in r.message]) == 1
 
 
