@@ -7,6 +7,7 @@ import asyncio
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -162,6 +163,44 @@ async def test_a_created_invocation_is_followed_not_created_again(tmp_path: Path
         assert result.invocation_id == started.id
         assert result.ok
         assert emulator.create_count == 1
+
+
+async def test_a_create_still_in_flight_when_the_rerun_starts_is_adopted(
+    tmp_path: Path,
+) -> None:
+    # The last run recorded a create and died as it was sent; the service gets it a
+    # moment after the re-run has started. Listing at once would miss it and create the
+    # payload a second time: the re-run waits `in_flight` after the recorded send first.
+    path = str(tmp_path / "run.db")
+    file = JournalFile(path, HEADER)
+    file.write([creating(0, payload_digest('{"n":7}'), time.time())])
+    file.close()
+    async with KernelEmulator() as emulator:
+        install(emulator)
+        async with emulator.client(retry=FAST) as kernel:
+
+            async def lands_late() -> str:
+                await asyncio.sleep(0.3)
+                late = await kernel.invocations.create("app", "work", payload={"n": 7}, async_=True)
+                return late.id
+
+            landing = asyncio.create_task(lands_late())
+            journal = Journal(path, in_flight=1.0)
+            started = time.monotonic()
+            (result,) = await run(kernel, [{"n": 7}], journal)
+            late_id = await landing
+        assert time.monotonic() - started >= 0.6  # waited for it (less the list's head start)
+        assert journal.summary is not None
+        assert journal.summary.adopted == 1
+        assert result.invocation_id == late_id
+        assert result.ok
+        assert emulator.create_count == 1
+
+
+def test_in_flight_is_validated(tmp_path: Path) -> None:
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="in_flight"):
+            Journal(tmp_path / "run.db", in_flight=bad)
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +24,11 @@ if TYPE_CHECKING:
 __all__ = ["Journal", "ResumeSummary"]
 
 logger = logging.getLogger("kernel_async")
+
+#: The default `Journal.in_flight`: seconds a create sent just before a crash may take to
+#: reach the service (and to be listed there). A wider window makes a re-run started right
+#: after a crash wait longer; a narrower one risks creating such a payload twice.
+IN_FLIGHT: Final = 2.0
 
 #: How long records nobody waits for (created, finished) may gather before a commit.
 _GATHER: Final = 0.02
@@ -75,6 +81,7 @@ class Journal:
         "_queue",
         "_waited",
         "fsync",
+        "in_flight",
         "on_resume",
         "path",
         "summary",
@@ -86,7 +93,12 @@ class Journal:
         *,
         fsync: bool = True,
         on_resume: Callable[[ResumeSummary], None] | None = None,
+        in_flight: float = IN_FLIGHT,
     ) -> None:
+        if not in_flight >= 0 or math.isinf(in_flight):
+            raise ValueError(
+                f"in_flight must be a finite number of seconds >= 0, got {in_flight!r}"
+            )
         self.path = os.fspath(path)
         """The journal's file."""
         self.fsync = fsync
@@ -98,6 +110,10 @@ class Journal:
         """What the last `map()` on this journal resumed, once it has started."""
         self.on_resume = on_resume
         """Called with `summary` when a `map()` has opened and checked the journal."""
+        self.in_flight = in_flight
+        """Seconds a create sent just before a crash may take to reach the service. A
+        re-run started sooner after such a create waits until then before it looks for
+        it on the service: found, it is adopted rather than created a second time."""
         self._file: JournalFile | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._queue: list[tuple[list[Write], bool, asyncio.Future[None] | None]] = []

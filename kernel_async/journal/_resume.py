@@ -3,6 +3,8 @@ the creates a crash left unrecorded, say per payload what to do, and record prog
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -25,6 +27,8 @@ if TYPE_CHECKING:
     from ._file import Row
 
 __all__ = ["JournalRun"]
+
+logger = logging.getLogger("kernel_async")
 
 
 class JournalRun:
@@ -59,6 +63,7 @@ class JournalRun:
         ]
         adopted: dict[int, str] = {}
         if unrecorded:
+            await self._let_land(max(u.since for u in unrecorded))
             adopted = await self._reconcile(invocations, unrecorded, file.known_ids, extras)
             writes: list[_file.Write] = []
             for item in unrecorded:
@@ -81,6 +86,21 @@ class JournalRun:
         if journal.on_resume is not None:
             journal.on_resume(summary)
         return summary
+
+    async def _let_land(self, sent: float) -> None:
+        """A create sent moments ago, before the crash, may not be on the service yet:
+        wait until `Journal.in_flight` seconds after ``sent`` (never longer than that from
+        now, whatever the clock did) before looking for it."""
+        in_flight = self.journal.in_flight
+        wait = min(sent + in_flight - time.time(), in_flight)
+        if wait > 0:
+            logger.info(
+                "journal %s: waiting %.1f s for a create sent just before the last run "
+                "stopped to reach the service",
+                self.journal.path,
+                wait,
+            )
+            await asyncio.sleep(wait)
 
     async def _reconcile(
         self,
