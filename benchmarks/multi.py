@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -255,7 +256,9 @@ async def measure(case: Case, redis_url: str | None) -> dict[str, Any]:
             assert proc.stdin is not None
             proc.stdin.write(f"{start_at}\n".encode())
             await proc.stdin.drain()
-        idle, timeline = await sample_idle(emulator, case, t0, start_at, running, procs, begun)
+        idle, unused, timeline = await sample_idle(
+            emulator, case, t0, start_at, running, procs, begun
+        )
         outs = [json.loads((await p.communicate())[0]) for p in procs]
         payloads = Counter(
             json.dumps(v.payload_as(), sort_keys=True)
@@ -276,6 +279,7 @@ async def measure(case: Case, redis_url: str | None) -> dict[str, Any]:
         "spread_x": (max(finishes) - min(finishes)) / ideal,
         "idle_s": idle,
         "finishes_s": finishes,
+        "unused_by_second": unused,
         "timeline": timeline,
     }
 
@@ -288,14 +292,17 @@ async def sample_idle(
     running: Counter[int],
     procs: list[Any],
     begun: Counter[int],
-) -> tuple[float, list[list[float]]]:
+) -> tuple[float, dict[int, float], list[list[float]]]:
     """Seconds (whole seconds of the run after the first) in which, on average, more than
     a tenth of the cap was free while work waited to be created (slots left free for
     want of work are not counted: at the end, fewer creates wait than slots are free; nor
     are those only apps with no work left could fill, ``begun`` counting each worker's
     invocations started);
-    and the timeline:
-    ``[seconds since t0, running per worker...]`` every 50 ms.
+    the average unused share of the cap in each of those seconds;
+    and the timeline: ``[seconds since t0, running per worker...]`` about every 50 ms.
+
+    Samples come at jittered moments (25 to 75 ms apart): invocations that start
+    together end together, and a fixed step would keep meeting the same phase of them.
 
     A finishing invocation frees its slot a moment before its process sees the end and
     sends the next create: that turnover keeps about one slot free at any instant even
@@ -305,7 +312,7 @@ async def sample_idle(
     timeline: list[list[float]] = []
     free: dict[int, list[float]] = {}  # second -> free fraction of each sample with work waiting
     while any(p.returncode is None for p in procs):
-        await asyncio.sleep(step)
+        await asyncio.sleep(random.uniform(step / 2, step * 1.5))
         now = time.time()
         timeline.append([round(now - t0, 3), *(running[w] for w in range(case.k))])
         created = emulator.create_count - (case.cap if case.tenant else 0)
@@ -320,7 +327,8 @@ async def sample_idle(
             quotas = emulator.quotas
             unused = unused_slots(case, quotas.running(), quotas.running, with_work, waiting)
             free.setdefault(int(now - t0), []).append(unused / case.cap)
-    return float(idle_seconds(free)), timeline
+    by_second = {second: round(sum(v) / len(v), 3) for second, v in sorted(free.items())}
+    return float(idle_seconds(free)), by_second, timeline
 
 
 def unused_slots(
