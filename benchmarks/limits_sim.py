@@ -4,10 +4,14 @@ process) against one service's caps, as discrete events, in well under a second 
 It plays the cases of ``benchmarks.multi`` without processes, sockets or CPU contention:
 each process starts a few milliseconds apart (``jitter``), a create reaches the service
 half a round trip after it is sent (``rtt``, drawn per create) and is refused there when
-the organisation's or its app's cap is full, and a finish is seen ``seen`` seconds after
-it happens. Each process does what the client's admission queue does (a 429 for a create
-sent before the previous 429 was known is the same crowding: freed, not learnt). Use it to
-try a change to the policy across seeds before measuring it for real:
+the organisation's or its app's cap is full, an action lasts its duration give or take
+``spread`` (a fraction), and a finish is seen ``seen`` seconds after it happens. Each
+process does what the client's admission queue does (a 429 for a create sent before the
+previous 429 was known is the same crowding: freed, not learnt; while creates wait, the
+app's invocations are listed when the policy asks, the answer ``listing`` seconds later).
+The unused quota is sampled at jittered times (a fixed step would keep meeting the same
+phase of invocations that start together). Use it to try a change to the policy across
+seeds before measuring it for real:
 
     python -m benchmarks.limits_sim            # every case, 8 seeds: mean/worst
     python -m benchmarks.limits_sim K=8 --seed 3 --timeline
@@ -36,6 +40,8 @@ def simulate(
     rtt: tuple[float, float] = (0.002, 0.008),
     seen: float = 0.003,
     jitter: float = 0.02,
+    spread: float = 0.2,
+    listing: float = 0.005,
 ) -> dict[str, Any]:
     """Run ``case``; returns 429s per invocation, makespan and spread (÷ ideal), idle
     seconds (as `benchmarks.multi` counts them), each process's finish, and a timeline of
@@ -48,6 +54,7 @@ def simulate(
     ]
     todo, done, last_finish = [share] * k, [0] * k, [0.0] * k
     last_reject = [-math.inf] * k
+    list_due = [math.inf] * k  # when each process's next list is asked for
     refused = 0
     org = case.cap if case.tenant else 0
     by_app = dict.fromkeys(apps, 0)
@@ -64,8 +71,9 @@ def simulate(
 
     for i, delay in enumerate(case.worker_delays()):
         push(delay + rng.uniform(0, jitter), "wake", i)
-    if case.tenant:
-        push(case.tenant, "tenant_done", -1)
+    if case.tenant:  # its invocations end as they started: in a slow start from 1
+        for n in range(case.cap):
+            push(case.tenant + 0.05 * math.log2(n + 1) + rng.uniform(0, 0.005), "tenant_done", -1)
     push(0.0, "sample", -1)
     while events:
         now, _, kind, i, data = heapq.heappop(events)
@@ -80,10 +88,10 @@ def simulate(
                 unused = unused_slots(case, org, by_app.__getitem__, with_work, waiting)
                 free_by_second.setdefault(int(now), []).append(unused / case.cap)
             if sum(done) < share * k:
-                push(now + 0.05, "sample", -1)
+                push(now + rng.uniform(0.025, 0.075), "sample", -1)
             continue
         if kind == "tenant_done":
-            org -= case.cap
+            org -= 1
             continue
         app = apps[i]
         if kind == "arrive":  # the service decides
@@ -93,7 +101,8 @@ def simulate(
             if ok:
                 org, by_app[app], per_process[i] = org + 1, by_app[app] + 1, per_process[i] + 1
                 accepted[i] += 1
-                push(now + case.duration, "server_finish", i, invocation)
+                lasts = case.duration * rng.uniform(1 - spread, 1 + spread)
+                push(now + lasts, "server_finish", i, invocation)
             push(now + rng.uniform(*rtt) / 2, "answer", i, (sent, probe, ok, invocation))
             continue
         if kind == "server_finish":
@@ -101,7 +110,18 @@ def simulate(
             push(now + seen, "finish", i, data)
             continue
         policy = policies[i]
-        if kind == "answer":
+        if kind == "list":
+            if now < list_due[i]:
+                continue  # superseded by a sooner one
+            list_due[i] = math.inf
+            push(now + listing, "listed", i, [f"{w}" for w in range(by_app[app])])
+            continue
+        if kind == "listed":
+            # The service's count as ids: ours are the ones we hold (their ids are ours).
+            ours = list(policy.apps["app"].held)[: per_process[i]]
+            live = ours + [f"other{n}" for n in range(by_app[app] - len(ours))]
+            policy.listed("app", now, live)
+        elif kind == "answer":
             sent, probe, ok, invocation = data
             if ok:
                 policy.started("app", now, invocation, probe=probe, lease=1000.0)
@@ -125,12 +145,18 @@ def simulate(
         wake = policy.wake_at("app", now) if todo[i] else None
         if wake is not None:
             push(max(wake, now), "wake", i)
+        if todo[i] and policy.wants_list("app"):  # blocked: list
+            due = max(policy.next_list("app"), now)
+            if due < list_due[i]:
+                list_due[i] = due
+                push(due, "list", i)
     ideal = case.ideal()
     return {
         "per_inv_429": refused / (share * k),
         "makespan_x": max(last_finish) / ideal,
         "spread_x": (max(last_finish) - min(last_finish)) / ideal,
         "idle_s": idle_seconds(free_by_second),
+        "idle_by_second": {s: round(sum(v) / len(v), 2) for s, v in sorted(free_by_second.items())},
         "finishes_s": [round(t, 2) for t in last_finish],
         "timeline": timeline,
     }

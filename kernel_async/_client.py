@@ -334,12 +334,12 @@ class AsyncKernel(HTTPClient):
         )
         return clone
 
-    async def _live_ids(self, app_name: str) -> set[str]:
-        """The ids of ``app_name``'s invocations queued or running on the service. Queued
-        ones are listed first: an invocation only moves from queued to running, so one
-        that runs throughout is in one list or the other."""
+    async def _live_ids(self, app_name: str, full: bool = True) -> set[str]:
+        """The ids of ``app_name``'s invocations running on the service, and (``full``)
+        queued. Queued ones are listed first: an invocation only moves from queued to
+        running, so one that runs throughout is in one list or the other."""
         ids: set[str] = set()
-        for status in ("queued", "running"):
+        for status in ("queued", "running") if full else ("running",):
             async for invocation in self.invocations.list(
                 app_name=app_name, status=status, limit=100
             ):

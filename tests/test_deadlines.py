@@ -22,7 +22,7 @@ async def test_a_create_refused_until_its_deadline_says_it_was_sent(
     async with server.client(retry=fast_policy) as kernel:
         with pytest.raises(APITimeoutError) as caught:
             await kernel.invocations.create("my-app", "analyze", async_=True, timeout=0.3)
-    sent = len(server.requests)
+    sent = sum(r.method == "POST" for r in server.requests)  # (the app may be listed too)
     assert sent >= 1
     message = str(caught.value)
     assert "nothing was sent" not in message

@@ -13,6 +13,7 @@ import pytest
 from kernel_async import (
     APITimeoutError,
     AsyncKernel,
+    Limits,
     MapResult,
     NotFoundError,
     RetryPolicy,
@@ -78,7 +79,7 @@ async def test_leaving_an_async_with_early_cancels_what_it_started(
 ) -> None:
     install(kernel_emulator, seconds=30)
     payloads = [{"sleep": 0.01}] + [{"sleep": 30}] * 9
-    async with kernel_emulator.client(retry=FAST) as kernel:
+    async with kernel_emulator.client(retry=FAST, limits=Limits(initial=4)) as kernel:
         async with kernel.invocations.map("app", "work", payloads) as results:
             async for first in results:
                 assert first.index == 0

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from kernel_async import AsyncKernel, MapResult, RetryPolicy
+from kernel_async import AsyncKernel, Limits, MapResult, RetryPolicy
 from kernel_async.journal import (
     Journal,
     JournalCorruptError,
@@ -123,7 +123,7 @@ async def test_leaving_early_cancels_and_a_rerun_creates_those_again(tmp_path: P
     payloads = [{"n": i, "sleep": 0.01 if i == 0 else 0.5} for i in range(4)]
     async with KernelEmulator() as emulator:
         install(emulator)
-        async with emulator.client(retry=FAST) as kernel:
+        async with emulator.client(retry=FAST, limits=Limits(initial=4)) as kernel:
             async with kernel.invocations.map("app", "work", payloads, journal=path) as results:
                 async for result in results:
                     assert result.index == 0

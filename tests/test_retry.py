@@ -182,8 +182,10 @@ async def test_create_is_retried_when_the_server_did_not_start_it(
     async with server.client() as kernel:
         created = await kernel.invocations.create("app", "a")
     assert created.id == "i"
-    assert len(server.requests) == 2
-    assert server.requests[0].body == server.requests[1].body
+    # (after a concurrency 429 with none of ours running, the app may be listed too)
+    creates = [r for r in server.requests if r.method == "POST"]
+    assert len(creates) == 2
+    assert creates[0].body == creates[1].body
 
 
 async def test_create_is_not_retried_after_a_timeout(

@@ -6,46 +6,74 @@ from __future__ import annotations
 import heapq
 import math
 import random
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Final, Literal
 
 from ._config import MAX_PROBE_DELAY, AppLimitStats, Limits
 
 __all__ = [
-    "DECREASE",
-    "GROWTH",
+    "CONFIRMATIONS",
+    "CONFIRM_DELAY",
+    "CROWD_LIST_INTERVAL",
+    "FEW_CONFIRMATIONS",
+    "FREE_MIN",
+    "GROWTH_PROBE",
     "IDLE_PROBE_DELAY",
     "IDLE_PROBE_MIN",
+    "LEFT_SHARE",
+    "LIST_INTERVAL",
+    "RESTART_DOUBLING",
     "SLOW_START_DOUBLING",
     "AdmissionPolicy",
 ]
 
-#: On a concurrency 429 that shows others taking slots (fewer of ours ran than at the
-#: last one), the learnt limit is cut to this fraction of what runs (the multiplicative
-#: decrease: clients sharing one cap converge to equal shares).
-DECREASE: Final = 0.5
-#: How fast the limit grows after a cut, in slots per second cubed: like TCP CUBIC, it
-#: grows back to what ran at the last 429 in a fraction of a second, then past it faster
-#: and faster: slots another client gave back are taken within about a second.
-GROWTH: Final = 48.0
-#: With nothing of ours running (so no finish of ours will free a slot), a blocked app
-#: probes again, one create at a time, after a short jittered delay growing from
-#: `IDLE_PROBE_MIN` by `IDLE_BACKOFF` per 429 to at most `IDLE_PROBE_DELAY` (seconds):
-#: another tenant's slots come back any moment.
-IDLE_PROBE_DELAY: Final = 1.0
+#: Slow start doubles the limit this often (seconds). Its clock starts on a grid of this
+#: step of the wall clock, not at the first create: processes that start within one step
+#: of each other (one machine, or machines whose clocks NTP keeps within milliseconds)
+#: grow in step and meet the cap with shares at most one slot apart.
+SLOW_START_DOUBLING: Final = 0.05
+#: After a wait with nothing of ours running, the limit doubles this often from what got
+#: in: slots someone else gave back all at once are taken within a tenth of a second.
+RESTART_DOUBLING: Final = 0.02
+#: With nothing of ours running (no finish of ours will free a slot), a blocked app probes
+#: with one create on a grid of the wall clock: `IDLE_PROBE_MIN` seconds or more later, on
+#: a point of a grid of that step; after a 429 more, `IDLE_PROBE_DELAY` (twice as long).
+#: Processes waiting alike probe together and get in together when another tenant's
+#: slots come back.
 IDLE_PROBE_MIN: Final = 0.2
-IDLE_BACKOFF: Final = 2.0
+IDLE_PROBE_DELAY: Final = 0.4
+#: With the limit learnt, one create goes beyond it after this many seconds times our
+#: share of the app's running invocations (as the last list showed; all of them before
+#: any list), between `GROWTH_PROBE_MIN` and `GROWTH_PROBE_MAX`: room no list shows
+#: (another app's or another tenant's slots given back, a cap raised) is found, and a
+#: client with a small share looks more often than one with a large share.
+GROWTH_PROBE: Final = 20.0
+GROWTH_PROBE_MIN: Final = 0.5
+GROWTH_PROBE_MAX: Final = 10.0
 #: With some of ours running and none seen finishing for this long (seconds, doubling
 #: with each 429 since the last success), one create goes beyond the limit: some of ours
 #: may have ended unseen.
 UNSEEN_PROBE_DELAY: Final = 1.0
-#: Slow start doubles the limit this often (seconds), from the first create on: in time,
-#: not per answer, so processes that start a moment apart reach the cap with like shares.
-SLOW_START_DOUBLING: Final = 0.05
-#: A 429 counts as others taking slots (and halves the limit) when what ran fell below
-#: the last plateau by more than this fraction of it (and by at least one): a slot seen
-#: free a moment late is no news.
-SLACK: Final = 0.15
+#: While creates wait, the app's queued and running invocations are listed this often
+#: (seconds); every `CROWD_LIST_INTERVAL` once the limit is learnt and the lists show
+#: invocations that are not ours (other processes share the cap) or room, and
+#: `LIST_AFTER_REJECT` after a concurrency 429 there.
+LIST_INTERVAL: Final = 1.0
+CROWD_LIST_INTERVAL: Final = 0.15
+LIST_AFTER_REJECT: Final = 0.1
+#: A list showing at least this many slots free under the most it ever showed running
+#: (less our creates in flight) means someone left or finished, once `CONFIRMATIONS` more
+#: lists `CONFIRM_DELAY`
+#: seconds apart show it too (a slot between one invocation's end and its successor's
+#: create is free for milliseconds only); at once when it is `LEFT_SHARE` of that most
+#: or more. Then creates go until one is refused.
+FREE_MIN: Final = 3
+CONFIRMATIONS: Final = 2
+#: Fewer free than `FREE_MIN` among others: believed when this many lists in a row on the
+#: cadence, after the first, show room too.
+FEW_CONFIRMATIONS: Final = 5
+CONFIRM_DELAY: Final = 0.05
+LEFT_SHARE: Final = 0.25
 
 
 class _App:
@@ -53,36 +81,66 @@ class _App:
 
     __slots__ = (
         "active",
+        "base",
+        "beyond",
+        "cap_seen",
         "credits",
+        "doubling",
         "epoch",
+        "few",
         "fit",
+        "grow_at",
+        "growing",
         "held",
         "hold_until",
+        "idle_hold",
         "idle_strikes",
+        "landing",
+        "last_total",
         "limit",
         "limited",
+        "list_probe",
+        "list_soon",
+        "listed_at",
         "next_probe",
-        "plateau",
-        "ssthresh",
+        "others",
+        "slow",
+        "streak",
         "strikes",
-        "w_max",
+        "suspect",
+        "told",
     )
 
-    def __init__(self, initial: float) -> None:
-        self.limit = initial  # the learnt window (math.inf when not adaptive)
-        self.ssthresh = math.inf  # slow start below this; learnt on the first 429
-        self.w_max = 0.0  # what ran when the last 429 came: the growth curve's plateau
-        self.epoch = -math.inf  # when the last 429 cut the limit (loop time)
+    def __init__(self, initial: float, adaptive: bool) -> None:
+        self.limit = initial  # the window (math.inf when not adaptive)
+        self.slow = adaptive  # slow start: until the first concurrency 429
+        self.base = initial  # slow start's window at `epoch`
+        self.doubling = SLOW_START_DOUBLING
+        self.epoch = -math.inf  # when slow start's clock started (loop time, on the grid)
         self.fit = 0  # how many of ours ran when the last 429 came: the limit learnt
-        self.plateau = 0.0  # seconds from the cut until the growth curve reaches w_max
+        self.limited = False  # whether a 429 taught the limit
+        self.told = False  # whether the service told the cap (`seed`)
         self.active = 0  # admitted: creates in flight + invocations held
         self.held: dict[str, float] = {}  # invocation id -> lease expiry, oldest first
         self.hold_until = -math.inf  # after a 429: only freed slots admit until then
+        self.idle_hold = False  # the hold is the idle probe's clock, not a Retry-After
         self.credits = 0  # slots freed during a hold
-        self.next_probe = math.inf  # when the queue head may go beyond the learnt limit
+        self.next_probe = math.inf  # when the queue head may go as an unseen-end probe
+        self.grow_at = math.inf  # when one create may go beyond the learnt limit
+        self.growing = False  # that create is in flight
+        self.landing = 0  # creates in flight when the last 429 came: each that lands fit
+        self.streak = False  # slots were seen free: creates go until one is refused
+        self.list_probe = False  # a create beyond the limit went on a list's word
         self.strikes = 0  # concurrency 429s since the last successful create
         self.idle_strikes = 0  # of those, with nothing of ours running
-        self.limited = False  # whether a 429 taught the limit
+        self.others = 0  # the app's invocations not ours, at the last list
+        self.last_total = 0  # the app's invocations, at the last list
+        self.cap_seen = 0  # the most invocations of the app a list showed
+        self.listed_at = -math.inf  # when the last list came
+        self.list_soon = math.inf  # a list wanted before the cadence's next
+        self.suspect = 0  # lists in a row that showed room, to be confirmed
+        self.few = 0  # lists in a row (on the cadence) that showed a slot or two free
+        self.beyond = 0  # after a look beyond the limit got in: the most lists had shown
 
     def room(self) -> bool:
         """Whether one more create fits under the limit (a fractional limit rounds down)."""
@@ -91,36 +149,39 @@ class _App:
 
 class AdmissionPolicy:
     """Which creates may be sent now, per app. Pure: the caller passes ``now`` (and, for
-    the jitter, may pass ``rng``).
+    the jitter, may pass ``rng``; for the grids, ``wall_offset``: the wall clock minus
+    the ``now`` clock).
 
     An app's *active* count is its creates in flight plus its invocations this client has
     not seen finish. A create may go when the active count is below the app's limit (and
-    the caps of `Limits`). The limit is learnt like TCP's congestion window (CUBIC), so
-    that processes sharing one cap without talking to each other converge to equal shares
-    and, together, use the whole cap:
+    the caps of `Limits`). The limit is learnt so that processes sharing one cap without
+    talking to each other share it evenly and, together, use all of it:
 
-    * slow start: the limit starts at `Limits.initial` (or at a cap the service told,
-      `seed`, and stays there) and doubles every `SLOW_START_DOUBLING` seconds, in time
-      rather than per answer (processes that start a moment apart reach the cap with
-      like shares), never past twice the number running plus `Limits.initial`, until
-      the first concurrency 429;
-    * decrease: at a concurrency 429 what runs is what fits. As many as at the last 429
-      (alone at a cap, or a share that holds): the limit steps one under it. Fewer: others
-      are taking slots, so the limit is cut to `DECREASE` times what runs and the
-      plateau set lower still (TCP's "fast convergence"): the larger share gives up more;
-    * growth in time, not per success: the limit climbs back to the plateau (what ran) in
-      a fraction of a second, then grows past it faster and faster (`GROWTH`), never past
-      twice the number running plus `Limits.initial`. Every client grows alike whatever
-      its share, and the larger share is cut by more: shares converge.
+    * slow start, in step: the limit starts at `Limits.initial` (or at a cap the service
+      told, `seed`, and stays there) and doubles every `SLOW_START_DOUBLING` seconds on a
+      grid of the wall clock, never past twice the number running plus `Limits.initial`,
+      until the first concurrency 429. Processes that start together send their creates
+      together and meet the cap with shares at most one slot apart;
+    * what fits, holds: at a concurrency 429 the limit is what runs. No cut, no sawtooth:
+      shares stay where they met the cap instead of wandering (each cut or probe of one
+      process moves slots between the others at random);
+    * room is found by listing: while creates wait, the app's invocations are listed
+      (`next_list`, `listed`), every `CROWD_LIST_INTERVAL` when others share the app. A
+      list (confirmed by another) showing `FREE_MIN` or more slots free under the most it
+      ever showed running means someone left or finished: creates go until one is
+      refused, the limit rising with each that succeeds. On a slow clock (`GROWTH_PROBE`
+      times our share of the app), one create goes beyond the limit anyway: a cap that
+      was raised is found.
 
-    With nothing of ours running, no finish will come: a 429 holds the app for a short,
-    jittered delay (from `IDLE_PROBE_MIN` up to `IDLE_PROBE_DELAY`), then one create goes
-    (another tenant's slots may come back any moment). With some running, when nothing of
-    ours was seen finishing for `UNSEEN_PROBE_DELAY` (doubling per 429), the queue's head
-    goes as a probe, beyond the learnt limit (never beyond a cap): some of ours may have
-    ended unseen. A probe that succeeds takes that as news that the oldest unseen one of
-    ours ended, and the next one probes at once. A ``Retry-After`` holds the app (capped
-    by ``max_hold``); during a hold only a slot freed by one of ours finishing admits.
+    With nothing of ours running, no finish will come: a 429 holds the app on a grid of
+    the wall clock (from `IDLE_PROBE_MIN` up to `IDLE_PROBE_DELAY`), then one create goes
+    (another tenant's slots may come back any moment); one that gets in slow-starts again,
+    fast (`RESTART_DOUBLING`). With some running, when nothing of ours was seen finishing
+    for `UNSEEN_PROBE_DELAY` (doubling per 429), the queue's head goes as a probe, beyond
+    the limit (never beyond a cap): some of ours may have ended unseen. A probe that
+    succeeds takes that as news that the oldest unseen one of ours ended, and the next
+    one probes at once. A ``Retry-After`` holds the app (capped by ``max_hold``); during
+    a hold only a slot freed by one of ours finishing admits.
     """
 
     def __init__(
@@ -130,10 +191,12 @@ class AdmissionPolicy:
         initial_delay: float = 0.5,
         max_hold: float = MAX_PROBE_DELAY,
         rng: random.Random | None = None,
+        wall_offset: float = 0.0,
     ) -> None:
         self.limits = limits
         self.initial_delay = initial_delay
         self.max_hold = max_hold
+        self.wall_offset = wall_offset
         self._rng = rng if rng is not None else random.Random()
         self.apps: dict[str, _App] = {}
         self.owner: dict[str, str] = {}  # invocation id -> app
@@ -148,8 +211,9 @@ class AdmissionPolicy:
         """App ``name``'s state, made on first use."""
         state = self.apps.get(name)
         if state is None:
-            initial = float(self.limits.initial) if self.limits.adaptive else math.inf
-            state = self.apps[name] = _App(initial)
+            adaptive = self.limits.adaptive
+            initial = float(self.limits.initial) if adaptive else math.inf
+            state = self.apps[name] = _App(initial, adaptive)
             if self.known_cap is not None:
                 self.seed(name, self.known_cap)
         return state
@@ -161,6 +225,11 @@ class AdmissionPolicy:
             total is not None and self.total_active >= total
         )
 
+    def _grid(self, now: float, step: float) -> float:
+        """The latest point of the wall clock's grid of ``step`` at or before ``now``."""
+        wall = now + self.wall_offset
+        return math.floor(wall / step) * step - self.wall_offset
+
     def may_admit(self, name: str, now: float) -> bool:
         """Whether a create of app ``name`` may be sent now."""
         state = self.app(name)
@@ -168,9 +237,9 @@ class AdmissionPolicy:
             return False
         if now < state.hold_until:
             return state.credits > 0 and state.room()
-        if not state.room() and state.epoch > -math.inf:
+        if state.slow and not state.room():
             self._grow(state, now)
-        return state.room() or now >= state.next_probe
+        return state.room() or now >= state.next_probe or now >= state.grow_at
 
     def wake_at(self, name: str, now: float) -> float | None:
         """When a blocked app may admit again without news (``None``: only news)."""
@@ -179,57 +248,46 @@ class AdmissionPolicy:
             return None
         if now < state.hold_until:
             return state.hold_until
-        wake = state.next_probe
-        if state.epoch > -math.inf and self._ceiling(state) >= state.active + 1:
+        wake = min(state.next_probe, state.grow_at)
+        if state.slow and state.epoch > -math.inf and self._ceiling(state) >= state.active + 1:
             wake = min(wake, max(self._reaches(state, state.active + 1.0), now + 0.001))
         return wake if wake < math.inf else None
 
     def _ceiling(self, state: _App) -> float:
-        """The most the limit may grow to now: twice what runs plus the first window (a
-        pile of creates cannot all reach the service at once); with nothing of ours
-        running, one create at a time."""
-        held = len(state.held)
-        return 2.0 * held + self.limits.initial if held or not state.limited else 1.0
+        """The most slow start may grow the limit to now: twice what runs plus the first
+        window (a pile of creates cannot all reach the service at once)."""
+        return 2.0 * len(state.held) + self.limits.initial
 
     def _grow(self, state: _App, now: float) -> None:
-        """The limit on its growth curve: in slow start, doubling every
-        `SLOW_START_DOUBLING`; after a cut, concave up to ``w_max`` (what ran at that
-        429), then convex beyond it."""
-        t = now - state.epoch
-        if state.limited:
-            t -= state.plateau
-            curve = state.w_max + GROWTH * t * t * t
-        elif state.limit < state.ssthresh:
-            doublings = min(t / SLOW_START_DOUBLING, 64.0)
-            curve = min(self.limits.initial * 2.0**doublings, state.ssthresh)
-        else:
+        """Slow start: the limit doubles every `doubling` seconds from `epoch`."""
+        if state.epoch == -math.inf:
             return
+        doublings = min((now - state.epoch) / state.doubling, 64.0)
+        curve = state.base * 2.0**doublings
         if curve > state.limit:
             state.limit = max(state.limit, min(curve, self._ceiling(state)))
 
     def _reaches(self, state: _App, limit: float) -> float:
-        """When the growth curve reaches ``limit`` (loop time; infinite: never)."""
-        if state.limited:
-            excess = limit - state.w_max
-            return (
-                state.epoch + state.plateau + math.copysign(abs(excess / GROWTH) ** (1 / 3), excess)
-            )
-        if limit > state.ssthresh:
-            return math.inf
-        return state.epoch + SLOW_START_DOUBLING * math.log2(max(limit, 1.0) / self.limits.initial)
+        """When slow start's curve reaches ``limit`` (loop time)."""
+        return state.epoch + state.doubling * math.log2(max(limit, 1.0) / state.base)
 
     def admit(self, name: str, now: float) -> bool:
-        """Count one create of ``name`` as sent; returns whether it is a probe (beyond the
-        learnt limit). Call only when `may_admit`."""
+        """Count one create of ``name`` as sent; returns whether it is an unseen-end probe
+        (beyond the limit, in case some of ours ended unseen). Call only when
+        `may_admit`."""
         state = self.app(name)
         probe = False
         if now < state.hold_until:
             state.credits -= 1
         elif not state.room():
-            probe = True
-            state.next_probe = math.inf  # one probe at a time
-        if state.epoch == -math.inf and self.limits.adaptive:
-            state.epoch = now  # slow start's clock starts with the first create
+            if now >= state.grow_at:
+                state.grow_at = math.inf  # one beyond the limit at a time
+                state.growing = True
+            else:
+                probe = True
+                state.next_probe = math.inf  # one probe at a time
+        if state.epoch == -math.inf and state.slow:
+            state.epoch = self._grid(now, SLOW_START_DOUBLING)  # in step with the others
         state.active += 1
         self.total_active += 1
         self.admitted += 1
@@ -242,15 +300,32 @@ class AdmissionPolicy:
         (``None``: it already finished, e.g. a synchronous invocation)."""
         state = self.app(name)
         if state.idle_strikes and state.limited:
-            # In after a wait with nothing of ours running: grow from here, afresh (not
-            # at the pace a long wait's curve has reached).
-            state.epoch, state.plateau = now, 0.0
-            state.w_max = state.limit = max(1.0, float(state.active))
+            # In after a wait with nothing of ours running: the slots are coming back,
+            # take them fast (in step with whoever got in on the same grid point).
+            state.slow, state.doubling = True, RESTART_DOUBLING
+            state.base = state.limit = max(1.0, float(state.active))
+            state.epoch = self._grid(now, IDLE_PROBE_MIN)
+            if state.idle_hold:  # a 429 of a create sent alongside holds no more
+                state.hold_until, state.idle_hold = now, False
         state.strikes = state.idle_strikes = 0  # there was room: backoffs start over
         if probe:
             state.next_probe = now  # room was there: try the next one at once
             if state.held:  # and the oldest unseen one of ours presumably ended
                 self._release(next(iter(state.held)))
+        elif state.landing:
+            state.landing -= 1
+            state.limit += 1.0  # sent before the 429, and in: it fit too
+        elif state.growing:
+            state.growing = state.list_probe = False  # the list was right: there was room
+            state.limit += 1.0  # one beyond the limit fit
+            if state.streak:
+                state.grow_at = now
+            else:
+                self._arm_growth(state, now)
+                # Room no list showed: a list soon tells whether the app now runs more
+                # than ever seen (the cap is higher than lists knew: look further).
+                state.beyond = max(1, state.cap_seen)
+                state.list_soon = min(state.list_soon, now + CONFIRM_DELAY)
         if invocation_id is None:
             self._free(state)
             return
@@ -270,7 +345,9 @@ class AdmissionPolicy:
         start from it instead of slow start, unless a 429 taught a limit already."""
         state = self.app(name)
         if self.limits.adaptive and not state.limited and cap >= 1:
-            state.limit = state.ssthresh = float(cap)
+            state.limit = float(cap)
+            state.slow, state.told = False, True
+            state.grow_at = math.inf  # a told cap is not probed beyond
 
     def seed_all(self, cap: int) -> None:
         """The service told the cap every app of this client shares: `seed` each app
@@ -280,41 +357,42 @@ class AdmissionPolicy:
             self.seed(name, cap)
 
     def rejected(self, name: str, now: float, retry_after: float | None) -> float:
-        """The create got a concurrency 429: free its slot, cut the limit, and (with none
-        of ours running, or a ``Retry-After``) hold the app. Returns the hold, in seconds."""
+        """The create got a concurrency 429: free its slot, learn the limit (what runs
+        fits), and (with none of ours running, or a ``Retry-After``) hold the app. Returns
+        the hold, in seconds."""
         state = self.app(name)
         self._free(state)
         self.concurrency_limited += 1
         running = len(state.held)
         if self.limits.adaptive:
-            # What ran fits. Clearly fewer than at the last 429 (`SLACK`): others are
-            # taking slots, so give up more (a cut of `DECREASE`, and a lower plateau:
-            # TCP's "fast convergence"). As many or more: alone, or at a fair share
-            # already, so stay just under it.
             state.fit = max(running, 1)
-            ran = float(state.fit)
-            if ran < state.w_max - max(0.5, SLACK * state.w_max):
-                state.w_max = ran * (1.0 + DECREASE) / 2.0
-                state.limit = max(1.0, DECREASE * running)
-            else:
-                state.w_max = ran
-                state.limit = max(1.0, running - 1.0)
-            state.ssthresh = state.limit
-            state.epoch = now
-            state.plateau = (max(0.0, state.w_max - state.limit) / GROWTH) ** (1 / 3)
-            state.limited = True
+            state.limit = max(1.0, float(running))
+            state.landing = state.active - running  # in flight: those that land fit too
+            state.slow, state.limited, state.streak, state.growing = False, True, False, False
+            if state.list_probe:  # the list saw room that was not there (a cap lowered?)
+                state.cap_seen = state.last_total
+            state.list_probe = False
+            self._arm_growth(state, now)
+            if state.others:
+                state.list_soon = min(state.list_soon, now + LIST_AFTER_REJECT)
         delay = 0.0
+        state.idle_hold = False
         if not running:
-            backoff = IDLE_BACKOFF ** min(state.idle_strikes, 32)
-            delay = min(IDLE_PROBE_DELAY, IDLE_PROBE_MIN * backoff)
-            delay *= self._rng.uniform(0.5, 1.0)
+            backoff = 2.0 ** min(state.idle_strikes, 32)
+            wait = min(IDLE_PROBE_DELAY, IDLE_PROBE_MIN * backoff)
+            # The first point of the wall clock's grid of `wait` at least `wait` away:
+            # whoever waits alike probes at the same moment, and gets in together.
+            wall = now + self.wall_offset + wait
+            delay = math.ceil(wall / wait - 1e-9) * wait - self.wall_offset - now
             state.idle_strikes += 1
+            state.idle_hold = True
         elif not self.limits.adaptive:
             # No learnt limit to stay under: wait for a finish of ours (a credit) or the
             # unseen-probe backoff, never resend at once.
             delay = self._probe_delay(state)
-        if retry_after is not None:
+        if retry_after is not None and retry_after > delay:
             delay = max(delay, min(retry_after, self.max_hold))
+            state.idle_hold = False
         state.strikes += 1
         state.hold_until = now + delay
         # With some of ours running, probe beyond the limit if none is seen finishing for
@@ -328,8 +406,12 @@ class AdmissionPolicy:
         failed leaves the question open: probe again after a backoff."""
         state = self.app(name)
         self._free(state)
+        state.landing = min(state.landing, state.active - len(state.held))
         if probe:
             state.next_probe = now + self._probe_delay(state)
+        elif state.growing:
+            state.growing = False
+            self._arm_growth(state, now)
 
     def finished(self, invocation_id: str, now: float) -> str | None:
         """An invocation was seen in a terminal state; returns its app if it held a slot."""
@@ -338,6 +420,81 @@ class AdmissionPolicy:
             self._release(invocation_id)
             self.apps[name].next_probe = now + self._probe_delay(self.apps[name])
         return name
+
+    def next_list(self, name: str) -> float:
+        """When app ``name``'s invocations should be listed next (loop time), while its
+        creates wait: to confirm room a list saw, soon after a 429 among others, every
+        `CROWD_LIST_INTERVAL` among others once the limit is learnt, else every
+        `LIST_INTERVAL`."""
+        state = self.app(name)
+        if state.suspect:
+            return state.listed_at + CONFIRM_DELAY
+        interval = CROWD_LIST_INTERVAL if self.crowded(name) else LIST_INTERVAL
+        return min(state.listed_at + interval, state.list_soon)
+
+    def crowded(self, name: str) -> bool:
+        """Whether app ``name``'s limit is learnt and its lists showed others'
+        invocations, or room: lists come often."""
+        state = self.app(name)
+        shared = state.others > 0 or state.last_total < state.cap_seen
+        return shared and state.limited and not state.slow and self.limits.adaptive
+
+    def wants_list(self, name: str) -> bool:
+        """Whether app ``name``'s waiting creates are worth a list of its invocations:
+        some of ours run (they may have ended unseen), or others share the app, or
+        (refused with none of ours running) whether they do is unknown. A process with
+        nothing running then sees the room another leaves."""
+        state = self.app(name)
+        unknown = state.listed_at == -math.inf and state.idle_strikes > 0
+        return bool(state.held) or self.crowded(name) or (unknown and self.limits.adaptive)
+
+    def listed(self, name: str, now: float, live: Collection[str]) -> None:
+        """The service listed ``live``: the ids of app ``name``'s queued and running
+        invocations. Learns how many are others' and, when slots are free under the most
+        it ever saw running (`FREE_MIN`, confirmed by a second list), lets creates go
+        until one is refused."""
+        state = self.app(name)
+        held = state.held
+        total = len(live)
+        state.others = total - sum(1 for id in live if id in held)
+        state.last_total = total
+        state.listed_at = now
+        state.list_soon = math.inf
+        if state.beyond:
+            if total > state.beyond and not state.slow:  # more than ever: look further
+                state.streak, state.grow_at = True, min(state.grow_at, now)
+            state.beyond = 0
+        state.cap_seen = max(state.cap_seen, total)
+        # Our creates in flight may be missing from it: their slots are not free.
+        free = state.cap_seen - total - (state.active - len(held))
+        learnt = state.limited or not (state.slow or state.told)
+        if not learnt or not self.limits.adaptive or free < 1:
+            state.suspect = state.few = 0
+            return
+        if state.others and free < FREE_MIN:
+            # One or two free among others may be their blinks (an end and its
+            # successor's create): believed when the lists of `FEW_CONFIRMATIONS`
+            # cadences in a row show them, without lists of their own.
+            state.suspect = 0
+            state.few += 1
+            if state.few <= FEW_CONFIRMATIONS:
+                return
+        elif state.suspect < CONFIRMATIONS and free < LEFT_SHARE * state.cap_seen:
+            state.suspect += 1  # a blink (ends and their successors) or someone left?
+            return
+        state.suspect = state.few = 0  # still free: someone left, or finished
+        if state.idle_hold:
+            state.hold_until, state.idle_hold = now, False
+        state.streak = state.list_probe = True
+        state.grow_at = min(state.grow_at, now)
+
+    def _arm_growth(self, state: _App, now: float) -> None:
+        """One create may go beyond the limit after our share of the app (as last
+        listed) times `GROWTH_PROBE` seconds, jittered."""
+        ours = len(state.held)
+        share = ours / max(1, ours + state.others)
+        delay = min(GROWTH_PROBE_MAX, max(GROWTH_PROBE_MIN, GROWTH_PROBE * share))
+        state.grow_at = now + delay * self._rng.uniform(0.5, 1.0)
 
     def expire(self, now: float) -> list[str]:
         """Free the slots of unseen invocations past their lease; returns the apps freed.
@@ -391,9 +548,8 @@ class AdmissionPolicy:
         for name, state in self.apps.items():
             source: Literal["learnt", "told", "configured", "none"] = "none"
             limit: float | None = None
-            if state.limited or not math.isinf(state.ssthresh):  # learnt or told: within the cap
-                # Learnt: what fit at the last 429 (the window itself dips under it after a
-                # cut and probes over it before the next).
+            if state.limited or state.told:  # learnt or told: within the cap
+                # Learnt: what fit at the last 429 (the window itself probes over it).
                 source = "learnt" if state.limited else "told"
                 known = state.fit if state.limited else state.limit
                 limit = known if cap is None else min(known, cap)

@@ -37,8 +37,9 @@ class Backpressure:
         self.project_caps = ProjectCaps()
         """Each project's cap, as the service told it (read once, on the first create)."""
         self.lister: Lister | None = None
-        """How to list an app's invocations queued or running on the service (set by the
-        client): while creates wait, slots of ours that ended unseen are freed with it."""
+        """How to list an app's invocations running (and queued) on the service (set by
+        the client): while creates wait, slots of ours that ended unseen are freed with
+        it, and the admission policy sees how many others run."""
         self._shared: RedisLimits | None = None
         self._shared_made = False
 
@@ -89,7 +90,17 @@ class Backpressure:
             )
             admission.ended = self._shared_ended
             admission.waiting_elsewhere = self._shared_waiting
+            admission.spare_requests = self._spare_requests
         return admission
+
+    def _spare_requests(self) -> bool:
+        """Whether the rate limit leaves requests to spare for frequent lists: none is
+        known, or over a quarter of its window is left."""
+        gate = self._gate
+        if gate is None:
+            return True
+        rate = gate.policy
+        return rate.budget is None or rate.limit is None or rate.budget > rate.limit / 4
 
     def seed(self, cap: int) -> None:
         """The service told the cap every app shares (a project's): start admission

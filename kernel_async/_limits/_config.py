@@ -62,8 +62,11 @@ class Limits:
     adaptive: bool = True
     """Learn each app's limit from concurrency 429s. ``False`` keeps only the caps (a
     concurrency 429 still waits for a slot or a backoff, it never fails the call)."""
-    initial: int = 4
-    """Creates let through at once for an app before anything is learnt (slow start)."""
+    initial: int = 1
+    """Creates let through at once for an app before anything is learnt: slow start
+    doubles it every 50 ms from there. One (the default) lets processes that start
+    together meet a shared cap with even shares; a burst of several from each would
+    let the first few take it all."""
     shared: str | None = None
     """Share the limits with every process and machine using this Redis
     (``"redis://host:port/db"``; needs the ``redis`` extra): slots, learnt windows, the

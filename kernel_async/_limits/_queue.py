@@ -4,15 +4,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection
 from types import TracebackType
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
 from ..errors import APITimeoutError, ClientClosedError
-from ._admission import AdmissionPolicy
+from ._admission import LIST_INTERVAL, AdmissionPolicy
 from ._config import Limits, lease_for
 from ._pump import Pumped
 
@@ -23,13 +25,8 @@ __all__ = ["Admission", "Slot", "Ticket"]
 
 logger = logging.getLogger("kernel_async")
 
-#: While creates wait for an app, the service's list of its running invocations is read
-#: at most this often, to free the slots of ours that ended unseen (a `follow` closed
-#: early, a `run` cancelled by its caller).
-RECONCILE_INTERVAL: Final = 1.0
-
-#: The ids of an app's invocations queued or running on the service now.
-Lister = Callable[[str], Awaitable[Collection[str]]]
+#: The ids of an app's invocations running on the service now, and (``full``) queued.
+Lister = Callable[[str, bool], Awaitable[Collection[str]]]
 
 #: A waiting create: its order (negative: put back at the head) and its future.
 _Entry = tuple[int, "asyncio.Future[Ticket]"]
@@ -90,9 +87,13 @@ class Admission(Pumped):
         self.lister = lister
         self._reconciling: dict[str, asyncio.Task[None]] = {}
         self._listing: set[str] = set()  # apps whose list is in flight
+        self._nudges: dict[str, asyncio.Event] = {}  # set: the policy wants a list sooner
         # Holds are capped like any Retry-After (never below a first backoff).
         self.policy = AdmissionPolicy(
-            limits, initial_delay=initial_delay, max_hold=max(max_retry_after, initial_delay)
+            limits,
+            initial_delay=initial_delay,
+            max_hold=max(max_retry_after, initial_delay),
+            wall_offset=time.time() - loop.time(),  # its grids are the wall clock's
         )
         self.max_retry_after = max_retry_after
         self.queued_seconds = 0.0
@@ -104,6 +105,9 @@ class Admission(Pumped):
         self.ended: Callable[[str], None] | None = None
         """Told the id of each invocation found ended unseen (`gone`): the shared limits
         free its slot too."""
+        self.spare_requests: Callable[[], bool] | None = None
+        """Whether the rate limit leaves requests to spare for frequent lists (``None``:
+        as if it does)."""
         self.waiting_elsewhere: Callable[[str], int] | None = None
         """Creates of an app waiting for a slot elsewhere (the shared limits' queue):
         while some do, the app's slots are reconciled as while creates wait here."""
@@ -204,6 +208,9 @@ class Admission(Pumped):
         else:
             self._last_reject[app] = now
             hold = policy.rejected(app, now, retry_after)
+            nudge = self._nudges.get(app)
+            if nudge is not None:
+                nudge.set()  # the next list may be due sooner
             state = policy.app(app)
             logger.info(
                 "Concurrency limit reached for app %r: %d running, limit now %s; "
@@ -232,7 +239,7 @@ class Admission(Pumped):
             self.lister is None
             or self.closed is not None
             or app in self._reconciling
-            or not self.policy.app(app).held
+            or not self.policy.wants_list(app)
         ):
             return
         self._reconciling[app] = self._loop.create_task(self._reconcile(app, self.lister))
@@ -246,28 +253,52 @@ class Admission(Pumped):
                 task.cancel()
 
     async def _reconcile(self, app: str, lister: Lister) -> None:
-        """While creates of ``app`` wait, free the slots of ours that no longer run on the
-        service, at most once per `RECONCILE_INTERVAL`."""
+        """While creates of ``app`` wait, list its invocations on the service as often as
+        the policy asks (`AdmissionPolicy.next_list`; no more than every
+        `LIST_INTERVAL` when the rate limit's budget runs low): tell the policy what each
+        list showed, and (at most every `LIST_INTERVAL`, from a list of the queued ones
+        too) free the slots of ours that no longer run there."""
+        policy = self.policy
+        loop = self._loop
+        full_at = -math.inf
         try:
             while self._blocked(app) and self.closed is None:
-                held = self.policy.app(app).held
-                if held:
-                    before = list(held)  # all created before the list is asked for
+                state = policy.app(app)
+                if policy.wants_list(app):
+                    now = loop.time()
+                    full = now - full_at >= LIST_INTERVAL
+                    before = list(state.held)  # all created before the list is asked for
                     self._listing.add(app)
                     try:
-                        live = await lister(app)
+                        live = await lister(app, full)
                     except Exception as exc:  # news only: the lease stands
                         logger.debug("Could not list app %r's running invocations: %s", app, exc)
+                        state.listed_at = loop.time()
                     else:
-                        self.gone(before, live)
+                        if full:
+                            full_at = now
+                            self.gone(before, live)
+                        policy.listed(app, loop.time(), live)
+                        self._pump()
                     finally:
                         self._listing.discard(app)
                     if not self._blocked(app):
                         break
-                await asyncio.sleep(RECONCILE_INTERVAL)
+                else:
+                    state.listed_at = loop.time()
+                nudge = self._nudges.setdefault(app, asyncio.Event())
+                nudge.clear()
+                due = policy.next_list(app)
+                if self.spare_requests is not None and not self.spare_requests():
+                    due = max(due, state.listed_at + LIST_INTERVAL)
+                wait = due - loop.time()
+                if wait > 0:
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(nudge.wait(), wait)
         finally:
             if self._reconciling.get(app) is asyncio.current_task():
                 del self._reconciling[app]
+                self._nudges.pop(app, None)
 
     def _blocked(self, app: str) -> int:
         """Creates of ``app`` waiting for a slot, here or elsewhere."""
