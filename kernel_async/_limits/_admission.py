@@ -68,7 +68,7 @@ LIST_AFTER_REJECT: Final = 0.1
 #: create is free for milliseconds only); at once when it is `LEFT_SHARE` of that most
 #: or more. Then creates go until one is refused.
 FREE_MIN: Final = 3
-CONFIRMATIONS: Final = 2
+CONFIRMATIONS: Final = 1
 #: Fewer free than `FREE_MIN` among others: believed when this many lists in a row on the
 #: cadence, after the first, show room too.
 FEW_CONFIRMATIONS: Final = 5
