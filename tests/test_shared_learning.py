@@ -143,6 +143,31 @@ async def test_the_local_limit_is_left_to_redis(redis_url: str, fast_policy: Ret
         assert not stats.apps["app"].learnt  # the process's own limit learnt nothing
 
 
+async def test_a_process_joining_the_fleet_takes_its_window_at_once(
+    redis_url: str, fast_policy: RetryPolicy
+) -> None:
+    """Shared, the fleet's window is Redis's: a process that comes later does not
+    slow-start its own (it used to let 1, then 2, 4... creates go, 50 ms apart)."""
+    async with KernelEmulator(quotas=Quotas(max_running=8)) as emulator:
+
+        async def work(ctx: Any, payload: Any) -> Any:
+            await asyncio.sleep(0.3)
+            return payload
+
+        emulator.add_action("app", "work", work)
+        limits = Limits(shared=redis_url)
+        async with emulator.client(retry=fast_policy, limits=limits) as first:
+            await asyncio.gather(*(first.invocations.run("app", "work") for _ in range(16)))
+        async with emulator.client(retry=fast_policy, limits=limits) as later:
+            runs = [asyncio.create_task(later.invocations.run("app", "work")) for _ in range(8)]
+            await asyncio.sleep(0.1)  # a third of one action: slow start would be at 2-4
+            running = sum(v.status == "running" for v in emulator.snapshot())
+            await asyncio.gather(*runs)
+            stats = later.limit_stats()
+        assert running == 8
+        assert stats.max_queued_seconds < 0.05  # no local wait: Redis granted the slots
+
+
 async def test_a_slot_found_ended_unseen_is_freed_in_redis_at_once(
     redis_url: str, redis_process: RedisServer, fast_policy: RetryPolicy
 ) -> None:

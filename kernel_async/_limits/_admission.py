@@ -206,6 +206,9 @@ class AdmissionPolicy:
         self.concurrency_limited = 0
         self.admitted = 0
         self.known_cap: int | None = None  # told by the service (`seed_all`)
+        self.windowless = False
+        """Whether only the caps of `Limits` and holds apply, not the window (the limits
+        are shared through Redis, which holds the fleet's): set by the caller."""
 
     def app(self, name: str) -> _App:
         """App ``name``'s state, made on first use."""
@@ -237,6 +240,8 @@ class AdmissionPolicy:
             return False
         if now < state.hold_until:
             return state.credits > 0 and state.room()
+        if self.windowless and not state.limited:
+            return True
         if state.slow and not state.room():
             self._grow(state, now)
         return state.room() or now >= state.next_probe or now >= state.grow_at
@@ -279,6 +284,8 @@ class AdmissionPolicy:
         probe = False
         if now < state.hold_until:
             state.credits -= 1
+        elif self.windowless and not state.limited:
+            pass  # the shared window admitted it
         elif not state.room():
             if now >= state.grow_at:
                 state.grow_at = math.inf  # one beyond the limit at a time

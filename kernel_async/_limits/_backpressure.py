@@ -91,7 +91,14 @@ class Backpressure:
             admission.ended = self._shared_ended
             admission.waiting_elsewhere = self._shared_waiting
             admission.spare_requests = self._spare_requests
+            admission.windowless = self._shared_on
         return admission
+
+    def _shared_on(self) -> bool:
+        """Whether the limits are shared through Redis now (it holds the fleet's window:
+        this process's own slow start would only slow its creates down)."""
+        shared = self._shared
+        return shared is not None and shared.failed is None
 
     def _spare_requests(self) -> bool:
         """Whether the rate limit leaves requests to spare for frequent lists: none is
