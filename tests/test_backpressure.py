@@ -453,3 +453,33 @@ def test_limits_are_validated() -> None:
         RetryPolicy(max_rate_limit_waits=-1)
     kernel = AsyncKernel("sk_x", limits=Limits(max_running=7))
     assert kernel.with_options(timeout=1).limits.max_running == 7
+
+
+async def test_a_failing_list_endpoint_is_backed_off_not_asked_at_the_crowded_cadence() -> None:
+    # Two clients share an app's cap, so each lists the app every 0.15 s while its creates
+    # wait. Once both have seen the other's invocations there, the list endpoint starts
+    # failing for good: the lists are news only, and a failing one is asked again after a
+    # growing backoff, not at the cadence. Runs are unaffected, each started once.
+    cap, n = 4, 24
+    async with KernelEmulator(quotas=Quotas(max_running_per_app=cap)) as emulator:
+        started = 0
+
+        async def work(ctx: Any, payload: Any) -> Any:
+            nonlocal started
+            started += 1
+            if started == 2 * cap + 1:  # well after the first 429s and lists
+                emulator.faults.fail(500, times=10_000, method="GET", path="/invocations")
+            await asyncio.sleep(0.25)
+            return payload
+
+        emulator.add_action("app", "work", work)
+        once = RetryPolicy(max_retries=0)  # one request per list: failed lists are counted
+        async with emulator.client(retry=once) as a, emulator.client(retry=once) as b:
+            done = await asyncio.gather(
+                *(k.invocations.run("app", "work", payload=i) for i in range(n) for k in (a, b))
+            )
+        assert sorted(r.output_as() for r in done) == sorted(list(range(n)) * 2)
+        assert emulator.create_count == 2 * n  # none started twice
+        # Some 2.5 s of runs left when the lists begin failing: at the cadence that was
+        # about 30 failed lists; backed off (1 s, 2 s, 4 s...) two or three per client.
+        assert emulator.faults.stats.errors <= 12

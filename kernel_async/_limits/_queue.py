@@ -11,7 +11,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from ..errors import APITimeoutError, ClientClosedError
 from ._admission import LIST_INTERVAL, AdmissionPolicy
@@ -24,6 +24,11 @@ if TYPE_CHECKING:
 __all__ = ["Admission", "Slot", "Ticket"]
 
 logger = logging.getLogger("kernel_async")
+
+#: After a list that failed, the next waits `LIST_INTERVAL`, doubling with each failure in
+#: a row up to this (seconds): lists are news only, and an endpoint that fails (a 500, a
+#: 429 of its own) is not asked again at the policy's cadence of 0.15 s.
+LIST_BACKOFF_MAX: Final = 8.0
 
 #: The ids of an app's invocations running on the service now, and (``full``) queued.
 Lister = Callable[[str, bool], Awaitable[Collection[str]]]
@@ -266,10 +271,12 @@ class Admission(Pumped):
         the policy asks (`AdmissionPolicy.next_list`; no more than every
         `LIST_INTERVAL` when the rate limit's budget runs low): tell the policy what each
         list showed, and (at most every `LIST_INTERVAL`, from a list of the queued ones
-        too) free the slots of ours that no longer run there."""
+        too) free the slots of ours that no longer run there. A list that fails is asked
+        again after a backoff (`LIST_BACKOFF_MAX`), not at the cadence."""
         policy = self.policy
         loop = self._loop
         full_at = -math.inf
+        failures = 0  # lists in a row that failed
         try:
             while self._blocked(app) and self.closed is None:
                 state = policy.app(app)
@@ -283,7 +290,9 @@ class Admission(Pumped):
                     except Exception as exc:  # news only: the lease stands
                         logger.debug("Could not list app %r's running invocations: %s", app, exc)
                         state.listed_at = loop.time()
+                        failures += 1
                     else:
+                        failures = 0
                         if full:
                             full_at = now
                             self.gone(before, live)
@@ -293,6 +302,11 @@ class Admission(Pumped):
                         self._listing.discard(app)
                     if not self._blocked(app):
                         break
+                    if failures:  # back off from a failing endpoint (a nudge does not cut it)
+                        await asyncio.sleep(
+                            min(LIST_INTERVAL * 2.0 ** (failures - 1), LIST_BACKOFF_MAX)
+                        )
+                        continue
                 else:
                     state.listed_at = loop.time()
                 nudge = self._nudges.setdefault(app, asyncio.Event())
