@@ -51,6 +51,10 @@ logger = logging.getLogger("kernel_async")
 
 T = TypeVar("T")
 
+#: The most invocations of one app a list for the admission queue reads (queued and
+#: running together): past it, that list counts as failed.
+LIVE_IDS_MOST: Final = 2000
+
 _USER_AGENT: Final = (
     f"kernel-async/{__version__} aiohttp/{aiohttp.__version__} python/{platform.python_version()}"
 )
@@ -334,16 +338,23 @@ class AsyncKernel(HTTPClient):
         )
         return clone
 
-    async def _live_ids(self, app_name: str, full: bool = True) -> set[str]:
-        """The ids of ``app_name``'s invocations running on the service, and (``full``)
-        queued. Queued ones are listed first: an invocation only moves from queued to
-        running, so one that runs throughout is in one list or the other."""
+    async def _live_ids(self, app_name: str) -> set[str]:
+        """The ids of ``app_name``'s invocations queued or running on the service. Queued
+        ones are listed first: an invocation only moves from queued to running, so one
+        that runs throughout is in one list or the other. More than `LIVE_IDS_MOST` is
+        an error (a list that never ends, or an app this large): a list cut short would
+        make invocations of ours still running look ended."""
         ids: set[str] = set()
-        for status in ("queued", "running") if full else ("running",):
+        for status in ("queued", "running"):
             async for invocation in self.invocations.list(
                 app_name=app_name, status=status, limit=100
             ):
                 ids.add(invocation.id)
+                if len(ids) > LIVE_IDS_MOST:
+                    raise KernelError(
+                        f"app {app_name!r} lists over {LIVE_IDS_MOST} invocations queued or "
+                        "running: not reconciled"
+                    )
         return ids
 
     # --- lifetime ----------------------------------------------------------------------------

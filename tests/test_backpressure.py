@@ -23,6 +23,7 @@ from kernel_async.testing import KernelEmulator, Quotas
 
 from .conftest import INVOCATION_JSON, ServerFactory, emulator_thread, json_response
 
+CONCURRENCY_429 = '{"code":"concurrency_limit_exceeded","message":"app at its limit"}'
 FAST = RetryPolicy(max_retries=2, initial_delay=0.02, max_delay=0.1)
 
 
@@ -453,6 +454,42 @@ def test_limits_are_validated() -> None:
         RetryPolicy(max_rate_limit_waits=-1)
     kernel = AsyncKernel("sk_x", limits=Limits(max_running=7))
     assert kernel.with_options(timeout=1).limits.max_running == 7
+
+
+async def test_a_list_that_never_ends_is_given_up_and_frees_nothing(
+    make_server: ServerFactory,
+) -> None:
+    # Two creates get in and hold their slots (nobody follows them); the third is refused
+    # and waits, so the app is listed, and the list pages on for ever. It is read up to
+    # 2,000 invocations, then counts as failed (backed off): a list cut short would make
+    # ours look ended and free their slots.
+    created = 0
+
+    async def create(request: web.Request) -> web.Response:
+        nonlocal created
+        created += 1
+        if created > 2:
+            return json_response(CONCURRENCY_429, 429)
+        return json_response(INVOCATION_JSON.replace("inv_1", f"inv_{created}"), 201)
+
+    async def pages(request: web.Request) -> web.Response:
+        offset = int(request.query.get("offset", "0"))
+        page = ",".join(INVOCATION_JSON.replace("inv_1", f"other_{offset + i}") for i in range(100))
+        headers = {"X-Has-More": "true", "X-Next-Offset": str(offset + 100)}
+        return json_response(f"[{page}]", headers=headers)
+
+    server = await make_server([("POST", "/invocations", create), ("GET", "/invocations", pages)])
+    async with server.client(retry=FAST) as kernel:
+        first = await asyncio.gather(
+            *(kernel.invocations.create("my-app", "analyze", async_=True) for _ in range(2))
+        )
+        with pytest.raises(APITimeoutError):
+            await kernel.invocations.create("my-app", "analyze", async_=True, timeout=2.5)
+        stats = kernel.limit_stats().apps["my-app"]
+    assert [c.id for c in first] == ["inv_1", "inv_2"]
+    assert stats.running == 2  # still held: nothing was freed on a list cut short
+    lists = [r for r in server.requests if r.method == "GET"]
+    assert 21 <= len(lists) <= 6 * 21  # a few lists (2,000 ids each), backed off; not 10,000
 
 
 async def test_a_failing_list_endpoint_is_backed_off_not_asked_at_the_crowded_cadence() -> None:

@@ -55,9 +55,10 @@ GROWTH_PROBE_MAX: Final = 10.0
 #: may have ended unseen.
 UNSEEN_PROBE_DELAY: Final = 1.0
 #: While creates wait, the app's queued and running invocations are listed this often
-#: (seconds); every `CROWD_LIST_INTERVAL` once the limit is learnt and the lists show
-#: invocations that are not ours (other processes share the cap) or room, and
-#: `LIST_AFTER_REJECT` after a concurrency 429 there.
+#: (seconds); every `CROWD_LIST_INTERVAL` (times the pages of 100 the last list took, up
+#: to `LIST_INTERVAL`) once the limit is learnt and the lists show invocations that are
+#: not ours (other processes share the cap) or room, and `LIST_AFTER_REJECT` after a
+#: concurrency 429 there.
 LIST_INTERVAL: Final = 1.0
 CROWD_LIST_INTERVAL: Final = 0.15
 LIST_AFTER_REJECT: Final = 0.1
@@ -436,8 +437,11 @@ class AdmissionPolicy:
         state = self.app(name)
         if state.suspect:
             return state.listed_at + CONFIRM_DELAY
-        interval = CROWD_LIST_INTERVAL if self.crowded(name) else LIST_INTERVAL
-        return min(state.listed_at + interval, state.list_soon)
+        if self.crowded(name):  # a page of a list holds 100: large apps are listed less
+            interval = CROWD_LIST_INTERVAL * max(1, math.ceil(state.last_total / 100))
+        else:
+            interval = LIST_INTERVAL
+        return min(state.listed_at + min(interval, LIST_INTERVAL), state.list_soon)
 
     def crowded(self, name: str) -> bool:
         """Whether app ``name``'s limit is learnt and its lists showed others'

@@ -30,8 +30,8 @@ logger = logging.getLogger("kernel_async")
 #: 429 of its own) is not asked again at the policy's cadence of 0.15 s.
 LIST_BACKOFF_MAX: Final = 8.0
 
-#: The ids of an app's invocations running on the service now, and (``full``) queued.
-Lister = Callable[[str, bool], Awaitable[Collection[str]]]
+#: The ids of an app's invocations queued or running on the service now.
+Lister = Callable[[str], Awaitable[Collection[str]]]
 
 #: A waiting create: its order (negative: put back at the head) and its future.
 _Entry = tuple[int, "asyncio.Future[Ticket]"]
@@ -269,33 +269,27 @@ class Admission(Pumped):
     async def _reconcile(self, app: str, lister: Lister) -> None:
         """While creates of ``app`` wait, list its invocations on the service as often as
         the policy asks (`AdmissionPolicy.next_list`; no more than every
-        `LIST_INTERVAL` when the rate limit's budget runs low): tell the policy what each
-        list showed, and (at most every `LIST_INTERVAL`, from a list of the queued ones
-        too) free the slots of ours that no longer run there. A list that fails is asked
-        again after a backoff (`LIST_BACKOFF_MAX`), not at the cadence."""
+        `LIST_INTERVAL` when the rate limit's budget runs low): free the slots of ours
+        that no longer run there, and tell the policy what each list showed. A list that
+        fails is asked again after a backoff (`LIST_BACKOFF_MAX`), not at the cadence."""
         policy = self.policy
         loop = self._loop
-        full_at = -math.inf
         failures = 0  # lists in a row that failed
         try:
             while self._blocked(app) and self.closed is None:
                 state = policy.app(app)
                 if policy.wants_list(app):
-                    now = loop.time()
-                    full = now - full_at >= LIST_INTERVAL
                     before = list(state.held)  # all created before the list is asked for
                     self._listing.add(app)
                     try:
-                        live = await lister(app, full)
+                        live = await lister(app)
                     except Exception as exc:  # news only: the lease stands
                         logger.debug("Could not list app %r's running invocations: %s", app, exc)
                         state.listed_at = loop.time()
                         failures += 1
                     else:
                         failures = 0
-                        if full:
-                            full_at = now
-                            self.gone(before, live)
+                        self.gone(before, live)
                         policy.listed(app, loop.time(), live)
                         self._pump()
                     finally:
