@@ -6,7 +6,7 @@ from __future__ import annotations
 import heapq
 import math
 import random
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Final, Literal
 
 from ._config import MAX_PROBE_DELAY, AppLimitStats, Limits
@@ -75,6 +75,10 @@ CONFIRMATIONS: Final = 1
 FEW_CONFIRMATIONS: Final = 5
 CONFIRM_DELAY: Final = 0.05
 LEFT_SHARE: Final = 0.25
+
+
+def _never() -> bool:
+    return False
 
 
 class _App:
@@ -147,6 +151,10 @@ class _App:
         """Whether one more create fits under the limit (a fractional limit rounds down)."""
         return self.active + 1 <= self.limit
 
+    def in_flight(self) -> int:
+        """Creates admitted and not answered yet."""
+        return self.active - len(self.held)
+
 
 class AdmissionPolicy:
     """Which creates may be sent now, per app. Pure: the caller passes ``now`` (and, for
@@ -207,9 +215,9 @@ class AdmissionPolicy:
         self.concurrency_limited = 0
         self.admitted = 0
         self.known_cap: int | None = None  # told by the service (`seed_all`)
-        self.windowless = False
-        """Whether only the caps of `Limits` and holds apply, not the window (the limits
-        are shared through Redis, which holds the fleet's): set by the caller."""
+        self.windowless: Callable[[], bool] = _never
+        """Asked before the window is applied: whether only the caps of `Limits` and holds
+        apply (the limits are shared through Redis, which holds the fleet's window)."""
 
     def app(self, name: str) -> _App:
         """App ``name``'s state, made on first use."""
@@ -241,7 +249,7 @@ class AdmissionPolicy:
             return False
         if now < state.hold_until:
             return state.credits > 0 and state.room()
-        if self.windowless and not state.limited:
+        if not state.limited and self.windowless():
             return True
         if state.slow and not state.room():
             self._grow(state, now)
@@ -285,7 +293,7 @@ class AdmissionPolicy:
         probe = False
         if now < state.hold_until:
             state.credits -= 1
-        elif self.windowless and not state.limited:
+        elif not state.limited and self.windowless():
             pass  # the shared window admitted it
         elif not state.room():
             if now >= state.grow_at:
@@ -375,7 +383,7 @@ class AdmissionPolicy:
         if self.limits.adaptive:
             state.fit = max(running, 1)
             state.limit = max(1.0, float(running))
-            state.landing = state.active - running  # in flight: those that land fit too
+            state.landing = state.in_flight()  # those that land fit too
             state.slow, state.limited, state.streak, state.growing = False, True, False, False
             if state.list_probe:  # the list saw room that was not there (a cap lowered?)
                 state.cap_seen = state.last_total
@@ -414,7 +422,7 @@ class AdmissionPolicy:
         failed leaves the question open: probe again after a backoff."""
         state = self.app(name)
         self._free(state)
-        state.landing = min(state.landing, state.active - len(state.held))
+        state.landing = min(state.landing, state.in_flight())
         if probe:
             state.next_probe = now + self._probe_delay(state)
         elif state.growing:
@@ -477,7 +485,7 @@ class AdmissionPolicy:
             state.beyond = 0
         state.cap_seen = max(state.cap_seen, total)
         # Our creates in flight may be missing from it: their slots are not free.
-        free = state.cap_seen - total - (state.active - len(held))
+        free = state.cap_seen - total - state.in_flight()
         learnt = state.limited or not (state.slow or state.told)
         if not learnt or not self.limits.adaptive or free < 1:
             state.suspect = state.few = 0

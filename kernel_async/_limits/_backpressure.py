@@ -37,9 +37,9 @@ class Backpressure:
         self.project_caps = ProjectCaps()
         """Each project's cap, as the service told it (read once, on the first create)."""
         self.lister: Lister | None = None
-        """How to list an app's invocations running (and queued) on the service (set by
-        the client): while creates wait, slots of ours that ended unseen are freed with
-        it, and the admission policy sees how many others run."""
+        """How to list an app's invocations queued or running on the service (set by the
+        client): while creates wait, slots of ours that ended unseen are freed with it,
+        and the admission policy sees how many others run."""
         self._shared: RedisLimits | None = None
         self._shared_made = False
 
@@ -91,7 +91,7 @@ class Backpressure:
             admission.ended = self._shared_ended
             admission.waiting_elsewhere = self._shared_waiting
             admission.spare_requests = self._spare_requests
-            admission.windowless = self._shared_on
+            admission.policy.windowless = self._shared_on
         return admission
 
     def _shared_on(self) -> bool:

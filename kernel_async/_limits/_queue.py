@@ -113,9 +113,6 @@ class Admission(Pumped):
         self.spare_requests: Callable[[], bool] | None = None
         """Whether the rate limit leaves requests to spare for frequent lists (``None``:
         as if it does)."""
-        self.windowless: Callable[[], bool] | None = None
-        """Whether the learnt window is someone else's business now (the limits shared
-        through Redis): only the caps of `Limits` and holds apply here."""
         self.waiting_elsewhere: Callable[[str], int] | None = None
         """Creates of an app waiting for a slot elsewhere (the shared limits' queue):
         while some do, the app's slots are reconciled as while creates wait here."""
@@ -138,14 +135,9 @@ class Admission(Pumped):
             raise self.closed
         now = self._loop.time()
         queue = self._queues.get(app)
-        self._sync_window()
         if (queue is None or not queue.waiting) and self.policy.may_admit(app, now):
             return self._admit(app, now)
         return None
-
-    def _sync_window(self) -> None:
-        windowless = self.windowless
-        self.policy.windowless = windowless is not None and windowless()
 
     async def acquire(self, app: str, deadline: float | None, *, front: bool = False) -> Ticket:
         """Wait for a slot for a create of ``app``. ``front`` puts a create that was just
@@ -156,7 +148,6 @@ class Admission(Pumped):
         loop = self._loop
         now = loop.time()
         queue = self._queues.get(app)
-        self._sync_window()
         if (queue is None or not queue.waiting) and self.policy.may_admit(app, now):
             return self._admit(app, now)
         if deadline is not None and deadline <= now:
@@ -377,7 +368,6 @@ class Admission(Pumped):
         policy = self.policy
         now = self._loop.time()
         policy.expire(now)
-        self._sync_window()
         while True:
             best: _Queue | None = None
             best_seq = 0
