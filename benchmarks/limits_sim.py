@@ -30,7 +30,7 @@ from typing import Any
 from kernel_async._limits._admission import AdmissionPolicy
 from kernel_async._limits._config import Limits
 
-from .multi import Case, cases, idle_seconds, unused_slots
+from .multi import Case, cases, idle_seconds, unused_by_second, unused_slots
 
 
 def simulate(
@@ -44,8 +44,9 @@ def simulate(
     listing: float = 0.005,
 ) -> dict[str, Any]:
     """Run ``case``; returns 429s per invocation, makespan and spread (÷ ideal), idle
-    seconds (as `benchmarks.multi` counts them), each process's finish, and a timeline of
-    each process's running count every 0.05 s."""
+    seconds (as `benchmarks.multi` counts them) and each second's unused share of the cap,
+    each process's finish, and a timeline of each process's running count every 0.05 s
+    or so."""
     rng = random.Random(seed)
     k, apps, share = case.k, case.worker_apps(), case.n // case.k
     policies = [
@@ -114,7 +115,7 @@ def simulate(
             if now < list_due[i]:
                 continue  # superseded by a sooner one
             list_due[i] = math.inf
-            push(now + listing, "listed", i, [f"{w}" for w in range(by_app[app])])
+            push(now + listing, "listed", i)
             continue
         if kind == "listed":
             # The service's count as ids: ours are the ones we hold (their ids are ours).
@@ -156,7 +157,7 @@ def simulate(
         "makespan_x": max(last_finish) / ideal,
         "spread_x": (max(last_finish) - min(last_finish)) / ideal,
         "idle_s": idle_seconds(free_by_second),
-        "idle_by_second": {s: round(sum(v) / len(v), 2) for s, v in sorted(free_by_second.items())},
+        "unused_by_second": {s: round(v, 3) for s, v in unused_by_second(free_by_second).items()},
         "finishes_s": [round(t, 2) for t in last_finish],
         "timeline": timeline,
     }

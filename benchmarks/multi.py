@@ -327,7 +327,7 @@ async def sample_idle(
             quotas = emulator.quotas
             unused = unused_slots(case, quotas.running(), quotas.running, with_work, waiting)
             free.setdefault(int(now - t0), []).append(unused / case.cap)
-    by_second = {second: round(sum(v) / len(v), 3) for second, v in sorted(free.items())}
+    by_second = {second: round(v, 3) for second, v in unused_by_second(free).items()}
     return float(idle_seconds(free)), by_second, timeline
 
 
@@ -344,10 +344,15 @@ def unused_slots(
     return min(max(0, min(case.cap - org_running, room)), waiting)
 
 
+def unused_by_second(free: dict[int, list[float]]) -> dict[int, float]:
+    """Each second's average unused share of the cap (``free``: its samples)."""
+    return {second: sum(v) / len(v) for second, v in sorted(free.items())}
+
+
 def idle_seconds(free: dict[int, list[float]]) -> int:
     """Whole seconds (``free``: each second's samples of the unused share of the cap) whose
     average leaves more than a tenth of the cap unused."""
-    return sum(1 for fractions in free.values() if sum(fractions) / len(fractions) > 0.1)
+    return sum(1 for unused in unused_by_second(free).values() if unused > 0.1)
 
 
 def chart(results: list[dict[str, Any]], path: Path) -> None:
