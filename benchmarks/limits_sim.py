@@ -62,7 +62,7 @@ def simulate(
     per_process = [0] * k
     accepted = [0] * k  # creates the service took, per process
     delays = case.worker_delays()
-    free_by_second: dict[int, list[float]] = {}
+    free_by_second: dict[int, list[float | None]] = {}
     timeline: list[tuple[float, tuple[int, ...]]] = []
     events: list[tuple[float, int, str, int, Any]] = []
     order = itertools.count()
@@ -84,10 +84,13 @@ def simulate(
             timeline.append((round(now, 2), tuple(per_process)))
             arrived = [w for w, delay in enumerate(delays) if now >= delay]
             waiting = sum(share - accepted[w] for w in arrived)
-            if waiting > 0 and now > case.tenant + 1.0:
-                with_work = [apps[w] for w in arrived if accepted[w] < share]
-                unused = unused_slots(case, org, by_app.__getitem__, with_work, waiting)
-                free_by_second.setdefault(int(now), []).append(unused / case.cap)
+            if now > case.tenant + 1.0:
+                unused: float | None = None  # nothing waits
+                if waiting > 0:
+                    with_work = [apps[w] for w in arrived if accepted[w] < share]
+                    unused = unused_slots(case, org, by_app.__getitem__, with_work, waiting)
+                    unused /= case.cap
+                free_by_second.setdefault(int(now), []).append(unused)
             if sum(done) < share * k:
                 push(now + rng.uniform(0.025, 0.075), "sample", -1)
             continue
@@ -157,6 +160,7 @@ def simulate(
         "makespan_x": max(last_finish) / ideal,
         "spread_x": (max(last_finish) - min(last_finish)) / ideal,
         "idle_s": idle_seconds(free_by_second),
+        "idle_s_while_waiting": idle_seconds(free_by_second, while_waiting=True),
         "unused_by_second": {s: round(v, 3) for s, v in unused_by_second(free_by_second).items()},
         "finishes_s": [round(t, 2) for t in last_finish],
         "timeline": timeline,

@@ -15,8 +15,9 @@ spread between processes ÷ ideal, and seconds (after the first) during which qu
 free while work had not been created yet.
 
 ``python -m benchmarks.multi`` (``--quick``: a smoke run) writes
-``benchmarks/results/multi.json`` and the chart ``docs/many-processes.png``, and prints
-the table for docs/many-processes.md.
+``benchmarks/results/multi.json`` and prints the table; a run of every case and mode also
+writes the chart ``docs/many-processes.png`` and the table into docs/many-processes.md
+(``--cases`` or ``--modes`` run a part, and leave the docs as they are).
 """
 
 from __future__ import annotations
@@ -256,7 +257,7 @@ async def measure(case: Case, redis_url: str | None) -> dict[str, Any]:
             assert proc.stdin is not None
             proc.stdin.write(f"{start_at}\n".encode())
             await proc.stdin.drain()
-        idle, unused, timeline = await sample_idle(
+        (idle, idle_waiting), unused, unused_waiting, timeline = await sample_idle(
             emulator, case, t0, start_at, running, procs, begun
         )
         outs = [json.loads((await p.communicate())[0]) for p in procs]
@@ -278,8 +279,10 @@ async def measure(case: Case, redis_url: str | None) -> dict[str, Any]:
         "makespan_x": max(finishes) / ideal,
         "spread_x": (max(finishes) - min(finishes)) / ideal,
         "idle_s": idle,
+        "idle_s_while_waiting": idle_waiting,
         "finishes_s": finishes,
         "unused_by_second": unused,
+        "unused_while_waiting_by_second": unused_waiting,
         "timeline": timeline,
     }
 
@@ -292,13 +295,13 @@ async def sample_idle(
     running: Counter[int],
     procs: list[Any],
     begun: Counter[int],
-) -> tuple[float, dict[int, float], list[list[float]]]:
-    """Seconds (whole seconds of the run after the first) in which, on average, more than
-    a tenth of the cap was free while work waited to be created (slots left free for
-    want of work are not counted: at the end, fewer creates wait than slots are free; nor
-    are those only apps with no work left could fill, ``begun`` counting each worker's
-    invocations started);
-    the average unused share of the cap in each of those seconds;
+) -> tuple[tuple[float, float], dict[int, float], dict[int, float], list[list[float]]]:
+    """Seconds (whole seconds of the run after the first) that left more than a tenth of
+    the cap unused while work waited to be created (slots left free for want of work are
+    not counted: at the end, fewer creates wait than slots are free; nor are those only
+    apps with no work left could fill, ``begun`` counting each worker's invocations
+    started), and the same counted the old way (`unused_by_second`'s ``while_waiting``);
+    the unused share of the cap in each second, both ways;
     and the timeline: ``[seconds since t0, running per worker...]`` about every 50 ms.
 
     Samples come at jittered moments (25 to 75 ms apart): invocations that start
@@ -310,7 +313,7 @@ async def sample_idle(
     whose average leaves more than a tenth of the cap free is."""
     step = 0.05
     timeline: list[list[float]] = []
-    free: dict[int, list[float]] = {}  # second -> free fraction of each sample with work waiting
+    free: dict[int, list[float | None]] = {}  # second -> each sample's unused share (None: no wait)
     while any(p.returncode is None for p in procs):
         await asyncio.sleep(random.uniform(step / 2, step * 1.5))
         now = time.time()
@@ -318,7 +321,11 @@ async def sample_idle(
         created = emulator.create_count - (case.cap if case.tenant else 0)
         arrived = sum(now >= start_at + d for d in case.worker_delays())
         waiting = arrived * (case.n // case.k) - created  # the arrived workers' creates
-        if waiting > 0 and now > start_at + case.tenant + 1.0:
+        if now <= start_at + case.tenant + 1.0:
+            continue
+        if waiting <= 0:
+            free.setdefault(int(now - t0), []).append(None)
+        else:
             share = case.n // case.k
             pairs = enumerate(zip(case.worker_apps(), case.worker_delays(), strict=True))
             with_work = [
@@ -328,7 +335,10 @@ async def sample_idle(
             unused = unused_slots(case, quotas.running(), quotas.running, with_work, waiting)
             free.setdefault(int(now - t0), []).append(unused / case.cap)
     by_second = {second: round(v, 3) for second, v in unused_by_second(free).items()}
-    return float(idle_seconds(free)), by_second, timeline
+    old = unused_by_second(free, while_waiting=True)
+    by_second_waiting = {second: round(v, 3) for second, v in old.items()}
+    idle = (float(idle_seconds(free)), float(idle_seconds(free, while_waiting=True)))
+    return idle, by_second, by_second_waiting, timeline
 
 
 def unused_slots(
@@ -344,15 +354,29 @@ def unused_slots(
     return min(max(0, min(case.cap - org_running, room)), waiting)
 
 
-def unused_by_second(free: dict[int, list[float]]) -> dict[int, float]:
-    """Each second's average unused share of the cap (``free``: its samples)."""
-    return {second: sum(v) / len(v) for second, v in sorted(free.items())}
+def unused_by_second(
+    free: dict[int, list[float | None]], *, while_waiting: bool = False
+) -> dict[int, float]:
+    """Each second's unused share of the cap: the average of its samples (``free``: the
+    share unused while creates waited, ``None`` where none waited, which counts as none
+    unused), the second's capacity left unused while work waited. ``while_waiting``: the
+    average of the samples where creates waited only (this bench's measure before
+    2026-12-01: a second whose creates waited for its last 30 ms counted as idle from the
+    one sample that met them, often in the gap between in-step invocations' ends and
+    their successors' creates)."""
+    out = {}
+    for second, samples in sorted(free.items()):
+        waited = [v for v in samples if v is not None]
+        if waited:
+            out[second] = sum(waited) / (len(waited) if while_waiting else len(samples))
+    return out
 
 
-def idle_seconds(free: dict[int, list[float]]) -> int:
-    """Whole seconds (``free``: each second's samples of the unused share of the cap) whose
-    average leaves more than a tenth of the cap unused."""
-    return sum(1 for unused in unused_by_second(free).values() if unused > 0.1)
+def idle_seconds(free: dict[int, list[float | None]], *, while_waiting: bool = False) -> int:
+    """Whole seconds (``free``: as for `unused_by_second`) that left more than a tenth of
+    the cap unused while work waited."""
+    by_second = unused_by_second(free, while_waiting=while_waiting)
+    return sum(1 for unused in by_second.values() if unused > 0.1)
 
 
 def chart(results: list[dict[str, Any]], path: Path) -> None:
@@ -466,8 +490,8 @@ def main() -> None:
             print(table([result]).splitlines()[-1], flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "multi.json").write_text(json.dumps(results, indent=2))
-    if not args.quick:
-        chart(results, args.chart)
+    if not args.quick and not args.cases and set(modes) >= set(MODES):
+        chart(results, args.chart)  # the docs show every case: a part run leaves them be
         write_docs(results, args.docs)
     print(f"\nMachine: {os.cpu_count()} cores (shared); emulator in the parent process.\n")
     print(table(results))
