@@ -8,7 +8,8 @@ the organisation's or its app's cap is full, an action lasts its duration give o
 ``spread`` (a fraction), and a finish is seen ``seen`` seconds after it happens. Each
 process does what the client's admission queue does (a 429 for a create sent before the
 previous 429 was known is the same crowding: freed, not learnt; while creates wait, the
-app's invocations are listed when the policy asks, the answer ``listing`` seconds later).
+invocations of every app are listed when the policy asks, the answer ``listing`` seconds
+later).
 The unused quota is sampled at jittered times (a fixed step would keep meeting the same
 phase of invocations that start together). Use it to try a change to the policy across
 seeds before measuring it for real:
@@ -59,6 +60,8 @@ def simulate(
     refused = 0
     org = case.cap if case.tenant else 0
     by_app = dict.fromkeys(apps, 0)
+    org_tenant = list(range(org))
+    live_ids = {f"tenant{n}": "tenant" for n in org_tenant}  # the service's, by app
     per_process = [0] * k
     accepted = [0] * k  # creates the service took, per process
     delays = case.worker_delays()
@@ -96,6 +99,7 @@ def simulate(
             continue
         if kind == "tenant_done":
             org -= 1
+            del live_ids[f"tenant{org_tenant.pop()}"]
             continue
         app = apps[i]
         if kind == "arrive":  # the service decides
@@ -105,12 +109,14 @@ def simulate(
             if ok:
                 org, by_app[app], per_process[i] = org + 1, by_app[app] + 1, per_process[i] + 1
                 accepted[i] += 1
+                live_ids[invocation] = app
                 lasts = case.duration * rng.uniform(1 - spread, 1 + spread)
                 push(now + lasts, "server_finish", i, invocation)
             push(now + rng.uniform(*rtt) / 2, "answer", i, (sent, probe, ok, invocation))
             continue
         if kind == "server_finish":
             org, by_app[app], per_process[i] = org - 1, by_app[app] - 1, per_process[i] - 1
+            del live_ids[data]
             push(now + seen, "finish", i, data)
             continue
         policy = policies[i]
@@ -121,10 +127,8 @@ def simulate(
             push(now + listing, "listed", i)
             continue
         if kind == "listed":
-            # The service's count as ids: ours are the ones we hold (their ids are ours).
-            ours = list(policy.apps["app"].held)[: per_process[i]]
-            live = ours + [f"other{n}" for n in range(by_app[app] - len(ours))]
-            policy.listed("app", now, live)
+            live = [id for id, of in live_ids.items() if of == app]
+            policy.listed("app", now, live, list(live_ids))
         elif kind == "answer":
             sent, probe, ok, invocation = data
             if ok:

@@ -13,7 +13,7 @@ from aiohttp import ClientMiddlewareType, ClientSession
 from yarl import URL
 
 from ._http import HTTPClient
-from ._limits import Backpressure, Limits, LimitStats
+from ._limits import Backpressure, Limits, LimitStats, Listing
 from ._options import (
     DEFAULT_BASE_URL,
     DEFAULT_TIMEOUT,
@@ -54,6 +54,10 @@ T = TypeVar("T")
 #: The most invocations of one app a list for the admission queue reads (queued and
 #: running together): past it, that list counts as failed.
 LIVE_IDS_MOST: Final = 2000
+#: The admission queue lists every app's invocations (the organisation's, or the
+#: project's), to see the room other apps leave under the organisation's cap; past this
+#: many queued and running together, it lists the one app's from then on.
+ORG_LIST_MOST: Final = 500
 
 _USER_AGENT: Final = (
     f"kernel-async/{__version__} aiohttp/{aiohttp.__version__} python/{platform.python_version()}"
@@ -224,6 +228,7 @@ class AsyncKernel(HTTPClient):
             "Accept": "text/event-stream",
             "Cache-Control": "no-cache",
         }
+        self._org_lists = True  # `_live_ids` lists every app's (until too many)
         backpressure = self._backpressure = self._transport.backpressure_for(base, api_key)
         if backpressure.lister is None:  # the first client of this server and key lists
             backpressure.lister = self._live_ids
@@ -338,13 +343,31 @@ class AsyncKernel(HTTPClient):
         )
         return clone
 
-    async def _live_ids(self, app_name: str) -> set[str]:
-        """The ids of ``app_name``'s invocations queued or running on the service. Queued
-        ones are listed first: an invocation only moves from queued to running, so one
-        that runs throughout is in one list or the other. More than `LIVE_IDS_MOST` is
+    async def _live_ids(self, app_name: str) -> Listing:
+        """The ids of the invocations queued or running on the service: every app's (the
+        room other apps leave under the organisation's cap shows there), or, once those
+        were more than `ORG_LIST_MOST`, ``app_name``'s alone. Queued ones are listed
+        first: an invocation only moves from queued to running, so one that runs
+        throughout is in one list or the other. More than `LIVE_IDS_MOST` of the app is
         an error (a list that never ends, or an app this large): a list cut short would
         make invocations of ours still running look ended."""
-        ids: set[str] = set()
+        if self._org_lists:
+            org: set[str] = set()
+            ids: set[str] = set()
+            for live in ("queued", "running"):
+                async for invocation in self.invocations.list(status=live, limit=100):
+                    org.add(invocation.id)
+                    if invocation.app_name == app_name:
+                        ids.add(invocation.id)
+                    if len(org) > ORG_LIST_MOST:
+                        logger.debug(
+                            "Over %d invocations queued or running: listing one app's only",
+                            ORG_LIST_MOST,
+                        )
+                        self._org_lists = False
+                        return await self._live_ids(app_name)
+            return Listing(ids, org)
+        ids = set()
         for status in ("queued", "running"):
             async for invocation in self.invocations.list(
                 app_name=app_name, status=status, limit=100
@@ -355,7 +378,7 @@ class AsyncKernel(HTTPClient):
                         f"app {app_name!r} lists over {LIVE_IDS_MOST} invocations queued or "
                         "running: not reconciled"
                     )
-        return ids
+        return Listing(ids)
 
     # --- lifetime ----------------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from ._config import (
     lease_for,
 )
 from ._gate import RateGate
-from ._queue import Admission, Slot, Ticket
+from ._queue import Admission, Listing, Slot, Ticket
 from ._rate import RatePolicy
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "Backpressure",
     "LimitStats",
     "Limits",
+    "Listing",
     "RateGate",
     "RatePolicy",
     "Slot",

@@ -18,6 +18,9 @@ __all__ = [
     "FEW_CONFIRMATIONS",
     "FREE_MIN",
     "GROWTH_PROBE",
+    "IDLE_LIST_HOLD",
+    "IDLE_LIST_HOLD_MAX",
+    "IDLE_LIST_INTERVAL",
     "IDLE_PROBE_DELAY",
     "IDLE_PROBE_MIN",
     "LEFT_SHARE",
@@ -75,6 +78,16 @@ CONFIRMATIONS: Final = 1
 FEW_CONFIRMATIONS: Final = 5
 CONFIRM_DELAY: Final = 0.05
 LEFT_SHARE: Final = 0.25
+#: With nothing of ours running, the lists of every app's invocations watch for room
+#: instead of 429s. One that shows the organisation full with the same invocations as
+#: the list before (none ended: no slot can have come free) holds the idle probe off this
+#: long again (seconds), up to `IDLE_LIST_HOLD_MAX` after the last probe (invocations
+#: listed that no longer count against the cap must not stop creates for ever). While
+#: they turn over (the others' end and are replaced: one of them may leave any moment,
+#: all its slots at once), they come every `IDLE_LIST_INTERVAL` (times the pages).
+IDLE_LIST_HOLD: Final = 0.4
+IDLE_LIST_HOLD_MAX: Final = 2.0
+IDLE_LIST_INTERVAL: Final = 0.075
 
 
 def _never() -> bool:
@@ -98,6 +111,7 @@ class _App:
         "growing",
         "held",
         "hold_until",
+        "idle_at",
         "idle_hold",
         "idle_strikes",
         "landing",
@@ -108,12 +122,16 @@ class _App:
         "list_soon",
         "listed_at",
         "next_probe",
+        "org_ids",
+        "org_seen",
+        "org_total",
         "others",
         "slow",
         "streak",
         "strikes",
         "suspect",
         "told",
+        "turning",
     )
 
     def __init__(self, initial: float, adaptive: bool) -> None:
@@ -129,6 +147,7 @@ class _App:
         self.held: dict[str, float] = {}  # invocation id -> lease expiry, oldest first
         self.hold_until = -math.inf  # after a 429: only freed slots admit until then
         self.idle_hold = False  # the hold is the idle probe's clock, not a Retry-After
+        self.idle_at = -math.inf  # when the last idle probe was refused
         self.credits = 0  # slots freed during a hold
         self.next_probe = math.inf  # when the queue head may go as an unseen-end probe
         self.grow_at = math.inf  # when one create may go beyond the learnt limit
@@ -138,9 +157,13 @@ class _App:
         self.list_probe = False  # a create beyond the limit went on a list's word
         self.strikes = 0  # concurrency 429s since the last successful create
         self.idle_strikes = 0  # of those, with nothing of ours running
-        self.others = 0  # the app's invocations not ours, at the last list
+        self.others = 0  # the invocations not ours (any app's, when lists are the org's)
         self.last_total = 0  # the app's invocations, at the last list
         self.cap_seen = 0  # the most invocations of the app a list showed
+        self.org_total = 0  # the organisation's invocations, at the last list
+        self.org_ids: int | None = None  # a hash of their ids
+        self.turning = False  # whether they changed between the last two lists
+        self.org_seen = 0  # the most invocations of the organisation a list showed
         self.listed_at = -math.inf  # when the last list came
         self.list_soon = math.inf  # a list wanted before the cadence's next
         self.suspect = 0  # lists in a row that showed room, to be confirmed
@@ -386,7 +409,7 @@ class AdmissionPolicy:
             state.landing = state.in_flight()  # those that land fit too
             state.slow, state.limited, state.streak, state.growing = False, True, False, False
             if state.list_probe:  # the list saw room that was not there (a cap lowered?)
-                state.cap_seen = state.last_total
+                state.cap_seen, state.org_seen = state.last_total, state.org_total
             state.list_probe = False
             self._arm_growth(state, now)
             if state.others:
@@ -401,7 +424,7 @@ class AdmissionPolicy:
             wall = now + self.wall_offset + wait
             delay = math.ceil(wall / wait - 1e-9) * wait - self.wall_offset - now
             state.idle_strikes += 1
-            state.idle_hold = True
+            state.idle_hold, state.idle_at = True, now
         elif not self.limits.adaptive:
             # No learnt limit to stay under: wait for a finish of ours (a credit) or the
             # unseen-probe backoff, never resend at once.
@@ -440,13 +463,16 @@ class AdmissionPolicy:
     def next_list(self, name: str) -> float:
         """When app ``name``'s invocations should be listed next (loop time), while its
         creates wait: to confirm room a list saw, soon after a 429 among others, every
-        `CROWD_LIST_INTERVAL` among others once the limit is learnt, else every
+        `CROWD_LIST_INTERVAL` among others once the limit is learnt (`IDLE_LIST_INTERVAL`
+        with nothing of ours running while the others' turn over), else every
         `LIST_INTERVAL`."""
         state = self.app(name)
         if state.suspect:
             return state.listed_at + CONFIRM_DELAY
         if self.crowded(name):  # a page of a list holds 100: large apps are listed less
-            interval = CROWD_LIST_INTERVAL * max(1, math.ceil(state.last_total / 100))
+            idle = state.idle_hold and state.turning and not state.held
+            step = IDLE_LIST_INTERVAL if idle else CROWD_LIST_INTERVAL
+            interval = step * max(1, math.ceil(state.org_total / 100))
         else:
             interval = LIST_INTERVAL
         return min(state.listed_at + min(interval, LIST_INTERVAL), state.list_soon)
@@ -455,7 +481,11 @@ class AdmissionPolicy:
         """Whether app ``name``'s limit is learnt and its lists showed others'
         invocations, or room: lists come often."""
         state = self.app(name)
-        shared = state.others > 0 or state.last_total < state.cap_seen
+        shared = (
+            state.others > 0
+            or state.last_total < state.cap_seen
+            or state.org_total < state.org_seen
+        )
         return shared and state.limited and not state.slow and self.limits.adaptive
 
     def wants_list(self, name: str) -> bool:
@@ -467,16 +497,27 @@ class AdmissionPolicy:
         unknown = state.listed_at == -math.inf and state.idle_strikes > 0
         return bool(state.held) or self.crowded(name) or (unknown and self.limits.adaptive)
 
-    def listed(self, name: str, now: float, live: Collection[str]) -> None:
+    def listed(
+        self, name: str, now: float, live: Collection[str], org: Collection[str] | None = None
+    ) -> None:
         """The service listed ``live``: the ids of app ``name``'s queued and running
-        invocations. Learns how many are others' and, when slots are free under the most
-        it ever saw running (`FREE_MIN`, confirmed by a second list), lets creates go
-        until one is refused."""
+        invocations (and ``org``: every app's, when the list was the organisation's).
+        Learns how many are others' and, when slots are free under the most it ever saw
+        running, the app's or the organisation's (`FREE_MIN`, confirmed by a second
+        list), lets creates go until one is refused. With nothing of ours running, one
+        that shows the organisation full with the same invocations holds the idle
+        probe off (`IDLE_LIST_HOLD`)."""
         state = self.app(name)
         held = state.held
         total = len(live)
-        state.others = total - sum(1 for id in live if id in held)
-        state.last_total = total
+        org_total, same = total, False
+        if org is not None:
+            org_total, org_ids = max(len(org), total), hash(frozenset(org))
+            same = org_ids == state.org_ids
+            state.turning = state.org_ids is not None and not same
+            state.org_ids = org_ids
+        state.others = org_total - sum(1 for id in live if id in held)
+        state.last_total, state.org_total = total, org_total
         state.listed_at = now
         state.list_soon = math.inf
         if state.beyond:
@@ -484,11 +525,18 @@ class AdmissionPolicy:
                 state.streak, state.grow_at = True, min(state.grow_at, now)
             state.beyond = 0
         state.cap_seen = max(state.cap_seen, total)
-        # Our creates in flight may be missing from it: their slots are not free.
-        free = state.cap_seen - total - state.in_flight()
+        state.org_seen = max(state.org_seen, org_total)
+        # Our creates in flight may be missing from it: their slots are not free. Room
+        # under the organisation's most (another app finished) may be the app's cap's:
+        # a create refused there and this list is not believed again.
+        room = max(state.cap_seen - total, state.org_seen - org_total)
+        free = room - state.in_flight()
         learnt = state.limited or not (state.slow or state.told)
         if not learnt or not self.limits.adaptive or free < 1:
             state.suspect = state.few = 0
+            if same and room < 1 and state.idle_hold:  # full, and nothing ended: no probe
+                until = min(now + IDLE_LIST_HOLD, state.idle_at + IDLE_LIST_HOLD_MAX)
+                state.hold_until = max(state.hold_until, until)
             return
         if state.others and free < FREE_MIN:
             # One or two free among others may be their blinks (an end and its
@@ -498,7 +546,7 @@ class AdmissionPolicy:
             state.few += 1
             if state.few <= FEW_CONFIRMATIONS:
                 return
-        elif state.suspect < CONFIRMATIONS and free < LEFT_SHARE * state.cap_seen:
+        elif state.suspect < CONFIRMATIONS and free < LEFT_SHARE * state.org_seen:
             state.suspect += 1  # a blink (ends and their successors) or someone left?
             return
         state.suspect = state.few = 0  # still free: someone left, or finished

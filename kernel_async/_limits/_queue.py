@@ -11,7 +11,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection
 from types import TracebackType
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, NamedTuple
 
 from ..errors import APITimeoutError, ClientClosedError
 from ._admission import LIST_INTERVAL, AdmissionPolicy
@@ -30,8 +30,18 @@ logger = logging.getLogger("kernel_async")
 #: 429 of its own) is not asked again at the policy's cadence of 0.15 s.
 LIST_BACKOFF_MAX: Final = 8.0
 
-#: The ids of an app's invocations queued or running on the service now.
-Lister = Callable[[str], Awaitable[Collection[str]]]
+
+class Listing(NamedTuple):
+    """What a list of the service showed, now: the ids of one app's queued and running
+    invocations, and every app's when the list was the organisation's (``None``: it was
+    the app's alone)."""
+
+    app: Collection[str]
+    org: Collection[str] | None = None
+
+
+#: Lists app ``name``'s invocations queued or running on the service now.
+Lister = Callable[[str], Awaitable[Listing]]
 
 #: A waiting create: its order (negative: put back at the head) and its future.
 _Entry = tuple[int, "asyncio.Future[Ticket]"]
@@ -273,15 +283,15 @@ class Admission(Pumped):
                     before = list(state.held)  # all created before the list is asked for
                     self._listing.add(app)
                     try:
-                        live = await lister(app)
+                        listing = await lister(app)
                     except Exception as exc:  # news only: the lease stands
                         logger.debug("Could not list app %r's running invocations: %s", app, exc)
                         state.listed_at = loop.time()
                         failures += 1
                     else:
                         failures = 0
-                        self.gone(before, live)
-                        policy.listed(app, loop.time(), live)
+                        self.gone(before, listing.app)
+                        policy.listed(app, loop.time(), listing.app, listing.org)
                         self._pump()
                     finally:
                         self._listing.discard(app)
