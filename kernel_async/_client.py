@@ -35,17 +35,21 @@ from ._transport import (
     Transport,
 )
 from ._version import __version__
-from .errors import (
-    KernelError,
-)
+from .errors import APIStatusError, KernelError
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
+    from .models import Invocation
     from .resources.invocations import Invocations
     from .telemetry import Telemetry
 
 __all__ = ["AsyncKernel", "AsyncKernelWithRawResponse"]
+
+
+class _TooMany(Exception):
+    """A list of live invocations ran past its bound."""
+
 
 logger = logging.getLogger("kernel_async")
 
@@ -56,8 +60,9 @@ T = TypeVar("T")
 LIVE_IDS_MOST: Final = 2000
 #: The admission queue lists every app's invocations (the organisation's, or the
 #: project's), to see the room other apps leave under the organisation's cap; past this
-#: many queued and running together, it lists the one app's from then on.
-ORG_LIST_MOST: Final = 500
+#: many queued and running together (two pages of running ones: a list of each app's
+#: costs less than the room it would show is worth), it lists the one app's from then on.
+ORG_LIST_MOST: Final = 200
 
 _USER_AGENT: Final = (
     f"kernel-async/{__version__} aiohttp/{aiohttp.__version__} python/{platform.python_version()}"
@@ -345,40 +350,50 @@ class AsyncKernel(HTTPClient):
 
     async def _live_ids(self, app_name: str) -> Listing:
         """The ids of the invocations queued or running on the service: every app's (the
-        room other apps leave under the organisation's cap shows there), or, once those
-        were more than `ORG_LIST_MOST`, ``app_name``'s alone. Queued ones are listed
-        first: an invocation only moves from queued to running, so one that runs
-        throughout is in one list or the other. More than `LIVE_IDS_MOST` of the app is
-        an error (a list that never ends, or an app this large): a list cut short would
-        make invocations of ours still running look ended."""
+        room other apps leave under the organisation's cap shows there), or
+        ``app_name``'s alone from the first time those were more than `ORG_LIST_MOST` or
+        such a list was refused (a 4xx other than a 429). More than `LIVE_IDS_MOST` of
+        the app is an error (a list that never ends, or an app this large): a list cut
+        short would make invocations of ours still running look ended."""
         if self._org_lists:
-            org: set[str] = set()
-            ids: set[str] = set()
-            for live in ("queued", "running"):
-                async for invocation in self.invocations.list(status=live, limit=100):
-                    org.add(invocation.id)
-                    if invocation.app_name == app_name:
-                        ids.add(invocation.id)
-                    if len(org) > ORG_LIST_MOST:
-                        logger.debug(
-                            "Over %d invocations queued or running: listing one app's only",
-                            ORG_LIST_MOST,
-                        )
-                        self._org_lists = False
-                        return await self._live_ids(app_name)
-            return Listing(ids, org)
-        ids = set()
+            try:
+                org = await self._live(None, ORG_LIST_MOST)
+            except APIStatusError as exc:
+                if exc.status_code == 429 or not 400 <= exc.status_code < 500:
+                    raise
+                logger.debug("Listing every app's invocations refused (%s)", exc.status_code)
+            except _TooMany:
+                pass
+            else:
+                ids = {invocation.id for invocation in org if invocation.app_name == app_name}
+                return Listing(ids, {invocation.id for invocation in org})
+            logger.debug("Listing app %r's invocations only, from now on", app_name)
+            self._org_lists = False
+        try:
+            return Listing(
+                {invocation.id for invocation in await self._live(app_name, LIVE_IDS_MOST)}
+            )
+        except _TooMany:
+            raise KernelError(
+                f"app {app_name!r} lists over {LIVE_IDS_MOST} invocations queued or running: "
+                "not reconciled"
+            ) from None
+
+    async def _live(self, app_name: str | None, most: int) -> list[Invocation]:
+        """The queued, then the running invocations (of ``app_name``, or of every app):
+        an invocation only moves from queued to running, so one that runs throughout is
+        in one list or the other. Raises `_TooMany` past ``most`` read, or past the pages
+        they would take (a server repeating a page for ever ends too)."""
+        found: list[Invocation] = []
+        pages = 0
         for status in ("queued", "running"):
-            async for invocation in self.invocations.list(
-                app_name=app_name, status=status, limit=100
-            ):
-                ids.add(invocation.id)
-                if len(ids) > LIVE_IDS_MOST:
-                    raise KernelError(
-                        f"app {app_name!r} lists over {LIVE_IDS_MOST} invocations queued or "
-                        "running: not reconciled"
-                    )
-        return Listing(ids)
+            listing = self.invocations.list(app_name=app_name, status=status, limit=100)
+            async for page in listing.pages():
+                pages += 1
+                found.extend(page.items)
+                if len(found) > most or pages > most // 100 + 2:
+                    raise _TooMany
+        return found
 
     # --- lifetime ----------------------------------------------------------------------------
 

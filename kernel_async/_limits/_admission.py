@@ -99,6 +99,7 @@ class _App:
 
     __slots__ = (
         "active",
+        "app_bound",
         "base",
         "beyond",
         "cap_seen",
@@ -125,7 +126,9 @@ class _App:
         "org_ids",
         "org_seen",
         "org_total",
+        "org_word",
         "others",
+        "rivals",
         "slow",
         "streak",
         "strikes",
@@ -158,11 +161,14 @@ class _App:
         self.strikes = 0  # concurrency 429s since the last successful create
         self.idle_strikes = 0  # of those, with nothing of ours running
         self.others = 0  # the invocations not ours (any app's, when lists are the org's)
+        self.rivals = 0  # of those, the app's (other processes sharing its cap)
         self.last_total = 0  # the app's invocations, at the last list
         self.cap_seen = 0  # the most invocations of the app a list showed
         self.org_total = 0  # the organisation's invocations, at the last list
         self.org_ids: int | None = None  # a hash of their ids
         self.turning = False  # whether they changed between the last two lists
+        self.org_word = False  # the room believed was the organisation's only
+        self.app_bound = False  # a create on such a word was refused: the app's cap binds
         self.org_seen = 0  # the most invocations of the organisation a list showed
         self.listed_at = -math.inf  # when the last list came
         self.list_soon = math.inf  # a list wanted before the cadence's next
@@ -410,6 +416,7 @@ class AdmissionPolicy:
             state.slow, state.limited, state.streak, state.growing = False, True, False, False
             if state.list_probe:  # the list saw room that was not there (a cap lowered?)
                 state.cap_seen, state.org_seen = state.last_total, state.org_total
+                state.app_bound |= state.org_word  # the org's room, but the app's cap
             state.list_probe = False
             self._arm_growth(state, now)
             if state.others:
@@ -509,14 +516,18 @@ class AdmissionPolicy:
         probe off (`IDLE_LIST_HOLD`)."""
         state = self.app(name)
         held = state.held
+        ours = sum(1 for id in held if id in live)
         total = len(live)
         org_total, same = total, False
         if org is not None:
+            # Ours listed under another spelling of the app's name are the app's all the same.
+            elsewhere = sum(1 for id in held if id not in live and id in org)
+            total, ours = total + elsewhere, ours + elsewhere
             org_total, org_ids = max(len(org), total), hash(frozenset(org))
             same = org_ids == state.org_ids
             state.turning = state.org_ids is not None and not same
             state.org_ids = org_ids
-        state.others = org_total - sum(1 for id in live if id in held)
+        state.others, state.rivals = org_total - ours, total - ours
         state.last_total, state.org_total = total, org_total
         state.listed_at = now
         state.list_soon = math.inf
@@ -527,9 +538,11 @@ class AdmissionPolicy:
         state.cap_seen = max(state.cap_seen, total)
         state.org_seen = max(state.org_seen, org_total)
         # Our creates in flight may be missing from it: their slots are not free. Room
-        # under the organisation's most (another app finished) may be the app's cap's:
-        # a create refused there and this list is not believed again.
-        room = max(state.cap_seen - total, state.org_seen - org_total)
+        # under the organisation's most (another app finished) may be under the app's own
+        # cap: once a create sent on that word is refused, only the app's room counts.
+        room = app_room = state.cap_seen - total
+        if not state.app_bound:
+            room = max(room, state.org_seen - org_total)
         free = room - state.in_flight()
         learnt = state.limited or not (state.slow or state.told)
         if not learnt or not self.limits.adaptive or free < 1:
@@ -553,13 +566,14 @@ class AdmissionPolicy:
         if state.idle_hold:
             state.hold_until, state.idle_hold = now, False
         state.streak = state.list_probe = True
+        state.org_word = app_room - state.in_flight() < 1
         state.grow_at = min(state.grow_at, now)
 
     def _arm_growth(self, state: _App, now: float) -> None:
-        """One create may go beyond the limit after our share of the app (as last
-        listed) times `GROWTH_PROBE` seconds, jittered."""
+        """One create may go beyond the limit after our share of the app's invocations
+        (as last listed) times `GROWTH_PROBE` seconds, jittered."""
         ours = len(state.held)
-        share = ours / max(1, ours + state.others)
+        share = ours / max(1, ours + state.rivals)  # of the app: other apps' do not count
         delay = min(GROWTH_PROBE_MAX, max(GROWTH_PROBE_MIN, GROWTH_PROBE * share))
         state.grow_at = now + delay * self._rng.uniform(0.5, 1.0)
 

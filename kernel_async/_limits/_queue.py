@@ -14,7 +14,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Final, NamedTuple
 
 from ..errors import APITimeoutError, ClientClosedError
-from ._admission import LIST_INTERVAL, AdmissionPolicy
+from ._admission import CONFIRM_DELAY, LIST_INTERVAL, AdmissionPolicy
 from ._config import Limits, lease_for
 from ._pump import Pumped
 
@@ -103,6 +103,7 @@ class Admission(Pumped):
         self._reconciling: dict[str, asyncio.Task[None]] = {}
         self._listing: set[str] = set()  # apps whose list is in flight
         self._nudges: dict[str, asyncio.Event] = {}  # set: the policy wants a list sooner
+        self._unseen: set[str] = set()  # ids of ours the last list of their app missed
         # Holds are capped like any Retry-After (never below a first backoff).
         self.policy = AdmissionPolicy(
             limits,
@@ -262,7 +263,7 @@ class Admission(Pumped):
     def _settled(self, app: str) -> None:
         """Nothing of ``app`` waits any more: stop reconciling it (a list in flight is let
         finish: what it learns frees slots all the same)."""
-        if app not in self._listing and not self._blocked(app):
+        if app not in self._listing and not self._wanted(app):
             task = self._reconciling.pop(app, None)
             if task is not None:
                 task.cancel()
@@ -271,13 +272,15 @@ class Admission(Pumped):
         """While creates of ``app`` wait, list its invocations on the service as often as
         the policy asks (`AdmissionPolicy.next_list`; no more than every
         `LIST_INTERVAL` when the rate limit's budget runs low): free the slots of ours
-        that no longer run there, and tell the policy what each list showed. A list that
-        fails is asked again after a backoff (`LIST_BACKOFF_MAX`), not at the cadence."""
+        that no longer run there (two lists in a row missed them: after a list that
+        missed one, the next comes `CONFIRM_DELAY` later, creates waiting or not), and
+        tell the policy what each list showed. A list that fails is asked again after a
+        backoff (`LIST_BACKOFF_MAX`), not at the cadence."""
         policy = self.policy
         loop = self._loop
         failures = 0  # lists in a row that failed
         try:
-            while self._blocked(app) and self.closed is None:
+            while self._wanted(app) and self.closed is None:
                 state = policy.app(app)
                 if policy.wants_list(app):
                     before = list(state.held)  # all created before the list is asked for
@@ -290,12 +293,12 @@ class Admission(Pumped):
                         failures += 1
                     else:
                         failures = 0
-                        self.gone(before, listing.app)
+                        self.gone(before, listing.app if listing.org is None else listing.org)
                         policy.listed(app, loop.time(), listing.app, listing.org)
                         self._pump()
                     finally:
                         self._listing.discard(app)
-                    if not self._blocked(app):
+                    if not self._wanted(app):
                         break
                     if failures:  # back off from a failing endpoint (a nudge does not cut it)
                         await asyncio.sleep(
@@ -307,6 +310,8 @@ class Admission(Pumped):
                 nudge = self._nudges.setdefault(app, asyncio.Event())
                 nudge.clear()
                 due = policy.next_list(app)
+                if self._unconfirmed(app):  # missed by a list: look again soon
+                    due = min(due, state.listed_at + CONFIRM_DELAY)
                 if self.spare_requests is not None and not self.spare_requests():
                     due = max(due, state.listed_at + LIST_INTERVAL)
                 wait = due - loop.time()
@@ -318,6 +323,15 @@ class Admission(Pumped):
                 del self._reconciling[app]
                 self._nudges.pop(app, None)
 
+    def _wanted(self, app: str) -> bool:
+        """Whether ``app`` is to be listed: creates wait, or the last list missed an
+        invocation of ours (it is freed if the next misses it too)."""
+        return bool(self._blocked(app)) or self._unconfirmed(app)
+
+    def _unconfirmed(self, app: str) -> bool:
+        """Whether the last list of ``app`` missed an invocation of ours it holds."""
+        return not self._unseen.isdisjoint(self.policy.app(app).held)
+
     def _blocked(self, app: str) -> int:
         """Creates of ``app`` waiting for a slot, here or elsewhere."""
         elsewhere = self.waiting_elsewhere
@@ -325,9 +339,17 @@ class Admission(Pumped):
 
     def gone(self, before: Collection[str], live: Collection[str]) -> None:
         """Free the slots of the ids in ``before`` not in ``live`` (the service's queued
-        and running ones, listed after ``before`` was taken): they ended unseen."""
+        and running ones, listed after ``before`` was taken) nor in the list before it:
+        they ended unseen. One list is not believed alone: a list read page by page
+        (offsets, newest first) skips an invocation when newer ones end between its
+        pages."""
         owner = self.policy.owner
-        ended = [id for id in before if id in owner and id not in live]
+        listed = set(before)
+        missing = {id for id in listed if id in owner and id not in live}
+        ended = [id for id in missing if id in self._unseen]
+        # Missed once: freed if the next list misses it too (other apps' kept as they are).
+        kept = {id for id in self._unseen if id in owner and id not in listed}
+        self._unseen = kept | missing.difference(ended)
         if ended:
             logger.info("%d invocation(s) ended unseen: their slots are free", len(ended))
             for id in ended:
