@@ -9,6 +9,8 @@ Pure policy (no I/O, no asyncio, an injected ``now``) apart from the asyncio que
 * `_admission`: `AdmissionPolicy`, when a create may be sent: a per-app limit on this
   client's running invocations, learnt from concurrency 429s, capped by `Limits`;
 * `_pump`, `_gate`, `_queue`: the asyncio FIFOs of waiting tasks around those policies;
+* `_reconcile`: the lists of the service that free the slots of invocations that ended
+  unseen and tell the admission policy what runs;
 * `_backpressure`: one client's gate and queue together.
 """
 
@@ -25,8 +27,9 @@ from ._config import (
     lease_for,
 )
 from ._gate import RateGate
-from ._queue import Admission, Listing, Slot, Ticket
+from ._queue import Admission, Slot, Ticket
 from ._rate import RatePolicy
+from ._reconcile import Listing
 
 __all__ = [
     "DEFAULT_LEASE",

@@ -9,7 +9,8 @@ import os
 from ..errors import ClientClosedError
 from ._config import Limits, LimitStats
 from ._gate import RateGate
-from ._queue import Admission, Lister
+from ._queue import Admission
+from ._reconcile import Lister
 from ._redis import ENV_VAR, RedisLimits, shared_from
 from ._seed import ProjectCaps
 

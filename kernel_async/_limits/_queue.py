@@ -4,19 +4,19 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Final, NamedTuple
+from typing import TYPE_CHECKING
 
 from ..errors import APITimeoutError, ClientClosedError
-from ._admission import CONFIRM_DELAY, LIST_INTERVAL, AdmissionPolicy
+from ._admission import AdmissionPolicy
 from ._config import Limits, lease_for
 from ._pump import Pumped
+from ._reconcile import Lister, Reconciler
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -25,23 +25,6 @@ __all__ = ["Admission", "Slot", "Ticket"]
 
 logger = logging.getLogger("kernel_async")
 
-#: After a list that failed, the next waits `LIST_INTERVAL`, doubling with each failure in
-#: a row up to this (seconds): lists are news only, and an endpoint that fails (a 500, a
-#: 429 of its own) is not asked again at the policy's cadence of 0.15 s.
-LIST_BACKOFF_MAX: Final = 8.0
-
-
-class Listing(NamedTuple):
-    """What a list of the service showed, now: the ids of one app's queued and running
-    invocations, and every app's when the list was the organisation's (``None``: it was
-    the app's alone)."""
-
-    app: Collection[str]
-    org: Collection[str] | None = None
-
-
-#: Lists app ``name``'s invocations queued or running on the service now.
-Lister = Callable[[str], Awaitable[Listing]]
 
 #: A waiting create: its order (negative: put back at the head) and its future.
 _Entry = tuple[int, "asyncio.Future[Ticket]"]
@@ -99,11 +82,7 @@ class Admission(Pumped):
         lister: Lister | None = None,
     ):
         super().__init__(loop)
-        self.lister = lister
-        self._reconciling: dict[str, asyncio.Task[None]] = {}
-        self._listing: set[str] = set()  # apps whose list is in flight
-        self._nudges: dict[str, asyncio.Event] = {}  # set: the policy wants a list sooner
-        self._unseen: set[str] = set()  # ids of ours the last list of their app missed
+        self.reconciler = Reconciler(self, lister)
         # Holds are capped like any Retry-After (never below a first backoff).
         self.policy = AdmissionPolicy(
             limits,
@@ -186,7 +165,7 @@ class Admission(Pumped):
                     queue.left()
                     self._pump()
                     if not queue.waiting:
-                        self._settled(app)
+                        self.reconciler.settled(app)
             if fut.done() and not fut.cancelled() and isinstance(fut.exception(), APITimeoutError):
                 waited = loop.time() - now
                 self._count_wait(waited)
@@ -224,9 +203,7 @@ class Admission(Pumped):
         else:
             self._last_reject[app] = now
             hold = policy.rejected(app, now, retry_after)
-            nudge = self._nudges.get(app)
-            if nudge is not None:
-                nudge.set()  # the next list may be due sooner
+            self.reconciler.nudge(app)  # the next list may be due sooner
             state = policy.app(app)
             logger.info(
                 "Concurrency limit reached for app %r: %d running, limit now %s; "
@@ -249,120 +226,28 @@ class Admission(Pumped):
             self._pump()
 
     def reconcile_soon(self, app: str) -> None:
-        """A create waits for ``app``: if some of ours hold slots, start checking them
-        against the service's list (one task per app, while creates wait)."""
-        if (
-            self.lister is None
-            or self.closed is not None
-            or app in self._reconciling
-            or not self.policy.wants_list(app)
-        ):
-            return
-        self._reconciling[app] = self._loop.create_task(self._reconcile(app, self.lister))
+        """A create waits for ``app``: some of ours may have ended unseen (`Reconciler`)."""
+        self.reconciler.soon(app)
 
-    def _settled(self, app: str) -> None:
-        """Nothing of ``app`` waits any more: stop reconciling it (a list in flight is let
-        finish: what it learns frees slots all the same)."""
-        if app not in self._listing and not self._wanted(app):
-            task = self._reconciling.pop(app, None)
-            if task is not None:
-                task.cancel()
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop this queue runs on."""
+        return self._loop
 
-    async def _reconcile(self, app: str, lister: Lister) -> None:
-        """While creates of ``app`` wait, list its invocations on the service as often as
-        the policy asks (`AdmissionPolicy.next_list`; no more than every
-        `LIST_INTERVAL` when the rate limit's budget runs low): free the slots of ours
-        that no longer run there (two lists in a row missed them: after a list that
-        missed one, the next comes `CONFIRM_DELAY` later, creates waiting or not), and
-        tell the policy what each list showed. A list that fails is asked again after a
-        backoff (`LIST_BACKOFF_MAX`), not at the cadence."""
-        policy = self.policy
-        loop = self._loop
-        failures = 0  # lists in a row that failed
-        try:
-            while self._wanted(app) and self.closed is None:
-                state = policy.app(app)
-                if policy.wants_list(app):
-                    before = list(state.held)  # all created before the list is asked for
-                    self._listing.add(app)
-                    try:
-                        listing = await lister(app)
-                    except Exception as exc:  # news only: the lease stands
-                        logger.debug("Could not list app %r's running invocations: %s", app, exc)
-                        state.listed_at = loop.time()
-                        failures += 1
-                    else:
-                        failures = 0
-                        self.gone(before, listing.app if listing.org is None else listing.org)
-                        policy.listed(app, loop.time(), listing.app, listing.org)
-                        self._pump()
-                    finally:
-                        self._listing.discard(app)
-                    if not self._wanted(app):
-                        break
-                    if failures:  # back off from a failing endpoint (a nudge does not cut it)
-                        await asyncio.sleep(
-                            min(LIST_INTERVAL * 2.0 ** (failures - 1), LIST_BACKOFF_MAX)
-                        )
-                        continue
-                else:
-                    state.listed_at = loop.time()
-                nudge = self._nudges.setdefault(app, asyncio.Event())
-                nudge.clear()
-                due = policy.next_list(app)
-                if self._unconfirmed(app):  # missed by a list: look again soon
-                    due = min(due, state.listed_at + CONFIRM_DELAY)
-                if self.spare_requests is not None and not self.spare_requests():
-                    due = max(due, state.listed_at + LIST_INTERVAL)
-                wait = due - loop.time()
-                if wait > 0:
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(nudge.wait(), wait)
-        finally:
-            if self._reconciling.get(app) is asyncio.current_task():
-                del self._reconciling[app]
-                self._nudges.pop(app, None)
+    def pump(self) -> None:
+        """Let go what may go now (news came: a list)."""
+        self._pump()
 
-    def _wanted(self, app: str) -> bool:
-        """Whether ``app`` is to be listed: creates wait, or the last list missed an
-        invocation of ours (it is freed if the next misses it too)."""
-        return bool(self._blocked(app)) or self._unconfirmed(app)
-
-    def _unconfirmed(self, app: str) -> bool:
-        """Whether the last list of ``app`` missed an invocation of ours it holds."""
-        return not self._unseen.isdisjoint(self.policy.app(app).held)
-
-    def _blocked(self, app: str) -> int:
+    def blocked(self, app: str) -> int:
         """Creates of ``app`` waiting for a slot, here or elsewhere."""
         elsewhere = self.waiting_elsewhere
         return self.waiting(app) + (0 if elsewhere is None else elsewhere(app))
-
-    def gone(self, before: Collection[str], live: Collection[str]) -> None:
-        """Free the slots of the ids in ``before`` not in ``live`` (the service's queued
-        and running ones, listed after ``before`` was taken) nor in the list before it:
-        they ended unseen. One list is not believed alone: a list read page by page
-        (offsets, newest first) skips an invocation when newer ones end between its
-        pages."""
-        owner = self.policy.owner
-        listed = set(before)
-        missing = {id for id in listed if id in owner and id not in live}
-        ended = [id for id in missing if id in self._unseen]
-        # Missed once: freed if the next list misses it too (other apps' kept as they are).
-        kept = {id for id in self._unseen if id in owner and id not in listed}
-        self._unseen = kept | missing.difference(ended)
-        if ended:
-            logger.info("%d invocation(s) ended unseen: their slots are free", len(ended))
-            for id in ended:
-                self.finished(id)
-                if self.ended is not None:
-                    self.ended(id)
 
     def close(self, error: ClientClosedError) -> None:
         """Fail every waiting create with ``error``, and every later one (the client is
         closing)."""
         self.closed = error
-        for task in self._reconciling.values():
-            task.cancel()
+        self.reconciler.close()
         for queue in self._queues.values():
             for _, fut in queue.entries:
                 if not fut.done():
@@ -418,7 +303,7 @@ class Admission(Pumped):
             best.waiting -= 1
             fut.set_result(self._admit(best_app, now))
             if not best.waiting:
-                self._settled(best_app)
+                self.reconciler.settled(best_app)
         wake = math.inf
         for app, queue in queues.items():
             if queue.waiting:
