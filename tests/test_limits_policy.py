@@ -620,3 +620,27 @@ def test_idle_lists_watch_a_full_org_instead_of_429s_and_quicken_while_it_turns_
     # Half the org frees at once (a process left): believed at once, creates go now.
     churn.listed("a", 0.12, [], [f"u{i}" for i in range(10)])
     assert churn.may_admit("a", 0.12)
+
+
+def test_an_app_bound_by_its_own_cap_reads_room_against_that_cap() -> None:
+    # Six of ours and six of another process of the app hold its own cap of 12, in an
+    # organisation running 40. A create sent on the organisation's room is refused: the
+    # app's cap binds. When the other process leaves 4 of the app's 12 free, that is a
+    # third of the app's cap (not a tenth of the organisation's): believed at once.
+    policy = AdmissionPolicy(Limits(initial=6), initial_delay=0.5, rng=random.Random(8))
+    start_one, running = _starter(policy)
+    for _ in range(6):
+        start_one(0.0)
+    policy.admit("a", 0.0)
+    policy.rejected("a", 0.0, None)
+    rivals, elsewhere = [f"r{i}" for i in range(6)], [f"x{i}" for i in range(28)]
+    app = running + rivals
+    policy.listed("a", 0.0, app, app + elsewhere)
+    now = CROWD_LIST_INTERVAL
+    policy.listed("a", now, app, app + elsewhere[:18])  # the org's room: try it
+    assert policy.may_admit("a", now)
+    policy.admit("a", now)
+    policy.rejected("a", now, None)  # the app's own cap
+    now += CROWD_LIST_INTERVAL
+    policy.listed("a", now, running + rivals[:2], running + rivals[:2] + elsewhere)
+    assert policy.may_admit("a", now)  # no confirming list needed

@@ -559,7 +559,9 @@ class AdmissionPolicy:
             state.few += 1
             if state.few <= FEW_CONFIRMATIONS:
                 return
-        elif state.suspect < CONFIRMATIONS and free < LEFT_SHARE * state.org_seen:
+        elif state.suspect < CONFIRMATIONS and free < LEFT_SHARE * (
+            state.cap_seen if state.app_bound else state.org_seen
+        ):
             state.suspect += 1  # a blink (ends and their successors) or someone left?
             return
         state.suspect = state.few = 0  # still free: someone left, or finished
