@@ -261,6 +261,16 @@ def _starter(policy: AdmissionPolicy, app: str = "a") -> Any:
     return start_one, running
 
 
+def _at_cap(policy: AdmissionPolicy, n: int) -> Any:
+    """`_starter`'s pair, after ``n`` creates got in at 0.0 and the next was refused."""
+    start_one, running = _starter(policy)
+    for _ in range(n):
+        start_one(0.0)
+    policy.admit("a", 0.0)
+    policy.rejected("a", 0.0, None)
+    return start_one, running
+
+
 def test_slow_start_doubles_on_the_wall_clock_grid_then_a_429_holds_what_fits() -> None:
     # Two processes whose first creates come 20 ms apart within one step of the grid
     # grow in step: the same window at the same moment.
@@ -355,11 +365,7 @@ def test_lists_find_room_someone_left_but_not_a_blink() -> None:
 
 def test_a_list_that_saw_room_that_was_not_there_is_not_believed_again() -> None:
     policy = AdmissionPolicy(Limits(initial=2), initial_delay=0.5, rng=random.Random(4))
-    start_one, running = _starter(policy)
-    start_one(0.0)
-    start_one(0.0)
-    policy.admit("a", 0.0)
-    policy.rejected("a", 0.0, None)
+    _, running = _at_cap(policy, 2)
     policy.listed("a", 0.0, running + ["x"] * 18)  # 20 seen running
     now = 0.0
     for _ in range(CONFIRMATIONS + 1):  # 10 slots seen free, again and again
@@ -542,11 +548,7 @@ def test_room_another_app_leaves_under_the_org_cap_shows_in_a_list_of_every_app(
     # and no list of our app alone shows them (it still runs 7, all it ever ran).
     def setup() -> tuple[AdmissionPolicy, Any, list[str]]:
         policy = AdmissionPolicy(Limits(initial=7), initial_delay=0.5, rng=random.Random(6))
-        start_one, running = _starter(policy)
-        for _ in range(7):
-            start_one(0.0)
-        policy.admit("a", 0.0)
-        policy.rejected("a", 0.0, None)  # the org's cap: 20 run
+        start_one, running = _at_cap(policy, 7)  # the org's cap: 20 run
         return policy, start_one, running
 
     a5, a10 = [f"five{i}" for i in range(5)], [f"ten{i}" for i in range(8)]
@@ -572,11 +574,7 @@ def test_org_room_an_apps_own_cap_refuses_is_not_believed_again() -> None:
     # Ours is the app capped at 5: when another app leaves room in the org, one create
     # finds its own cap, and the same room is not chased again (one 429, not one a list).
     policy = AdmissionPolicy(Limits(initial=5), initial_delay=0.5, rng=random.Random(7))
-    start_one, running = _starter(policy)
-    for _ in range(5):
-        start_one(0.0)
-    policy.admit("a", 0.0)
-    policy.rejected("a", 0.0, None)
+    _, running = _at_cap(policy, 5)
     others = [f"x{i}" for i in range(15)]
     policy.listed("a", 0.0, running, running + others)
     now = CROWD_LIST_INTERVAL
@@ -628,11 +626,7 @@ def test_an_app_bound_by_its_own_cap_reads_room_against_that_cap() -> None:
     # app's cap binds. When the other process leaves 4 of the app's 12 free, that is a
     # third of the app's cap (not a tenth of the organisation's): believed at once.
     policy = AdmissionPolicy(Limits(initial=6), initial_delay=0.5, rng=random.Random(8))
-    start_one, running = _starter(policy)
-    for _ in range(6):
-        start_one(0.0)
-    policy.admit("a", 0.0)
-    policy.rejected("a", 0.0, None)
+    _, running = _at_cap(policy, 6)
     rivals, elsewhere = [f"r{i}" for i in range(6)], [f"x{i}" for i in range(28)]
     app = running + rivals
     policy.listed("a", 0.0, app, app + elsewhere)
