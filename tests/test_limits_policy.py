@@ -14,18 +14,16 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from benchmarks.limits_sim import simulate
 from benchmarks.multi import Case
 from kernel_async._limits import AdmissionPolicy, Limits, RatePolicy, classify_429
-from kernel_async._limits._admission import (
+from kernel_async._limits._admission import IDLE_PROBE_DELAY, IDLE_PROBE_MIN, SLOW_START_DOUBLING
+from kernel_async._limits._room import (
     CONFIRM_DELAY,
     CONFIRMATIONS,
     CROWD_LIST_INTERVAL,
     IDLE_LIST_HOLD,
     IDLE_LIST_HOLD_MAX,
     IDLE_LIST_INTERVAL,
-    IDLE_PROBE_DELAY,
-    IDLE_PROBE_MIN,
     LIST_AFTER_REJECT,
     LIST_INTERVAL,
-    SLOW_START_DOUBLING,
 )
 
 

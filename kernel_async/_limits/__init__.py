@@ -8,6 +8,8 @@ Pure policy (no I/O, no asyncio, an injected ``now``) apart from the asyncio que
   budget; after a pause one request goes first as a probe;
 * `_admission`: `AdmissionPolicy`, when a create may be sent: a per-app limit on this
   client's running invocations, learnt from concurrency 429s, capped by `Limits`;
+  `_room`: what lists of the service tell it (others' invocations, slots come free);
+  `_app`: the per-app state the two share;
 * `_pump`, `_gate`, `_queue`: the asyncio FIFOs of waiting tasks around those policies;
 * `_reconcile`: the lists of the service that free the slots of invocations that ended
   unseen and tell the admission policy what runs;

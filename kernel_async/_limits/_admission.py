@@ -9,22 +9,15 @@ import random
 from collections.abc import Callable, Collection, Mapping
 from typing import Final, Literal
 
+from . import _room
+from ._app import AppState
 from ._config import MAX_PROBE_DELAY, AppLimitStats, Limits
+from ._room import CONFIRM_DELAY, LIST_AFTER_REJECT
 
 __all__ = [
-    "CONFIRMATIONS",
-    "CONFIRM_DELAY",
-    "CROWD_LIST_INTERVAL",
-    "FEW_CONFIRMATIONS",
-    "FREE_MIN",
     "GROWTH_PROBE",
-    "IDLE_LIST_HOLD",
-    "IDLE_LIST_HOLD_MAX",
-    "IDLE_LIST_INTERVAL",
     "IDLE_PROBE_DELAY",
     "IDLE_PROBE_MIN",
-    "LEFT_SHARE",
-    "LIST_INTERVAL",
     "RESTART_DOUBLING",
     "SLOW_START_DOUBLING",
     "AdmissionPolicy",
@@ -57,132 +50,10 @@ GROWTH_PROBE_MAX: Final = 10.0
 #: with each 429 since the last success), one create goes beyond the limit: some of ours
 #: may have ended unseen.
 UNSEEN_PROBE_DELAY: Final = 1.0
-#: While creates wait, the app's queued and running invocations are listed this often
-#: (seconds); every `CROWD_LIST_INTERVAL` (times the pages of 100 the last list took, up
-#: to `LIST_INTERVAL`) once the limit is learnt and the lists show invocations that are
-#: not ours (other processes share the cap) or room, and `LIST_AFTER_REJECT` after a
-#: concurrency 429 there.
-LIST_INTERVAL: Final = 1.0
-CROWD_LIST_INTERVAL: Final = 0.15
-LIST_AFTER_REJECT: Final = 0.1
-#: A list showing at least this many slots free under the most it ever showed running
-#: (less our creates in flight) means someone left or finished, once `CONFIRMATIONS` more
-#: lists `CONFIRM_DELAY`
-#: seconds apart show it too (a slot between one invocation's end and its successor's
-#: create is free for milliseconds only); at once when it is `LEFT_SHARE` of that most
-#: or more. Then creates go until one is refused.
-FREE_MIN: Final = 3
-CONFIRMATIONS: Final = 1
-#: Fewer free than `FREE_MIN` among others: believed when this many lists in a row on the
-#: cadence, after the first, show room too.
-FEW_CONFIRMATIONS: Final = 5
-CONFIRM_DELAY: Final = 0.05
-LEFT_SHARE: Final = 0.25
-#: With nothing of ours running, the lists of every app's invocations watch for room
-#: instead of 429s. One that shows the organisation full with the same invocations as
-#: the list before (none ended: no slot can have come free) holds the idle probe off this
-#: long again (seconds), up to `IDLE_LIST_HOLD_MAX` after the last probe (invocations
-#: listed that no longer count against the cap must not stop creates for ever). While
-#: they turn over (the others' end and are replaced: one of them may leave any moment,
-#: all its slots at once), they come every `IDLE_LIST_INTERVAL` (times the pages).
-IDLE_LIST_HOLD: Final = 0.4
-IDLE_LIST_HOLD_MAX: Final = 2.0
-IDLE_LIST_INTERVAL: Final = 0.075
 
 
 def _never() -> bool:
     return False
-
-
-class _App:
-    """One app's admission state."""
-
-    __slots__ = (
-        "active",
-        "app_bound",
-        "base",
-        "beyond",
-        "cap_seen",
-        "credits",
-        "doubling",
-        "epoch",
-        "few",
-        "fit",
-        "grow_at",
-        "growing",
-        "held",
-        "hold_until",
-        "idle_at",
-        "idle_hold",
-        "idle_strikes",
-        "landing",
-        "last_total",
-        "limit",
-        "limited",
-        "list_probe",
-        "list_soon",
-        "listed_at",
-        "next_probe",
-        "org_ids",
-        "org_seen",
-        "org_total",
-        "org_word",
-        "others",
-        "rivals",
-        "slow",
-        "streak",
-        "strikes",
-        "suspect",
-        "told",
-        "turning",
-    )
-
-    def __init__(self, initial: float, adaptive: bool) -> None:
-        self.limit = initial  # the window (math.inf when not adaptive)
-        self.slow = adaptive  # slow start: until the first concurrency 429
-        self.base = initial  # slow start's window at `epoch`
-        self.doubling = SLOW_START_DOUBLING
-        self.epoch = -math.inf  # when slow start's clock started (loop time, on the grid)
-        self.fit = 0  # how many of ours ran when the last 429 came: the limit learnt
-        self.limited = False  # whether a 429 taught the limit
-        self.told = False  # whether the service told the cap (`seed`)
-        self.active = 0  # admitted: creates in flight + invocations held
-        self.held: dict[str, float] = {}  # invocation id -> lease expiry, oldest first
-        self.hold_until = -math.inf  # after a 429: only freed slots admit until then
-        self.idle_hold = False  # the hold is the idle probe's clock, not a Retry-After
-        self.idle_at = -math.inf  # when the last idle probe was refused
-        self.credits = 0  # slots freed during a hold
-        self.next_probe = math.inf  # when the queue head may go as an unseen-end probe
-        self.grow_at = math.inf  # when one create may go beyond the learnt limit
-        self.growing = False  # that create is in flight
-        self.landing = 0  # creates in flight when the last 429 came: each that lands fit
-        self.streak = False  # slots were seen free: creates go until one is refused
-        self.list_probe = False  # a create beyond the limit went on a list's word
-        self.strikes = 0  # concurrency 429s since the last successful create
-        self.idle_strikes = 0  # of those, with nothing of ours running
-        self.others = 0  # the invocations not ours (any app's, when lists are the org's)
-        self.rivals = 0  # of those, the app's (other processes sharing its cap)
-        self.last_total = 0  # the app's invocations, at the last list
-        self.cap_seen = 0  # the most invocations of the app a list showed
-        self.org_total = 0  # the organisation's invocations, at the last list
-        self.org_ids: int | None = None  # a hash of their ids
-        self.turning = False  # whether they changed between the last two lists
-        self.org_word = False  # the room believed was the organisation's only
-        self.app_bound = False  # a create on such a word was refused: the app's cap binds
-        self.org_seen = 0  # the most invocations of the organisation a list showed
-        self.listed_at = -math.inf  # when the last list came
-        self.list_soon = math.inf  # a list wanted before the cadence's next
-        self.suspect = 0  # lists in a row that showed room, to be confirmed
-        self.few = 0  # lists in a row (on the cadence) that showed a slot or two free
-        self.beyond = 0  # after a look beyond the limit got in: the most lists had shown
-
-    def room(self) -> bool:
-        """Whether one more create fits under the limit (a fractional limit rounds down)."""
-        return self.active + 1 <= self.limit
-
-    def in_flight(self) -> int:
-        """Creates admitted and not answered yet."""
-        return self.active - len(self.held)
 
 
 class AdmissionPolicy:
@@ -236,7 +107,7 @@ class AdmissionPolicy:
         self.max_hold = max_hold
         self.wall_offset = wall_offset
         self._rng = rng if rng is not None else random.Random()
-        self.apps: dict[str, _App] = {}
+        self.apps: dict[str, AppState] = {}
         self.owner: dict[str, str] = {}  # invocation id -> app
         # (lease expiry, invocation id), earliest first; a released one stays until popped
         self._leases: list[tuple[float, str]] = []
@@ -248,18 +119,18 @@ class AdmissionPolicy:
         """Asked before the window is applied: whether only the caps of `Limits` and holds
         apply (the limits are shared through Redis, which holds the fleet's window)."""
 
-    def app(self, name: str) -> _App:
+    def app(self, name: str) -> AppState:
         """App ``name``'s state, made on first use."""
         state = self.apps.get(name)
         if state is None:
             adaptive = self.limits.adaptive
             initial = float(self.limits.initial) if adaptive else math.inf
-            state = self.apps[name] = _App(initial, adaptive)
+            state = self.apps[name] = AppState(initial, adaptive, SLOW_START_DOUBLING)
             if self.known_cap is not None:
                 self.seed(name, self.known_cap)
         return state
 
-    def _capped(self, state: _App) -> bool:
+    def _capped(self, state: AppState) -> bool:
         limits = self.limits
         per_app, total = limits.max_running_per_app, limits.max_running
         return (per_app is not None and state.active >= per_app) or (
@@ -296,12 +167,12 @@ class AdmissionPolicy:
             wake = min(wake, max(self._reaches(state, state.active + 1.0), now + 0.001))
         return wake if wake < math.inf else None
 
-    def _ceiling(self, state: _App) -> float:
+    def _ceiling(self, state: AppState) -> float:
         """The most slow start may grow the limit to now: twice what runs plus the first
         window (a pile of creates cannot all reach the service at once)."""
         return 2.0 * len(state.held) + self.limits.initial
 
-    def _grow(self, state: _App, now: float) -> None:
+    def _grow(self, state: AppState, now: float) -> None:
         """Slow start: the limit doubles every `doubling` seconds from `epoch`."""
         if state.epoch == -math.inf:
             return
@@ -310,7 +181,7 @@ class AdmissionPolicy:
         if curve > state.limit:
             state.limit = max(state.limit, min(curve, self._ceiling(state)))
 
-    def _reaches(self, state: _App, limit: float) -> float:
+    def _reaches(self, state: AppState, limit: float) -> float:
         """When slow start's curve reaches ``limit`` (loop time)."""
         return state.epoch + state.doubling * math.log2(max(limit, 1.0) / state.base)
 
@@ -469,109 +340,28 @@ class AdmissionPolicy:
 
     def next_list(self, name: str) -> float:
         """When app ``name``'s invocations should be listed next (loop time), while its
-        creates wait: to confirm room a list saw, soon after a 429 among others, every
-        `CROWD_LIST_INTERVAL` among others once the limit is learnt (`IDLE_LIST_INTERVAL`
-        with nothing of ours running while the others' turn over), else every
-        `LIST_INTERVAL`."""
-        state = self.app(name)
-        if state.suspect:
-            return state.listed_at + CONFIRM_DELAY
-        if self.crowded(name):  # a page of a list holds 100: large apps are listed less
-            idle = state.idle_hold and state.turning and not state.held
-            step = IDLE_LIST_INTERVAL if idle else CROWD_LIST_INTERVAL
-            interval = step * max(1, math.ceil(state.org_total / 100))
-        else:
-            interval = LIST_INTERVAL
-        return min(state.listed_at + min(interval, LIST_INTERVAL), state.list_soon)
+        creates wait (`_room.next_list`)."""
+        return _room.next_list(self.app(name), self.limits.adaptive)
 
     def crowded(self, name: str) -> bool:
         """Whether app ``name``'s limit is learnt and its lists showed others'
-        invocations, or room: lists come often."""
-        state = self.app(name)
-        shared = (
-            state.others > 0
-            or state.last_total < state.cap_seen
-            or state.org_total < state.org_seen
-        )
-        return shared and state.limited and not state.slow and self.limits.adaptive
+        invocations, or room: lists come often (`_room.crowded`)."""
+        return _room.crowded(self.app(name), self.limits.adaptive)
 
     def wants_list(self, name: str) -> bool:
-        """Whether app ``name``'s waiting creates are worth a list of its invocations:
-        some of ours run (they may have ended unseen), or others share the app, or
-        (refused with none of ours running) whether they do is unknown. A process with
-        nothing running then sees the room another leaves."""
-        state = self.app(name)
-        unknown = state.listed_at == -math.inf and state.idle_strikes > 0
-        return bool(state.held) or self.crowded(name) or (unknown and self.limits.adaptive)
+        """Whether app ``name``'s waiting creates are worth a list of its invocations
+        (`_room.wants_list`)."""
+        return _room.wants_list(self.app(name), self.limits.adaptive)
 
     def listed(
         self, name: str, now: float, live: Collection[str], org: Collection[str] | None = None
     ) -> None:
         """The service listed ``live``: the ids of app ``name``'s queued and running
-        invocations (and ``org``: every app's, when the list was the organisation's).
-        Learns how many are others' and, when slots are free under the most it ever saw
-        running, the app's or the organisation's (`FREE_MIN`, confirmed by a second
-        list), lets creates go until one is refused. With nothing of ours running, one
-        that shows the organisation full with the same invocations holds the idle
-        probe off (`IDLE_LIST_HOLD`)."""
-        state = self.app(name)
-        held = state.held
-        ours = sum(1 for id in held if id in live)
-        total = len(live)
-        org_total, same = total, False
-        if org is not None:
-            # Ours listed under another spelling of the app's name are the app's all the same.
-            elsewhere = sum(1 for id in held if id not in live and id in org)
-            total, ours = total + elsewhere, ours + elsewhere
-            org_total, org_ids = max(len(org), total), hash(frozenset(org))
-            same = org_ids == state.org_ids
-            state.turning = state.org_ids is not None and not same
-            state.org_ids = org_ids
-        state.others, state.rivals = org_total - ours, total - ours
-        state.last_total, state.org_total = total, org_total
-        state.listed_at = now
-        state.list_soon = math.inf
-        if state.beyond:
-            if total > state.beyond and not state.slow:  # more than ever: look further
-                state.streak, state.grow_at = True, min(state.grow_at, now)
-            state.beyond = 0
-        state.cap_seen = max(state.cap_seen, total)
-        state.org_seen = max(state.org_seen, org_total)
-        # Our creates in flight may be missing from it: their slots are not free. Room
-        # under the organisation's most (another app finished) may be under the app's own
-        # cap: once a create sent on that word is refused, only the app's room counts.
-        room = app_room = state.cap_seen - total
-        if not state.app_bound:
-            room = max(room, state.org_seen - org_total)
-        free = room - state.in_flight()
-        learnt = state.limited or not (state.slow or state.told)
-        if not learnt or not self.limits.adaptive or free < 1:
-            state.suspect = state.few = 0
-            if same and room < 1 and state.idle_hold:  # full, and nothing ended: no probe
-                until = min(now + IDLE_LIST_HOLD, state.idle_at + IDLE_LIST_HOLD_MAX)
-                state.hold_until = max(state.hold_until, until)
-            return
-        if state.others and free < FREE_MIN:
-            # One or two free among others may be their blinks (an end and its
-            # successor's create): believed when the lists of `FEW_CONFIRMATIONS`
-            # cadences in a row show them, without lists of their own.
-            state.suspect = 0
-            state.few += 1
-            if state.few <= FEW_CONFIRMATIONS:
-                return
-        elif state.suspect < CONFIRMATIONS and free < LEFT_SHARE * (
-            state.cap_seen if state.app_bound else state.org_seen
-        ):
-            state.suspect += 1  # a blink (ends and their successors) or someone left?
-            return
-        state.suspect = state.few = 0  # still free: someone left, or finished
-        if state.idle_hold:
-            state.hold_until, state.idle_hold = now, False
-        state.streak = state.list_probe = True
-        state.org_word = app_room - state.in_flight() < 1
-        state.grow_at = min(state.grow_at, now)
+        invocations (and ``org``: every app's, when the list was the organisation's); see
+        `_room.listed`."""
+        _room.listed(self.app(name), now, live, org, adaptive=self.limits.adaptive)
 
-    def _arm_growth(self, state: _App, now: float) -> None:
+    def _arm_growth(self, state: AppState, now: float) -> None:
         """One create may go beyond the limit after our share of the app's invocations
         (as last listed) times `GROWTH_PROBE` seconds, jittered."""
         ours = len(state.held)
@@ -603,7 +393,7 @@ class AdmissionPolicy:
         name = self.owner.get(invocation_id)
         return name is not None and self.apps[name].held.get(invocation_id) == until
 
-    def _probe_delay(self, state: _App) -> float:
+    def _probe_delay(self, state: AppState) -> float:
         """How long no finish of ours is seen before a probe beyond the limit: exponential
         since the last success, from `UNSEEN_PROBE_DELAY` at least (finishes of ours
         come much more often while we see them), capped by ``max_hold``."""
@@ -619,7 +409,7 @@ class AdmissionPolicy:
         self._free(state)
         state.credits += 1
 
-    def _free(self, state: _App) -> None:
+    def _free(self, state: AppState) -> None:
         """A slot of ours is free (a refused or failed create frees none on the service)."""
         state.active -= 1
         self.total_active -= 1

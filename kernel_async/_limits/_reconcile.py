@@ -10,7 +10,7 @@ import logging
 from collections.abc import Awaitable, Callable, Collection
 from typing import TYPE_CHECKING, Final, NamedTuple
 
-from ._admission import CONFIRM_DELAY, LIST_INTERVAL
+from ._room import CONFIRM_DELAY, LIST_INTERVAL
 
 if TYPE_CHECKING:
     from ._queue import Admission

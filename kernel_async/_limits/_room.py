@@ -1,0 +1,167 @@
+"""What the lists of the service tell the admission policy: how many invocations are
+others', whether slots came free (someone left or finished), and when to list next. Pure:
+no I/O, no clock of its own; functions of one app's `AppState`."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection
+from typing import Final
+
+from ._app import AppState
+
+__all__ = [
+    "CONFIRMATIONS",
+    "CONFIRM_DELAY",
+    "CROWD_LIST_INTERVAL",
+    "FEW_CONFIRMATIONS",
+    "FREE_MIN",
+    "IDLE_LIST_HOLD",
+    "IDLE_LIST_HOLD_MAX",
+    "IDLE_LIST_INTERVAL",
+    "LEFT_SHARE",
+    "LIST_AFTER_REJECT",
+    "LIST_INTERVAL",
+    "crowded",
+    "listed",
+    "next_list",
+    "wants_list",
+]
+
+#: While creates wait, the app's queued and running invocations are listed this often
+#: (seconds); every `CROWD_LIST_INTERVAL` (times the pages of 100 the last list took, up
+#: to `LIST_INTERVAL`) once the limit is learnt and the lists show invocations that are
+#: not ours (other processes share the cap) or room, and `LIST_AFTER_REJECT` after a
+#: concurrency 429 there.
+LIST_INTERVAL: Final = 1.0
+CROWD_LIST_INTERVAL: Final = 0.15
+LIST_AFTER_REJECT: Final = 0.1
+#: A list showing at least this many slots free under the most it ever showed running
+#: (less our creates in flight) means someone left or finished, once `CONFIRMATIONS` more
+#: lists `CONFIRM_DELAY`
+#: seconds apart show it too (a slot between one invocation's end and its successor's
+#: create is free for milliseconds only); at once when it is `LEFT_SHARE` of that most
+#: or more. Then creates go until one is refused.
+FREE_MIN: Final = 3
+CONFIRMATIONS: Final = 1
+#: Fewer free than `FREE_MIN` among others: believed when this many lists in a row on the
+#: cadence, after the first, show room too.
+FEW_CONFIRMATIONS: Final = 5
+CONFIRM_DELAY: Final = 0.05
+LEFT_SHARE: Final = 0.25
+#: With nothing of ours running, the lists of every app's invocations watch for room
+#: instead of 429s. One that shows the organisation full with the same invocations as
+#: the list before (none ended: no slot can have come free) holds the idle probe off this
+#: long again (seconds), up to `IDLE_LIST_HOLD_MAX` after the last probe (invocations
+#: listed that no longer count against the cap must not stop creates for ever). While
+#: they turn over (the others' end and are replaced: one of them may leave any moment,
+#: all its slots at once), they come every `IDLE_LIST_INTERVAL` (times the pages).
+IDLE_LIST_HOLD: Final = 0.4
+IDLE_LIST_HOLD_MAX: Final = 2.0
+IDLE_LIST_INTERVAL: Final = 0.075
+
+
+def next_list(state: AppState, adaptive: bool) -> float:
+    """When the app's invocations should be listed next (loop time), while its creates
+    wait: to confirm room a list saw, soon after a 429 among others, every
+    `CROWD_LIST_INTERVAL` among others once the limit is learnt (`IDLE_LIST_INTERVAL`
+    with nothing of ours running while the others' turn over), else every
+    `LIST_INTERVAL`."""
+    if state.suspect:
+        return state.listed_at + CONFIRM_DELAY
+    if crowded(state, adaptive):  # a page of a list holds 100: large apps are listed less
+        idle = state.idle_hold and state.turning and not state.held
+        step = IDLE_LIST_INTERVAL if idle else CROWD_LIST_INTERVAL
+        interval = step * max(1, math.ceil(state.org_total / 100))
+    else:
+        interval = LIST_INTERVAL
+    return min(state.listed_at + min(interval, LIST_INTERVAL), state.list_soon)
+
+
+def crowded(state: AppState, adaptive: bool) -> bool:
+    """Whether the app's limit is learnt and its lists showed others' invocations, or
+    room: lists come often."""
+    shared = (
+        state.others > 0 or state.last_total < state.cap_seen or state.org_total < state.org_seen
+    )
+    return shared and state.limited and not state.slow and adaptive
+
+
+def wants_list(state: AppState, adaptive: bool) -> bool:
+    """Whether the app's waiting creates are worth a list of its invocations: some of ours
+    run (they may have ended unseen), or others share the app, or (refused with none of
+    ours running) whether they do is unknown. A process with nothing running then sees
+    the room another leaves."""
+    unknown = state.listed_at == -math.inf and state.idle_strikes > 0
+    return bool(state.held) or crowded(state, adaptive) or (unknown and adaptive)
+
+
+def listed(
+    state: AppState,
+    now: float,
+    live: Collection[str],
+    org: Collection[str] | None,
+    *,
+    adaptive: bool,
+) -> None:
+    """The service listed ``live``: the ids of the app's queued and running invocations
+    (and ``org``: every app's, when the list was the organisation's). Learns how many are
+    others' and, when slots are free under the most it ever saw running, the app's or the
+    organisation's (`FREE_MIN`, confirmed by a second list), lets creates go until one is
+    refused. With nothing of ours running, one that shows the organisation full with the
+    same invocations holds the idle probe off (`IDLE_LIST_HOLD`)."""
+    held = state.held
+    ours = sum(1 for id in held if id in live)
+    total = len(live)
+    org_total, same = total, False
+    if org is not None:
+        # Ours listed under another spelling of the app's name are the app's all the same.
+        elsewhere = sum(1 for id in held if id not in live and id in org)
+        total, ours = total + elsewhere, ours + elsewhere
+        org_total, org_ids = max(len(org), total), hash(frozenset(org))
+        same = org_ids == state.org_ids
+        state.turning = state.org_ids is not None and not same
+        state.org_ids = org_ids
+    state.others, state.rivals = org_total - ours, total - ours
+    state.last_total, state.org_total = total, org_total
+    state.listed_at = now
+    state.list_soon = math.inf
+    if state.beyond:
+        if total > state.beyond and not state.slow:  # more than ever: look further
+            state.streak, state.grow_at = True, min(state.grow_at, now)
+        state.beyond = 0
+    state.cap_seen = max(state.cap_seen, total)
+    state.org_seen = max(state.org_seen, org_total)
+    # Our creates in flight may be missing from it: their slots are not free. Room
+    # under the organisation's most (another app finished) may be under the app's own
+    # cap: once a create sent on that word is refused, only the app's room counts.
+    room = app_room = state.cap_seen - total
+    if not state.app_bound:
+        room = max(room, state.org_seen - org_total)
+    free = room - state.in_flight()
+    learnt = state.limited or not (state.slow or state.told)
+    if not learnt or not adaptive or free < 1:
+        state.suspect = state.few = 0
+        if same and room < 1 and state.idle_hold:  # full, and nothing ended: no probe
+            until = min(now + IDLE_LIST_HOLD, state.idle_at + IDLE_LIST_HOLD_MAX)
+            state.hold_until = max(state.hold_until, until)
+        return
+    if state.others and free < FREE_MIN:
+        # One or two free among others may be their blinks (an end and its
+        # successor's create): believed when the lists of `FEW_CONFIRMATIONS`
+        # cadences in a row show them, without lists of their own.
+        state.suspect = 0
+        state.few += 1
+        if state.few <= FEW_CONFIRMATIONS:
+            return
+    elif state.suspect < CONFIRMATIONS and free < LEFT_SHARE * (
+        state.cap_seen if state.app_bound else state.org_seen
+    ):
+        state.suspect += 1  # a blink (ends and their successors) or someone left?
+        return
+    state.suspect = state.few = 0  # still free: someone left, or finished
+    if state.idle_hold:
+        state.hold_until, state.idle_hold = now, False
+    state.streak = state.list_probe = True
+    state.org_word = app_room - state.in_flight() < 1
+    state.grow_at = min(state.grow_at, now)
