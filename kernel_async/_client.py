@@ -234,8 +234,10 @@ class AsyncKernel(HTTPClient):
             "Cache-Control": "no-cache",
         }
         self._org_lists = True  # `_live_ids` lists every app's (until too many)
-        backpressure = self._backpressure = self._transport.backpressure_for(base, api_key)
-        if backpressure.lister is None:  # the first client of this server and key lists
+        backpressure = self._backpressure = self._transport.backpressure_for(
+            base, api_key, project_id, project
+        )
+        if backpressure.lister is None:  # the first client of this server, key and project
             backpressure.lister = self._live_ids
         guard = RedirectGuard(self._base_url)
         self._middleware = RetryMiddleware(retry, backpressure=backpressure, guard=guard)
@@ -319,8 +321,8 @@ class AsyncKernel(HTTPClient):
         project: str | None = None,
     ) -> Self:
         """A client with some options changed, sharing this client's connection pool (and,
-        when it talks to the same server with the same key, its rate-limit gate and
-        admission queue).
+        when it talks to the same server with the same key, its rate-limit gate, and in the
+        same project too, its admission queue).
 
         ``kernel.with_options(timeout=5, max_retries=0).invocations.retrieve(id)``. Headers
         and query parameters given here are added to this client's. The copy never closes

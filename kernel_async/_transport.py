@@ -251,8 +251,8 @@ class Transport:
         self.owns_session = session is None
         self.connection_limit = connection_limit
         self.backpressure = backpressure
-        # One gate and queue per (server, key digest): the limits of one account on one
-        # server. The key itself is never kept here.
+        # One queue per digest of (server, key, project), one rate gate per (server, key):
+        # the limits of one account on one server. The key itself is never kept here.
         self._backpressures: dict[str, Backpressure] = {}
         self.closed = False
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -261,19 +261,34 @@ class Transport:
         self.streams: weakref.WeakSet[Abortable] = weakref.WeakSet()
         self.closers: list[AsyncGenerator[None, None]] = []
 
-    def backpressure_for(self, base_url: str, api_key: str) -> Backpressure:
+    def backpressure_for(
+        self,
+        base_url: str,
+        api_key: str,
+        project_id: str | None = None,
+        project: str | None = None,
+    ) -> Backpressure:
         """The rate gate and admission queue of the clients that talk to ``base_url`` with
-        ``api_key`` (the first ones asked for are `backpressure`): copies made by
-        `with_options` share them only when both are the same, since a 429 from one server
-        or account says nothing of another."""
-        identity = hashlib.sha256(f"{base_url}\n{api_key}".encode()).hexdigest()[:16]
+        ``api_key`` in one project (the first ones asked for are `backpressure`): copies
+        made by `with_options` share them only when all three are the same, since a 429
+        from one server or account says nothing of another, and a project's lists show
+        only its own invocations (and it may have a cap of its own). Queues of one server
+        and key in different projects share one rate gate: the rate limit is the
+        account's."""
+        account = _digest(f"{base_url}\n{api_key}")
+        identity = account
+        if project_id is not None or project is not None:
+            identity = _digest(f"{base_url}\n{api_key}\n{project_id!r}\n{project!r}")
         found = self._backpressures.get(identity)
         if found is None:
             if self._backpressures:
-                found = self.backpressure.twin(identity)
+                gate_owner = next(
+                    (b for b in self._backpressures.values() if b.account == account), None
+                )
+                found = self.backpressure.twin(identity, account, gate_owner)
             else:
                 found = self.backpressure
-                found.identity = identity
+                found.identity, found.account = identity, account
             self._backpressures[identity] = found
         return found
 
@@ -389,3 +404,8 @@ async def _aclose(closer: AsyncGenerator[None, None]) -> None:
 
 
 _closing: set[asyncio.Task[None]] = set()
+
+
+def _digest(text: str) -> str:
+    """A short digest naming an account's limits without keeping the key."""
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -3,10 +3,13 @@ the admission queue only between copies that talk to the same server with the sa
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from aiohttp import web
 
 from kernel_async import RateLimitError, RetryPolicy
+from kernel_async.testing import KernelEmulator, Quotas
 
 from .conftest import API_KEY, INVOCATION_JSON, ServerFactory, json_response
 
@@ -68,3 +71,44 @@ async def test_a_rate_limit_of_one_key_does_not_hold_calls_with_another(
     assert API_KEY not in keys
     assert OTHER_KEY not in keys
     assert len(server.requests) == 2
+
+
+async def test_a_copy_in_another_project_shares_the_rate_gate_but_queues_apart(
+    make_server: ServerFactory,
+) -> None:
+    # The rate limit is the account's: a pause the parent met holds the copy too. The
+    # admission queue is the project's: its lists and its cap are the project's own.
+    async def limited(request: web.Request) -> web.Response:
+        return rate_limited_for_a_minute(request)
+
+    server = await make_server([("GET", "/invocations/{id}", limited)])
+    async with server.client(retry=NO_WAITS, project="A") as kernel:
+        with pytest.raises(RateLimitError):
+            await kernel.invocations.retrieve("inv_1")
+        in_b = kernel.with_options(project="B", timeout=2)
+        with pytest.raises(RateLimitError, match="nothing was sent"):
+            await in_b.invocations.retrieve("inv_1")
+        assert kernel._backpressure is not in_b._backpressure
+        assert kernel._backpressure.gate() is in_b._backpressure.gate()
+        paused = kernel.limit_stats().rate_paused_seconds
+        assert paused > 0
+        assert in_b.limit_stats().rate_paused_seconds == paused
+        assert kernel.with_options(project="A")._backpressure is kernel._backpressure
+    assert len(server.requests) == 1
+
+
+async def test_each_project_starts_from_its_own_cap() -> None:
+    emulator = KernelEmulator(quotas=Quotas(max_running=5, projects={"A": 2, "B": 5}))
+
+    async def act(ctx: object, payload: object) -> None:
+        await asyncio.sleep(0.05)
+
+    emulator.add_action("app", "act", act)
+    async with emulator, emulator.client(project="A") as kernel:
+        in_b = kernel.with_options(project="B")
+        await asyncio.gather(
+            kernel.invocations.run("app", "act"), in_b.invocations.run("app", "act")
+        )
+        a, b = kernel.limit_stats().apps["app"], in_b.limit_stats().apps["app"]
+    assert (a.source, a.limit) == ("told", 2)
+    assert (b.source, b.limit) == ("told", 5)

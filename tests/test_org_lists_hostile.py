@@ -250,20 +250,14 @@ async def test_lists_of_a_large_org_leave_a_tight_rate_limit_to_the_creates() ->
     assert took <= 1.2 * 2.4
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known: admission is shared per server and key, not per project, so a copy for "
-    "another project is reconciled with its parent's project's lists",
-)
 async def test_a_copy_for_another_project_is_not_reconciled_against_the_parents_project(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     # A server that scopes lists to the X-Kernel-Project header (projects isolate
-    # resources). `with_options(project="B")` shares the parent's admission queue (same
-    # base URL and key) and so its lister, which sends the parent's project "A": none of
-    # B's invocations list, every list frees all of them (6 wrong frees, 22 concurrency
-    # 429s for 12 invocations at an app cap of 2). Pre-existing: e2cf834's parent does the
-    # same (20 429s); listed here as the brief asks about project headers.
+    # resources). When `with_options(project="B")` shared the parent's admission queue
+    # (same base URL and key), its lister sent the parent's project "A": none of B's
+    # invocations listed, every list freed all of them (6 wrong frees, 22 concurrency
+    # 429s for 12 invocations at an app cap of 2). A project has a queue of its own.
     project_of: dict[str, str | None] = {}
 
     @web.middleware

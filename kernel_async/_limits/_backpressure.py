@@ -26,11 +26,16 @@ class Backpressure:
         initial_delay: float,
         max_retry_after: float = 60.0,
         identity: str = "",
+        account: str = "",
+        gate_owner: Backpressure | None = None,
     ):
         self.limits = limits
         self.identity = identity
-        """Which server and key this gate and queue are for: a digest, never the key
+        """Which server, key and project this queue is for: a digest, never the key
         (`AsyncKernel`'s transport sets it; Redis names the shared limits with it)."""
+        self.account = account
+        """Which server and key: a digest (one rate gate serves every project's queue)."""
+        self._gate_owner = gate_owner
         self._initial_delay = initial_delay
         self._max_retry_after = max_retry_after
         self._gate: RateGate | None = None
@@ -44,23 +49,41 @@ class Backpressure:
         self._shared: RedisLimits | None = None
         self._shared_made = False
 
-    def twin(self, identity: str) -> Backpressure:
-        """A new, separate gate and queue with the same settings, for another server or
-        another key (``identity``)."""
-        return Backpressure(self.limits, self._initial_delay, self._max_retry_after, identity)
+    def twin(
+        self, identity: str, account: str, gate_owner: Backpressure | None = None
+    ) -> Backpressure:
+        """A new, separate queue with the same settings, for another server, key or project
+        (``identity``); its rate gate is ``gate_owner``'s (the same server and key,
+        ``account``), or a new one."""
+        return Backpressure(
+            self.limits,
+            self._initial_delay,
+            self._max_retry_after,
+            identity,
+            account,
+            gate_owner,
+        )
 
     def gate(self) -> RateGate:
-        gate = self._gate
+        """The rate gate (one per server and key), made on first use."""
+        gate = self._made_gate()
         if gate is None:
-            gate = self._gate = RateGate(asyncio.get_running_loop())
-            shared = self._shared
-            if shared is not None:
-                gate.on_pause = shared.pause_all
+            owner = self if self._gate_owner is None else self._gate_owner
+            gate = owner._gate = RateGate(asyncio.get_running_loop())
+        self._pause_with_shared(gate)
         return gate
+
+    def _pause_with_shared(self, gate: RateGate) -> None:
+        """A rate-limit pause of ``gate`` pauses every process sharing the limits (the
+        first queue of the gate to share them through Redis tells them)."""
+        shared = self._shared
+        if shared is not None and gate.on_pause is None:
+            gate.on_pause = shared.pause_all
 
     def shared(self) -> RedisLimits | None:
         """The limits shared through Redis (`Limits.shared`, else ``KERNEL_LIMITS_URL``),
-        made on first use, for this server and key (`identity`); ``None``: not shared."""
+        made on first use, for this server, key and project (`identity`); ``None``: not
+        shared."""
         if not self._shared_made:
             self._shared_made = True
             url = self.limits.shared
@@ -69,8 +92,9 @@ class Backpressure:
             shared = self._shared = shared_from(
                 url, self.identity, self.limits.initial, max_pause=self._max_retry_after
             )
-            if shared is not None and self._gate is not None:
-                self._gate.on_pause = shared.pause_all
+            gate = self._made_gate()
+            if gate is not None:
+                self._pause_with_shared(gate)
         shared = self._shared
         return None if shared is None or shared.failed is not None else shared
 
@@ -104,7 +128,7 @@ class Backpressure:
     def _spare_requests(self) -> bool:
         """Whether the rate limit leaves requests to spare for frequent lists: none is
         known, or over a quarter of its window is left."""
-        gate = self._gate
+        gate = self._made_gate()
         if gate is None:
             return True
         rate = gate.policy
@@ -143,8 +167,12 @@ class Backpressure:
         if self._gate is not None:
             self._gate.close(error)
 
+    def _made_gate(self) -> RateGate | None:
+        """The rate gate this queue's requests pass, if made yet."""
+        return self._gate if self._gate_owner is None else self._gate_owner._made_gate()
+
     def stats(self) -> LimitStats:
-        gate, admission = self._gate, self._admission
+        gate, admission = self._made_gate(), self._admission
         if admission is None:
             apps = {}
             concurrency = admitted = 0
