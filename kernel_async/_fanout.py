@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Final
 from .errors import APITimeoutError, ClientClosedError, KernelError
 from .journal._plan import Plan, cancelled_on_exit
 from .models import Invocation
-from .resources._lifecycle import CANCEL_OUTPUT, Landing
+from .resources._lifecycle import CANCEL_OUTPUT, Landing, OnStopped
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -282,22 +282,23 @@ class Fanout:
         landing = Landing(self._sent)
         invocation_id: str | None = None
         final: Invocation | None = None
+        stopped: list[Invocation] = []  # the end cancelling it learnt (exit, timeout)
         try:
             if plan is not None and plan.attach is not None:  # journal: created earlier
                 landing()
-                final = await self._see_through(plan.attach, deadline)
+                final = await self._see_through(plan.attach, deadline, stopped.append)
                 invocation_id = None if cancelled_on_exit(final) else plan.attach
             if invocation_id is None:
                 if journal is not None and plan is not None:  # durable before it is sent
                     await journal.creating(index, plan.digest, plan.attach)
                 final = None
-                invocation_id = await self._start(payload, deadline, landing)
+                invocation_id = await self._start(payload, deadline, landing, stopped.append)
                 if journal is not None:
                     journal.created(index, invocation_id)
             if life is not None:
                 life.created(invocation_id)
             if final is None:
-                final = await self._see_through(invocation_id, deadline)
+                final = await self._see_through(invocation_id, deadline, stopped.append)
             if journal is not None:
                 journal.finished(index, final)
             if life is not None:
@@ -312,11 +313,11 @@ class Fanout:
             if isinstance(exc, APITimeoutError) and exc.invocation_id is not None:
                 invocation_id = exc.invocation_id
             if journal is not None:
-                journal.failed(index, exc, landing.sent, invocation_id)
+                journal.failed(index, exc, landing.sent, invocation_id, stopped)
             result = MapResult(index, payload, None, exc, invocation_id)
         except asyncio.CancelledError:
-            if journal is not None and not landing.sent:
-                journal.not_sent(index)
+            if journal is not None:
+                journal.stopped(index, landing.sent, stopped)
             raise
         except Exception as exc:
             self._fail(exc)
@@ -327,8 +328,11 @@ class Fanout:
         self._results.append(result)
         self._news.set()
 
-    async def _start(self, payload: Any, deadline: float | None, landing: Landing) -> str:
-        """Create the invocation for ``payload``; cancelled, it cancels what it created."""
+    async def _start(
+        self, payload: Any, deadline: float | None, landing: Landing, on_stopped: OnStopped
+    ) -> str:
+        """Create the invocation for ``payload``; cancelled, it cancels what it created
+        (``on_stopped``: the end that cancel learnt)."""
         return await self._invocations._start(
             self._app_name,
             self._action_name,
@@ -340,10 +344,14 @@ class Fanout:
             landing=landing,
             cancel_on_exit=True,
             output=CANCEL_OUTPUT,
+            on_stopped=on_stopped,
         )
 
-    async def _see_through(self, invocation_id: str, deadline: float | None) -> Invocation:
-        """Wait for the end; on the deadline or when cancelled, cancel the invocation."""
+    async def _see_through(
+        self, invocation_id: str, deadline: float | None, on_stopped: OnStopped
+    ) -> Invocation:
+        """Wait for the end; on the deadline or when cancelled, cancel the invocation
+        (``on_stopped``: the end that cancel learnt)."""
         return await self._invocations._see_through(
             invocation_id,
             deadline,
@@ -351,6 +359,7 @@ class Fanout:
             cancel_on_exit=True,
             extras=self._extras,
             output=CANCEL_OUTPUT,
+            on_stopped=on_stopped,
         )
 
     def _sent(self) -> None:

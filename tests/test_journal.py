@@ -137,7 +137,8 @@ async def test_leaving_early_cancels_and_a_rerun_creates_those_again(tmp_path: P
             again = await run(kernel, payloads, journal)
         assert journal.summary is not None
         assert journal.summary.finished == 1
-        assert journal.summary.reattached == 3  # found cancelled: created again
+        assert journal.summary.reattached == 0  # known cancelled: created, not followed
+        assert journal.summary.recreated == 3
         assert [r.index for r in again] == [0, 1, 2, 3]
         assert all(r.ok for r in again)
         assert emulator.create_count == 7

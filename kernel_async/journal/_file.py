@@ -260,7 +260,9 @@ _CREATING: Final = (
 )
 _CREATED: Final = "UPDATE items SET state = 'created', invocation_id = ? WHERE idx = ?"
 _FINISHED: Final = "INSERT OR REPLACE INTO finals (final, idx) VALUES (?, ?)"
-_PENDING: Final = "UPDATE items SET state = 'pending', creating_at = NULL WHERE idx = ?"
+_PENDING: Final = (
+    "UPDATE items SET state = 'pending', creating_at = NULL, invocation_id = NULL WHERE idx = ?"
+)
 #: The order of the records of one index (a group of writes is applied in this order).
 _PHASE: Final = {_KNOWN: 0, _CREATING: 1, _CREATED: 2, _FINISHED: 3, _PENDING: 4}
 
@@ -286,5 +288,6 @@ def finished(index: int, final: str) -> Write:
 
 
 def pending(index: int) -> Write:
-    """``index`` is certainly not created: a re-run creates it."""
+    """``index`` is certainly not created, or its invocation certainly ended cancelled on
+    exit: a re-run creates it (an id it had goes to `known` first)."""
     return (_PENDING, (index,))

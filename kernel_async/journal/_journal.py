@@ -41,19 +41,23 @@ class ResumeSummary:
     finished: int
     """Payloads that had finished: their results come from the journal, no request made."""
     reattached: int
-    """Payloads created earlier and not known to be finished: followed to the end."""
+    """Payloads created earlier and not known to be finished: followed to the end. One
+    that turns out cancelled on exit (the run that cancelled it could not learn or record
+    that: the cancel failed, or the process was killed) is then created again."""
     adopted: int
     """Creates sent before a crash, unrecorded, and found on the service: adopted."""
     unresolved: int
     """Creates sent before a crash that could not be checked (the list failed): each is
     reported as a `JournalUnresolvedError`, not created again."""
     recreated: int
-    """Payloads the journal had started and are certainly not created: created now."""
+    """Payloads the journal had started that are certainly not created, or whose
+    invocation was certainly cancelled on exit (or at `map()`'s timeout), as the cancel
+    answered: created now, nothing followed."""
 
     @property
     def resumed(self) -> bool:
         """Whether the journal held anything from an earlier run."""
-        return any((self.finished, self.reattached, self.adopted, self.unresolved))
+        return any((self.finished, self.reattached, self.adopted, self.unresolved, self.recreated))
 
 
 class Journal:

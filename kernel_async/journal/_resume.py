@@ -19,7 +19,7 @@ from . import _file
 from ._errors import JournalMismatchError, JournalUnresolvedError
 from ._journal import Journal, ResumeSummary
 from ._match import CLOCK_SKEW, Candidate, Unrecorded, match_unrecorded, payload_digest
-from ._plan import Plan
+from ._plan import Plan, cancelled_on_exit
 
 if TYPE_CHECKING:
     from ..resources._params import Extras
@@ -188,18 +188,42 @@ class JournalRun:
         final = msgspec.json.encode(invocation).decode()
         self.journal._post([_file.finished(index, final)])
 
-    def failed(self, index: int, exc: KernelError, sent: bool, invocation_id: str | None) -> None:
-        """The item ended in ``exc``. With an id, it stays recorded as created (a re-run
-        follows it); a create refused (4xx) or never sent made nothing (a re-run creates
-        it); otherwise the record of the create stays, for the next run to look for."""
+    def failed(
+        self,
+        index: int,
+        exc: KernelError,
+        sent: bool,
+        invocation_id: str | None,
+        stopped: Sequence[Invocation] = (),
+    ) -> None:
+        """The item ended in ``exc``. Cancelled at its timeout, as its cancel answered
+        (``stopped``), a re-run creates it again; with an id otherwise, it stays recorded
+        as created (a re-run follows it); a create refused (4xx) or never sent made nothing
+        (a re-run creates it); otherwise the record of the create stays, for the next run
+        to look for."""
+        if self._cancelled(index, stopped):
+            return
         if invocation_id is not None:
             self.journal._post([_file.created(index, invocation_id)])
         elif not sent or (isinstance(exc, APIStatusError) and 400 <= exc.status < 500):
             self.journal._post([_file.pending(index)])
 
-    def not_sent(self, index: int) -> None:
-        """The item was cancelled before its create was sent: a re-run creates it."""
-        self.journal._post([_file.pending(index)])
+    def stopped(self, index: int, sent: bool, stopped: Sequence[Invocation]) -> None:
+        """The item was cancelled (`map()` stopped early). Its create never sent, or its
+        invocation certainly ended cancelled on exit (``stopped``: the end its cancel
+        learnt): a re-run creates it, without following anything. Otherwise (the cancel
+        failed or was cut short, or it had finished first) the record stays, and a re-run
+        follows the invocation to see how it ended."""
+        if not self._cancelled(index, stopped) and not sent:
+            self.journal._post([_file.pending(index)])
+
+    def _cancelled(self, index: int, stopped: Sequence[Invocation]) -> bool:
+        """Record ``index`` as to create again if the end its cancel learnt is certainly
+        a cancel on exit; its id is kept out of any matching, as a replaced one is."""
+        if not stopped or not cancelled_on_exit(stopped[-1]):
+            return False
+        self.journal._post([_file.known(index, stopped[-1].id), _file.pending(index)])
+        return True
 
     async def close(self) -> None:
         """Finish the writes and release the journal (if this run opened it)."""

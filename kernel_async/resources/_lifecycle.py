@@ -22,12 +22,15 @@ from ..models import Invocation
 from ._operations import Invocations as Operations
 from ._params import Extras, create_body
 
-__all__ = ["CANCEL_OUTPUT", "Landing", "Lifecycle"]
+__all__ = ["CANCEL_OUTPUT", "Landing", "Lifecycle", "OnStopped"]
 
 logger = logging.getLogger("kernel_async")
 
 #: The output an invocation is cancelled with on exit, as the Kernel CLI does on Ctrl-C.
 CANCEL_OUTPUT: Final = {"error": "Invocation cancelled by user"}
+#: Told the final state of an invocation that cancelling it (on exit or on a timeout) learnt
+#: for certain: the cancel's answer, or the end it had reached first.
+OnStopped = Callable[[Invocation], None]
 #: How long cleanup on exit may take: a create landing, then the cancel of its invocation.
 CANCEL_TIMEOUT: Final = 10.0
 
@@ -67,11 +70,13 @@ class Lifecycle(Operations):
         landing: Landing,
         cancel_on_exit: bool,
         output: Any = None,
+        on_stopped: OnStopped | None = None,
     ) -> str:
         """Create asynchronously, waiting for a slot until ``deadline`` (loop time). A
         create once sent gets its answer even past the deadline, so the id is known. With
         ``cancel_on_exit``, a caller cancelled meanwhile lets a sent create land (bounded)
-        and cancels its invocation with ``output``. Returns the invocation's id."""
+        and cancels its invocation with ``output`` (``on_stopped`` is told the final state
+        that cancel learnt). Returns the invocation's id."""
         client = self._client
         body = create_body(app_name, action_name, version, payload, True, async_timeout_seconds)
         telemetry = client._telemetry
@@ -96,7 +101,7 @@ class Lifecycle(Operations):
         except asyncio.CancelledError:
             invocation_id = await _landed(task, landing.sent)
             if invocation_id is not None:
-                await self._cancel_quietly(invocation_id, output, extras)
+                await self._cancel_quietly(invocation_id, output, extras, on_stopped)
             raise
 
     async def _see_through(
@@ -108,12 +113,14 @@ class Lifecycle(Operations):
         cancel_on_exit: bool,
         extras: Extras,
         output: Any = None,
+        on_stopped: OnStopped | None = None,
     ) -> Invocation:
         """Wait for ``id`` to finish until ``deadline`` (loop time). On the deadline: raise
         `APITimeoutError` (with the ``invocation_id``), cancelling it first with
         ``cancel_on_timeout``, unless it turns out to have finished on its own meanwhile:
         then its final state is returned. A caller cancelled meanwhile cancels it too, with
-        ``cancel_on_exit``."""
+        ``cancel_on_exit``. ``on_stopped`` is told the final state a cancel learnt (not
+        called when the cancel failed or was itself cut short)."""
         loop = asyncio.get_running_loop()
         left = None if deadline is None else deadline - loop.time()
         try:
@@ -122,12 +129,14 @@ class Lifecycle(Operations):
             pass
         except asyncio.CancelledError:
             if cancel_on_exit:
-                await self._cancel_quietly(id, output, extras)
+                await self._cancel_quietly(id, output, extras, on_stopped)
             raise
         if cancel_on_timeout:
             final, cancelled = await self._stop(id, output, extras)
             if not cancelled:
                 return final  # it finished as its time ran out: that is its result
+            if on_stopped is not None:
+                on_stopped(final)
         raise APITimeoutError(
             f"invocation {id} did not finish within the call's timeout"
             + ("; it was cancelled" if cancel_on_timeout else "; it is still running"),
@@ -172,9 +181,12 @@ class Lifecycle(Operations):
             self._client._backpressure.finished(id)
             raise
 
-    async def _cancel_quietly(self, id: str, output: Any, extras: Extras) -> None:
+    async def _cancel_quietly(
+        self, id: str, output: Any, extras: Extras, on_stopped: OnStopped | None = None
+    ) -> None:
         """On exit: cancel ``id`` within `CANCEL_TIMEOUT`, whatever happens to the task
-        asking (a failure is logged, not raised)."""
+        asking (a failure is logged, not raised; once the cancel has answered,
+        ``on_stopped`` is told the final state it learnt)."""
         task = asyncio.ensure_future(self._stop(id, output, extras, CANCEL_TIMEOUT))
         try:
             await asyncio.wait({task}, timeout=CANCEL_TIMEOUT)
@@ -189,6 +201,8 @@ class Lifecycle(Operations):
             logger.warning("Could not cancel invocation %r: %s", id, error)
         elif error is not None:
             raise error
+        elif on_stopped is not None:
+            on_stopped(task.result()[0])
 
 
 async def _landed(task: asyncio.Future[Any], sent: bool) -> str | None:
