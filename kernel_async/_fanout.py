@@ -18,10 +18,10 @@ from .resources._lifecycle import CANCEL_OUTPUT, Landing, OnStopped
 if TYPE_CHECKING:
     from typing_extensions import Self
 
+    from ._telemetry_traces import LifecycleTrace
     from .journal._resume import JournalRun
     from .resources._params import Extras
     from .resources.invocations import Invocations
-    from .telemetry import LifecycleTrace
 
 __all__ = ["CANCEL_OUTPUT", "Fanout", "InvocationMap", "MapResult"]
 

@@ -45,8 +45,9 @@ from .models import InvokeResponse, invoke_response_decoder
 
 if TYPE_CHECKING:
     from ._limits import Backpressure
+    from ._telemetry_traces import CallTrace
     from ._trace import Trace
-    from .telemetry import CallTrace, Telemetry
+    from .telemetry import Telemetry
 
 __all__ = ["HTTPClient", "decode_body"]
 

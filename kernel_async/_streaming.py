@@ -9,24 +9,23 @@ from itertools import chain
 from types import TracebackType
 from typing import TYPE_CHECKING, Final
 
-import aiohttp
 from aiohttp import ClientResponse, ClientTimeout
 from yarl import URL
 
 from . import _retry
 from ._events import UNDECODABLE, undecodable
 from ._replay import ReplayFilter, prune, resume_from, rfc3339
-from ._retry import GIVE_UP, decide, retry_after_from_headers
+from ._retry import GIVE_UP, decide
 from ._sse import DEFAULT_MAX_LINE_SIZE, SSEDecoder, SSELimitError
+from ._stream_response import check_stream_response
 from ._trace import NO_TRACE
-from ._transport import is_transport_error, transport_error
+from ._transport import is_transport_error
 from .errors import (
     APIConnectionError,
     APIResponseValidationError,
     APIStatusError,
     ClientClosedError,
     KernelError,
-    make_status_error,
 )
 from .models import (
     Invocation,
@@ -468,37 +467,7 @@ class EventStream:
             resp.close()
             return
         self._connected_at = asyncio.get_running_loop().time()
-        if resp.status >= 400:
-            try:
-                body = await resp.read()
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                raise transport_error(exc, "GET", str(resp.url)) from exc
-            finally:
-                resp.close()
-            raise make_status_error(
-                resp.status,
-                body,
-                resp.headers,
-                reason=resp.reason,
-                method="GET",
-                url=str(resp.url),
-                retry_after=retry_after_from_headers(resp.headers) if resp.status == 429 else None,
-            )
-        content_type = resp.headers.get("Content-Type", "")
-        if _media_type(content_type) != "text/event-stream":
-            body = b""
-            try:
-                body = await resp.content.read(1024)
-            except (aiohttp.ClientError, asyncio.TimeoutError):
-                pass
-            finally:
-                resp.close()
-            raise APIResponseValidationError(
-                f"expected an event stream, got Content-Type {content_type!r}",
-                body=body,
-                status=resp.status,
-                headers=resp.headers,
-            )
+        await check_stream_response(resp)
         if self._trace is not None:
             self._trace.status(resp.status)
         self._resp = resp
@@ -506,9 +475,3 @@ class EventStream:
         transport.streams.add(self)
         if transport.closed:  # closed while this connected: it missed the abort
             self.abort(ClientClosedError("the AsyncKernel client was closed"))
-
-
-def _media_type(content_type: str) -> str:
-    """``Text/Event-Stream; charset=utf-8`` → ``text/event-stream`` (media types are
-    case-insensitive)."""
-    return content_type.split(";", 1)[0].strip().lower()

@@ -17,8 +17,8 @@ from ._raw import InvocationsWithRawResponse, InvocationsWithStreamingResponse
 
 if TYPE_CHECKING:
     from .._fanout import InvocationMap
+    from .._telemetry_traces import LifecycleTrace
     from ..journal import Journal
-    from ..telemetry import LifecycleTrace
 
 __all__ = ["Invocations"]
 
