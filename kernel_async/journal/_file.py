@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from ._errors import JournalCorruptError, JournalError, JournalInUseError, JournalMismatchError
+from ._leftovers import sweep, temp_prefix
 
 __all__ = ["HEADER_KEYS", "JournalFile", "Row", "Write"]
 
@@ -84,6 +85,7 @@ class JournalFile:
 
     def __init__(self, path: str, header: dict[str, str]) -> None:
         self.path = path
+        sweep(os.path.dirname(os.path.abspath(path)))  # what crashed creations left
         if not os.path.exists(path):
             _create(path, header)
         if os.path.isfile(path) and os.path.getsize(path) == 0:
@@ -215,10 +217,11 @@ class JournalFile:
 def _create(path: str, header: dict[str, str]) -> None:
     """Make a new journal at ``path`` atomically: built in a file of its own and linked
     into place once complete, so that a crash while creating it leaves no half-made
-    journal (at worst a stray ``.kernel-journal-*.tmp`` file beside it)."""
+    journal (at worst a stray ``.kernel-journal-<pid>-*.tmp`` file beside it, which a
+    later open removes: `_leftovers`)."""
     folder = os.path.dirname(os.path.abspath(path))
     try:
-        fd, temp = tempfile.mkstemp(prefix=".kernel-journal-", suffix=".tmp", dir=folder)
+        fd, temp = tempfile.mkstemp(prefix=temp_prefix(), suffix=".tmp", dir=folder)
     except OSError as exc:
         raise JournalError(f"journal {path} cannot be created: {exc}", path=path) from exc
     os.close(fd)
@@ -244,7 +247,7 @@ def _create(path: str, header: dict[str, str]) -> None:
     except (OSError, sqlite3.Error) as exc:
         raise JournalError(f"journal {path} cannot be created: {exc}", path=path) from exc
     finally:
-        for leftover in (temp, temp + "-wal"):
+        for leftover in (temp, temp + "-wal", temp + "-shm"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(leftover)
 
