@@ -191,21 +191,31 @@ class Fanout:
                     self._news.clear()
                     await self._news.wait()
         finally:
-            if feeder is not None:
-                await self._stop(feeder)
-            if journal is not None:
-                await journal.close()
-            if span is not None:
-                span.set_attribute("kernel.map.results", read)
-                span.end()
+            try:
+                if feeder is not None:
+                    await self._stop(feeder)
+            finally:  # cancelled again while stopping: the journal is released all the same
+                try:
+                    if journal is not None:
+                        await journal.close()
+                finally:
+                    if span is not None:
+                        span.set_attribute("kernel.map.results", read)
+                        span.end()
 
     async def _stop(self, feeder: asyncio.Task[None]) -> None:
-        """Cancel the feeder and every item (each cancels its invocation), and wait."""
+        """Cancel the feeder and every item (each cancels its invocation), and wait.
+        Cancelled again meanwhile, the items are too (their cancels cut short): wait for
+        them to end all the same, so that what they record reaches the journal."""
         self._stopping = True
         pending = [feeder, *self._items]
         for task in pending:
             task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+        try:
+            await asyncio.gather(*pending, return_exceptions=True)
+        except asyncio.CancelledError:
+            await asyncio.wait(pending)
+            raise
 
     def _fail(self, error: BaseException) -> None:
         if self._failure is None:

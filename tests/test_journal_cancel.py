@@ -6,6 +6,7 @@ is not certain, the re-run still follows the invocation and never creates twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -14,12 +15,15 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from kernel_async import AsyncKernel, Limits, MapResult, RetryPolicy
 from kernel_async.errors import APITimeoutError
-from kernel_async.journal import Journal, ResumeSummary
+from kernel_async.journal import Journal, JournalError, ResumeSummary, _file
 from kernel_async.testing import KernelEmulator
 
 from .conftest import emulator_thread
@@ -74,6 +78,35 @@ async def run(kernel: AsyncKernel, payloads: list[Any], journal: Journal) -> lis
         return sorted([r async for r in results], key=lambda r: r.index)
 
 
+@contextlib.asynccontextmanager
+async def emulated(**options: Any) -> AsyncIterator[tuple[KernelEmulator, Work, AsyncKernel]]:
+    """An emulator running `Work`, and a client of it."""
+    async with KernelEmulator() as emulator:
+        work = Work(emulator)
+        async with emulator.client(retry=FAST, **options) as kernel:
+            yield emulator, work, kernel
+
+
+async def request_seen(emulator: KernelEmulator, method: str) -> None:
+    """Return once the emulator has received a ``method`` request."""
+    while not any(r.method == method for r in emulator.requests):
+        await asyncio.sleep(0.01)
+
+
+async def cancel_to_the_end(task: asyncio.Task[Any]) -> None:
+    """Cancel ``task`` and wait: it ends cancelled, and leaves none of map()'s tasks."""
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert task.cancelled()
+    left = [t.get_coro() for t in asyncio.all_tasks()]
+    assert not [c for c in left if "Fanout" in getattr(c, "__qualname__", "")]
+
+
+def quick_then_slow(count: int) -> list[Any]:
+    """``count`` payloads: one that finishes at once, then ones that run until released."""
+    return [{"n": 0}, *({"n": i, "slow": True} for i in range(1, count))]
+
+
 def to_create(summary: ResumeSummary, total: int) -> int:
     """What the CLI's summary line prints as "to create"."""
     return total - summary.finished - summary.reattached - summary.adopted - summary.unresolved
@@ -83,21 +116,19 @@ async def test_after_a_break_the_rerun_creates_the_cancelled_and_follows_none(
     tmp_path: Path,
 ) -> None:
     path = str(tmp_path / "run.db")
-    payloads = [{"n": 0}, *({"n": i, "slow": True} for i in range(1, 8))]
-    async with KernelEmulator() as emulator:
-        work = Work(emulator)
-        async with emulator.client(retry=FAST, limits=Limits(initial=4)) as kernel:
-            async with kernel.invocations.map("app", "work", payloads, journal=path) as results:
-                async for result in results:
-                    assert result.index == 0
-                    break
-            cancelled = {inv.id for inv in emulator.snapshot() if inv.status == "failed"}
-            assert len(cancelled) >= 3  # those running when it stopped
-            first_creates = emulator.create_count
-            work.release()
-            emulator.requests.clear()
-            journal = Journal(path)
-            again = await run(kernel, payloads, journal)
+    payloads = quick_then_slow(8)
+    async with emulated(limits=Limits(initial=4)) as (emulator, work, kernel):
+        async with kernel.invocations.map("app", "work", payloads, journal=path) as results:
+            async for result in results:
+                assert result.index == 0
+                break
+        cancelled = {inv.id for inv in emulator.snapshot() if inv.status == "failed"}
+        assert len(cancelled) >= 3  # those running when it stopped
+        first_creates = emulator.create_count
+        work.release()
+        emulator.requests.clear()
+        journal = Journal(path)
+        again = await run(kernel, payloads, journal)
         summary = journal.summary
         assert summary is not None
         assert (summary.finished, summary.reattached, summary.adopted) == (1, 0, 0)
@@ -115,23 +146,18 @@ async def test_a_create_landing_after_the_map_was_cancelled_is_cancelled_and_rec
 ) -> None:
     path = str(tmp_path / "run.db")
     payloads = [{"n": 1, "slow": True}]
-    async with KernelEmulator() as emulator:
-        work = Work(emulator)
+    async with emulated() as (emulator, work, kernel):
         emulator.faults.latency(1.0)  # the create is on the wire when the map is cancelled
-        async with emulator.client(retry=FAST) as kernel:
-            journal = Journal(path)
-            task = asyncio.create_task(run(kernel, payloads, journal))
-            while not any(r.method == "POST" for r in emulator.requests):
-                await asyncio.sleep(0.01)
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            assert task.cancelled()
-            emulator.faults.latency(0)
-            (cancelled,) = emulator.snapshot()
-            assert cancelled.status == "failed"
-            work.release()
-            again = Journal(path, in_flight=0.0)
-            (result,) = await run(kernel, payloads, again)
+        journal = Journal(path)
+        task = asyncio.create_task(run(kernel, payloads, journal))
+        await request_seen(emulator, "POST")
+        await cancel_to_the_end(task)
+        emulator.faults.latency(0)
+        (cancelled,) = emulator.snapshot()
+        assert cancelled.status == "failed"
+        work.release()
+        again = Journal(path, in_flight=0.0)
+        (result,) = await run(kernel, payloads, again)
         assert again.summary is not None
         assert (again.summary.reattached, again.summary.adopted) == (0, 0)
         assert again.summary.recreated == 1
@@ -145,20 +171,18 @@ async def test_invocations_cancelled_at_the_timeout_are_to_create_not_reattached
 ) -> None:
     path = str(tmp_path / "run.db")
     payloads = [{"n": i, "slow": True} for i in range(3)]
-    async with KernelEmulator() as emulator:
-        work = Work(emulator)
-        async with emulator.client(retry=FAST) as kernel:
-            async with kernel.invocations.map(
-                "app", "work", payloads, journal=path, timeout=0.3
-            ) as results:
-                first = [r async for r in results]
-            assert all(isinstance(r.error, APITimeoutError) for r in first)
-            timed_out = {r.invocation_id for r in first if r.invocation_id is not None}
-            assert len(timed_out) == 3
-            work.release()
-            emulator.requests.clear()
-            journal = Journal(path)
-            again = await run(kernel, payloads, journal)
+    async with emulated() as (emulator, work, kernel):
+        async with kernel.invocations.map(
+            "app", "work", payloads, journal=path, timeout=0.3
+        ) as results:
+            first = [r async for r in results]
+        assert all(isinstance(r.error, APITimeoutError) for r in first)
+        timed_out = {r.invocation_id for r in first if r.invocation_id is not None}
+        assert len(timed_out) == 3
+        work.release()
+        emulator.requests.clear()
+        journal = Journal(path)
+        again = await run(kernel, payloads, journal)
         assert journal.summary is not None
         assert (journal.summary.reattached, journal.summary.recreated) == (0, 3)
         assert followed(emulator, timed_out) == []
@@ -171,23 +195,21 @@ async def test_when_the_cancel_fails_the_rerun_follows_and_creates_nothing_twice
 ) -> None:
     path = str(tmp_path / "run.db")
     payloads = [{"n": 0}, {"n": 1, "slow": True}, {"n": 2, "slow": True}]
-    async with KernelEmulator() as emulator:
-        work = Work(emulator)
-        async with emulator.client(retry=FAST) as kernel:
-            async with kernel.invocations.map("app", "work", payloads, journal=path) as results:
-                async for result in results:
-                    assert result.index == 0
-                    while len(emulator.snapshot()) < 3:  # both slow ones created
-                        await asyncio.sleep(0.01)
-                    emulator.faults.fail(503, times=100, method="PATCH")
-                    break
-            # Not cancelled: still running, unknown to the journal's writer.
-            running = {inv.id for inv in emulator.snapshot() if inv.status == "running"}
-            assert len(running) == 2
-            emulator.faults.clear()
-            work.release()
-            journal = Journal(path)
-            again = await run(kernel, payloads, journal)
+    async with emulated() as (emulator, work, kernel):
+        async with kernel.invocations.map("app", "work", payloads, journal=path) as results:
+            async for result in results:
+                assert result.index == 0
+                while len(emulator.snapshot()) < 3:  # both slow ones created
+                    await asyncio.sleep(0.01)
+                emulator.faults.fail(503, times=100, method="PATCH")
+                break
+        # Not cancelled: still running, unknown to the journal's writer.
+        running = {inv.id for inv in emulator.snapshot() if inv.status == "running"}
+        assert len(running) == 2
+        emulator.faults.clear()
+        work.release()
+        journal = Journal(path)
+        again = await run(kernel, payloads, journal)
         assert journal.summary is not None
         assert (journal.summary.finished, journal.summary.reattached) == (1, 2)
         assert {r.invocation_id for r in again[1:]} == running
@@ -198,7 +220,7 @@ async def test_when_the_cancel_fails_the_rerun_follows_and_creates_nothing_twice
 def test_the_cli_summary_after_ctrl_c_counts_the_cancelled_as_to_create(
     tmp_path: Path,
 ) -> None:
-    payloads = [{"n": 0}, *({"n": i, "slow": True} for i in range(1, 6))]
+    payloads = quick_then_slow(6)
     items = tmp_path / "items.jsonl"
     items.write_text("".join(json.dumps(p) + "\n" for p in payloads))
     journal = tmp_path / "run.db"
@@ -241,3 +263,40 @@ def test_the_cli_summary_after_ctrl_c_counts_the_cancelled_as_to_create(
     assert "1 finished earlier, 0 re-attached, 0 adopted after a crash, 5 to create" in line[0]
     assert creates == 5
     assert one_success_each(emulator, payloads)
+
+
+async def test_cancelled_again_while_stopping_the_journal_is_still_released(
+    tmp_path: Path,
+) -> None:
+    # A second cancel cuts the cancels of the invocations short (uncertain: followed by
+    # the re-run); the journal is still closed and released, with what it had recorded.
+    payloads = quick_then_slow(5)
+    async with emulated(limits=Limits(initial=5)) as (emulator, work, kernel):
+        path = str(tmp_path / "run.db")
+        task = asyncio.create_task(run(kernel, payloads, Journal(path)))
+        while len(emulator.snapshot()) < len(payloads):  # all created
+            await asyncio.sleep(0.01)
+        emulator.faults.latency(0.5)  # the cancels are under way when it comes again
+        task.cancel()
+        await request_seen(emulator, "PATCH")
+        await cancel_to_the_end(task)
+        emulator.faults.latency(0)
+        work.release()
+        journal = Journal(path)  # not "in use by another map() of this process"
+        again = await run(kernel, payloads, journal)
+        assert journal.summary is not None
+        assert all(r.ok for r in again)
+        assert one_success_each(emulator, payloads)
+
+
+async def test_a_record_arriving_after_the_journal_closed_is_dropped_not_hung_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    journal = Journal(tmp_path / "run.db")
+    await journal._open({"app_name": "app", "action_name": "work", "version": "latest"})
+    await journal._close()
+    journal._post([_file.pending(0)])  # an item ending late: logged, nothing started
+    assert journal._flusher is None
+    with pytest.raises(JournalError, match="is closed"):
+        await journal._write([_file.creating(0, "digest", 0.0)])  # fails, never hangs
+    assert "a record was not written" in caplog.text

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Final
 
-from ._errors import JournalInUseError
+from ._errors import JournalError, JournalInUseError
 from ._file import JournalFile, Write
 
 if TYPE_CHECKING:
@@ -160,7 +160,13 @@ class Journal:
     def _post(self, writes: list[Write], done: asyncio.Future[None] | None = None) -> None:
         """Queue ``writes`` to be committed with the next group, without waiting (with no
         ``done`` to wait on, committed unsynced: a failure is logged; what it would have
-        recorded, a re-run finds on the service)."""
+        recorded, a re-run finds on the service). Once the journal is closed, ``writes``
+        are dropped (logged; the same holds for them) and ``done`` fails."""
+        if self._file is None:
+            logger.warning("Journal %s is closed: a record was not written", self.path)
+            if done is not None:
+                done.set_exception(JournalError(f"journal {self.path} is closed", path=self.path))
+            return
         self._queue.append((writes, done is not None and self.fsync, done))
         if done is not None:
             self._waited.set()
