@@ -2,7 +2,9 @@
 process) against one service's caps, as discrete events, in well under a second per case.
 
 It plays the cases of ``benchmarks.multi`` without processes, sockets or CPU contention:
-each process starts a few milliseconds apart (``jitter``), a create reaches the service
+each process starts a few milliseconds apart (``jitter``), on a wall clock whose reading
+at the start is drawn per seed (``phase``: the policy's grids are the wall clock's, and a
+start either side of one of their points behaves otherwise), a create reaches the service
 half a round trip after it is sent (``rtt``, drawn per create) and is refused there when
 the organisation's or its app's cap is full, an action lasts its duration give or take
 ``spread`` (a fraction), and a finish is seen ``seen`` seconds after it happens. Each
@@ -43,6 +45,7 @@ def simulate(
     jitter: float = 0.02,
     spread: float = 0.2,
     listing: float = 0.005,
+    phase: bool = True,
 ) -> dict[str, Any]:
     """Run ``case``; returns 429s per invocation, makespan and spread (÷ ideal), idle
     seconds (as `benchmarks.multi` counts them) and each second's unused share of the cap,
@@ -50,8 +53,13 @@ def simulate(
     or so."""
     rng = random.Random(seed)
     k, apps, share = case.k, case.worker_apps(), case.n // case.k
+    # One wall clock for every process, its reading at the start at random (``phase``):
+    # the policy's grids are the wall clock's, and where the start falls on them matters.
+    wall = rng.uniform(0.0, 1.0) if phase else 0.0
     policies = [
-        AdmissionPolicy(Limits(), initial_delay=0.5, rng=random.Random(seed * 100 + i))
+        AdmissionPolicy(
+            Limits(), initial_delay=0.5, rng=random.Random(seed * 100 + i), wall_offset=wall
+        )
         for i in range(k)
     ]
     todo, done, last_finish = [share] * k, [0] * k, [0.0] * k

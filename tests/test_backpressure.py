@@ -19,7 +19,6 @@ from kernel_async import (
     RateLimitError,
     RetryPolicy,
 )
-from kernel_async._limits._admission import SLOW_START_DOUBLING
 from kernel_async.testing import KernelEmulator, Quotas
 
 from .conftest import INVOCATION_JSON, ServerFactory, emulator_thread, json_response
@@ -86,10 +85,6 @@ async def test_two_processes_share_an_app_cap_evenly_then_one_takes_the_room_lef
                 )
 
             sampler = asyncio.create_task(sample())
-            # Start 5 ms into a step of slow start's wall-clock grid: both first creates
-            # fall in one step, as "starting together" means (a start either side of a
-            # point of the grid meets the cap with windows twice apart: 4 and 2).
-            await asyncio.sleep(SLOW_START_DOUBLING * 1.1 - time.time() % SLOW_START_DOUBLING)
             done_short, done_long = await asyncio.gather(
                 gather(short, 0, 30), gather(long, 100, 60)
             )

@@ -21,9 +21,9 @@ from kernel_async._limits._room import (
     CROWD_LIST_INTERVAL,
     IDLE_LIST_HOLD,
     IDLE_LIST_HOLD_MAX,
-    IDLE_LIST_INTERVAL,
     LIST_AFTER_REJECT,
     LIST_INTERVAL,
+    STILL_LIST_INTERVAL,
 )
 
 
@@ -269,17 +269,21 @@ def _at_cap(policy: AdmissionPolicy, n: int) -> Any:
     return start_one, running
 
 
-def test_slow_start_doubles_on_the_wall_clock_grid_then_a_429_holds_what_fits() -> None:
-    # Two processes whose first creates come 20 ms apart within one step of the grid
-    # grow in step: the same window at the same moment.
-    early = AdmissionPolicy(Limits(), initial_delay=0.5, wall_offset=1000.0)
-    late = AdmissionPolicy(Limits(), initial_delay=0.5, wall_offset=1000.0)
-    early.admit("a", 0.0)
-    late.admit("a", 0.02)
-    for now in (0.07, 0.12, 0.2):
-        early._grow(early.apps["a"], now)
-        late._grow(late.apps["a"], now)
-        assert early.apps["a"].limit == late.apps["a"].limit
+def test_slow_start_doubles_in_time_from_the_first_create_then_a_429_holds_what_fits() -> None:
+    # Two processes whose first creates come 20 ms apart grow alike: their windows are
+    # 2^(20 ms / step) apart at any moment, whatever the wall clock reads (no grid whose
+    # point between them would put them a whole doubling apart).
+    for wall in (1000.0, 1000.04):  # the first creates either side of a 50 ms point, or not
+        early = AdmissionPolicy(Limits(), initial_delay=0.5, wall_offset=wall)
+        late = AdmissionPolicy(Limits(), initial_delay=0.5, wall_offset=wall)
+        early.admit("a", 0.0)
+        late.admit("a", 0.02)
+        for now in (0.07, 0.12, 0.2):
+            for policy in (early, late):
+                policy.apps["a"].held = {f"r{i}": 1e9 for i in range(64)}  # no ceiling
+                policy._grow(policy.apps["a"], now)
+            ratio = early.apps["a"].limit / late.apps["a"].limit
+            assert ratio == pytest.approx(2 ** (0.02 / SLOW_START_DOUBLING))
     policy = AdmissionPolicy(Limits(initial=2), initial_delay=0.5)
     start_one, running = _starter(policy)
     start_one(0.0)
@@ -357,8 +361,10 @@ def test_lists_find_room_someone_left_but_not_a_blink() -> None:
     policy.listed("a", now, running + others[:8])
     take_until_refused(5)
     assert policy.apps["a"].limit == 12
-    # Among others, a 429 asks for a list soon (has one of them left?).
-    assert policy.next_list("a") == pytest.approx(now + LIST_AFTER_REJECT)
+    # Among others, a 429 asks for a list soon (has one of them left?): within
+    # LIST_AFTER_REJECT, or the cadence among others when that is sooner.
+    assert policy.apps["a"].list_soon == pytest.approx(now + LIST_AFTER_REJECT)
+    assert policy.next_list("a") <= now + LIST_AFTER_REJECT
 
 
 def test_a_list_that_saw_room_that_was_not_there_is_not_believed_again() -> None:
@@ -598,21 +604,21 @@ def test_idle_lists_watch_a_full_org_instead_of_429s_and_quicken_while_it_turns_
     now = 0.0
     policy.listed("a", now, [], tenant)
     while now < IDLE_LIST_HOLD_MAX - 0.2:
-        assert policy.next_list("a") == pytest.approx(now + CROWD_LIST_INTERVAL)
-        now += CROWD_LIST_INTERVAL
+        assert policy.next_list("a") == pytest.approx(now + STILL_LIST_INTERVAL)
+        now += STILL_LIST_INTERVAL
         policy.listed("a", now, [], tenant)  # full, the same ids: no probe
         assert not policy.may_admit("a", now)
         assert policy.apps["a"].hold_until >= min(now + IDLE_LIST_HOLD, IDLE_LIST_HOLD_MAX)
     assert policy.may_admit("a", IDLE_LIST_HOLD_MAX + 1e-9)  # bounded: probe anyway
     # Invocations that end and are replaced (the org turning over): no postponement,
-    # and lists come every IDLE_LIST_INTERVAL.
+    # and lists come every CROWD_LIST_INTERVAL again, not STILL_LIST_INTERVAL.
     churn = AdmissionPolicy(Limits(), initial_delay=0.5)
     churn.admit("a", 0.0)
     hold = churn.rejected("a", 0.0, None)
     churn.listed("a", 0.0, [], tenant)
     churn.listed("a", 0.1, [], [f"u{i}" for i in range(20)])
     assert churn.apps["a"].hold_until == hold
-    assert churn.next_list("a") == pytest.approx(0.1 + IDLE_LIST_INTERVAL)
+    assert churn.next_list("a") == pytest.approx(0.1 + CROWD_LIST_INTERVAL)
     # Half the org frees at once (a process left): believed at once, creates go now.
     churn.listed("a", 0.12, [], [f"u{i}" for i in range(10)])
     assert churn.may_admit("a", 0.12)

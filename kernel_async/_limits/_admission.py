@@ -23,10 +23,11 @@ __all__ = [
     "AdmissionPolicy",
 ]
 
-#: Slow start doubles the limit this often (seconds). Its clock starts on a grid of this
-#: step of the wall clock, not at the first create: processes that start within one step
-#: of each other (one machine, or machines whose clocks NTP keeps within milliseconds)
-#: grow in step and meet the cap with shares at most one slot apart.
+#: Slow start doubles the limit this often (seconds), from the app's first create:
+#: processes that start d seconds apart meet the cap with windows at most 2^(d / step)
+#: apart (1.3 for 20 ms). Not on a grid of the wall clock: processes starting 10-60 ms
+#: apart (a fleet started together on a busy machine) straddled one of its points in
+#: about half the runs and met the cap a whole doubling apart (shares 4 and 1).
 SLOW_START_DOUBLING: Final = 0.05
 #: After a wait with nothing of ours running, the limit doubles this often from what got
 #: in: slots someone else gave back all at once are taken within a tenth of a second.
@@ -66,11 +67,12 @@ class AdmissionPolicy:
     the caps of `Limits`). The limit is learnt so that processes sharing one cap without
     talking to each other share it evenly and, together, use all of it:
 
-    * slow start, in step: the limit starts at `Limits.initial` (or at a cap the service
-      told, `seed`, and stays there) and doubles every `SLOW_START_DOUBLING` seconds on a
-      grid of the wall clock, never past twice the number running plus `Limits.initial`,
-      until the first concurrency 429. Processes that start together send their creates
-      together and meet the cap with shares at most one slot apart;
+    * slow start, in time: the limit starts at `Limits.initial` (or at a cap the service
+      told, `seed`, and stays there) and doubles every `SLOW_START_DOUBLING` seconds from
+      the first create, never past twice the number running plus `Limits.initial`, until
+      the first concurrency 429. Processes that start together grow alike (in time, not
+      per answer: a faster connection takes no bigger share) and meet the cap with
+      shares about one slot apart;
     * what fits, holds: at a concurrency 429 the limit is what runs. No cut, no sawtooth:
       shares stay where they met the cap instead of wandering (each cut or probe of one
       process moves slots between the others at random);
@@ -203,7 +205,7 @@ class AdmissionPolicy:
                 probe = True
                 state.next_probe = math.inf  # one probe at a time
         if state.epoch == -math.inf and state.slow:
-            state.epoch = self._grid(now, SLOW_START_DOUBLING)  # in step with the others
+            state.epoch = now  # in time: alike for processes starting together
         state.active += 1
         self.total_active += 1
         self.admitted += 1

@@ -56,7 +56,7 @@ class AppState:
         self.slow = adaptive  # slow start: until the first concurrency 429
         self.base = initial  # slow start's window at `epoch`
         self.doubling = doubling  # slow start's step (seconds)
-        self.epoch = -math.inf  # when slow start's clock started (loop time, on the grid)
+        self.epoch = -math.inf  # when slow start's clock started (loop time)
         self.fit = 0  # how many of ours ran when the last 429 came: the limit learnt
         self.limited = False  # whether a 429 taught the limit
         self.told = False  # whether the service told the cap (`seed`)

@@ -21,7 +21,7 @@ logger = logging.getLogger("kernel_async")
 
 #: After a list that failed, the next waits `LIST_INTERVAL`, doubling with each failure in
 #: a row up to this (seconds): lists are news only, and an endpoint that fails (a 500, a
-#: 429 of its own) is not asked again at the policy's cadence of 0.15 s.
+#: 429 of its own) is not asked again at the policy's cadence of 0.075 s.
 LIST_BACKOFF_MAX: Final = 8.0
 
 
