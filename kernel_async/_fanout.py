@@ -205,8 +205,9 @@ class Fanout:
 
     async def _stop(self, feeder: asyncio.Task[None]) -> None:
         """Cancel the feeder and every item (each cancels its invocation), and wait.
-        Cancelled again meanwhile, the items are too (their cancels cut short): wait for
-        them to end all the same, so that what they record reaches the journal."""
+        Cancelled again meanwhile, the items are too: each still lets its create land and
+        cancels its invocation (bounded), so wait for them to end all the same, and what
+        they record reaches the journal."""
         self._stopping = True
         pending = [feeder, *self._items]
         for task in pending:

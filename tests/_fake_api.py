@@ -27,6 +27,8 @@ class FakeAPI:
     cancels: list[str] = field(default_factory=list)
     create_delay: float = 0.0
     silent: bool = False  # streams never tell the end (a lagging event pipeline)
+    hold_creates: asyncio.Event | None = None  # creates are answered once it is set
+    hold_cancels: asyncio.Event | None = None  # cancels are answered once it is set
     created_once: asyncio.Event = field(default_factory=asyncio.Event)
     streams: int = 0
     _ids: itertools.count[int] = field(default_factory=itertools.count)
@@ -51,6 +53,8 @@ class FakeAPI:
     async def create(self, request: web.Request) -> web.StreamResponse:
         if self.create_delay:
             await asyncio.sleep(self.create_delay)  # a slow service, not test ordering
+        if self.hold_creates is not None:
+            await self.hold_creates.wait()  # a client going away meanwhile creates nothing
         id = f"inv_{next(self._ids)}"
         self.status[id] = "running"
         self.created_once.set()
@@ -63,6 +67,8 @@ class FakeAPI:
 
     async def update(self, request: web.Request) -> web.StreamResponse:
         id = request.match_info["id"]
+        if self.hold_cancels is not None:
+            await self.hold_cancels.wait()  # a client going away meanwhile cancels nothing
         if self.status[id] != "running":
             body = {"code": "bad_request", "message": f"Invocation {id} already finished"}
             return json_response(json.dumps(body), 400)

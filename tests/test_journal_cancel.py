@@ -268,8 +268,8 @@ def test_the_cli_summary_after_ctrl_c_counts_the_cancelled_as_to_create(
 async def test_cancelled_again_while_stopping_the_journal_is_still_released(
     tmp_path: Path,
 ) -> None:
-    # A second cancel cuts the cancels of the invocations short (uncertain: followed by
-    # the re-run); the journal is still closed and released, with what it had recorded.
+    # A second cancel while the invocations are being cancelled: those cancels still
+    # finish, and the journal is closed and released, with what it had recorded.
     payloads = quick_then_slow(5)
     async with emulated(limits=Limits(initial=5)) as (emulator, work, kernel):
         path = str(tmp_path / "run.db")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, Final
 
 from .._options import NOT_GIVEN, NotGiven
@@ -31,7 +31,8 @@ CANCEL_OUTPUT: Final = {"error": "Invocation cancelled by user"}
 #: Told the final state of an invocation that cancelling it (on exit or on a timeout) learnt
 #: for certain: the cancel's answer, or the end it had reached first.
 OnStopped = Callable[[Invocation], None]
-#: How long cleanup on exit may take: a create landing, then the cancel of its invocation.
+#: How long cleanup on exit may take in all (a create landing, then the cancel of its
+#: invocation), however often the caller is cancelled again meanwhile.
 CANCEL_TIMEOUT: Final = 10.0
 
 
@@ -74,9 +75,10 @@ class Lifecycle(Operations):
     ) -> str:
         """Create asynchronously, waiting for a slot until ``deadline`` (loop time). A
         create once sent gets its answer even past the deadline, so the id is known. With
-        ``cancel_on_exit``, a caller cancelled meanwhile lets a sent create land (bounded)
-        and cancels its invocation with ``output`` (``on_stopped`` is told the final state
-        that cancel learnt). Returns the invocation's id."""
+        ``cancel_on_exit``, a caller cancelled meanwhile lets a sent create land and cancels
+        its invocation with ``output`` (``on_stopped`` is told the final state that cancel
+        learnt), within `CANCEL_TIMEOUT` and to the end even if cancelled again, then
+        raises the ``CancelledError``. Returns the invocation's id."""
         client = self._client
         body = create_body(app_name, action_name, version, payload, True, async_timeout_seconds)
         telemetry = client._telemetry
@@ -99,9 +101,7 @@ class Lifecycle(Operations):
         try:
             return (await asyncio.shield(task)).id
         except asyncio.CancelledError:
-            invocation_id = await _landed(task, landing.sent)
-            if invocation_id is not None:
-                await self._cancel_quietly(invocation_id, output, extras, on_stopped)
+            await _to_the_end(self._land_and_cancel(task, landing.sent, output, extras, on_stopped))
             raise
 
     async def _see_through(
@@ -118,25 +118,27 @@ class Lifecycle(Operations):
         """Wait for ``id`` to finish until ``deadline`` (loop time). On the deadline: raise
         `APITimeoutError` (with the ``invocation_id``), cancelling it first with
         ``cancel_on_timeout``, unless it turns out to have finished on its own meanwhile:
-        then its final state is returned. A caller cancelled meanwhile cancels it too, with
-        ``cancel_on_exit``. ``on_stopped`` is told the final state a cancel learnt (not
+        then its final state is returned. A caller cancelled meanwhile (that cancel on the
+        deadline included) cancels it too, with ``cancel_on_exit``, to the end even if
+        cancelled again. ``on_stopped`` is told the final state a cancel learnt (not
         called when the cancel failed or was itself cut short)."""
         loop = asyncio.get_running_loop()
         left = None if deadline is None else deadline - loop.time()
         try:
-            return await asyncio.wait_for(self._wait(id, extras), left)
-        except asyncio.TimeoutError:
-            pass
+            try:
+                return await asyncio.wait_for(self._wait(id, extras), left)
+            except asyncio.TimeoutError:
+                pass
+            if cancel_on_timeout:  # cancelled while cancelling: cancelled on exit instead
+                final, cancelled = await self._stop(id, output, extras)
+                if not cancelled:
+                    return final  # it finished as its time ran out: that is its result
+                if on_stopped is not None:
+                    on_stopped(final)
         except asyncio.CancelledError:
             if cancel_on_exit:
-                await self._cancel_quietly(id, output, extras, on_stopped)
+                await _to_the_end(self._cancel_quietly(id, output, extras, on_stopped))
             raise
-        if cancel_on_timeout:
-            final, cancelled = await self._stop(id, output, extras)
-            if not cancelled:
-                return final  # it finished as its time ran out: that is its result
-            if on_stopped is not None:
-                on_stopped(final)
         raise APITimeoutError(
             f"invocation {id} did not finish within the call's timeout"
             + ("; it was cancelled" if cancel_on_timeout else "; it is still running"),
@@ -181,20 +183,51 @@ class Lifecycle(Operations):
             self._client._backpressure.finished(id)
             raise
 
-    async def _cancel_quietly(
-        self, id: str, output: Any, extras: Extras, on_stopped: OnStopped | None = None
+    async def _land_and_cancel(
+        self,
+        create: asyncio.Future[Any],
+        sent: bool,
+        output: Any,
+        extras: Extras,
+        on_stopped: OnStopped | None,
     ) -> None:
-        """On exit: cancel ``id`` within `CANCEL_TIMEOUT`, whatever happens to the task
-        asking (a failure is logged, not raised; once the cancel has answered,
-        ``on_stopped`` is told the final state it learnt)."""
-        task = asyncio.ensure_future(self._stop(id, output, extras, CANCEL_TIMEOUT))
+        """On exit: let a sent ``create`` land and cancel its invocation, the two within
+        `CANCEL_TIMEOUT`; a create never sent is withdrawn."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CANCEL_TIMEOUT
+        invocation_id = await _landed(create, sent)
+        if invocation_id is not None:
+            left = max(deadline - loop.time(), 0.0)
+            await self._cancel_quietly(invocation_id, output, extras, on_stopped, left)
+
+    async def _cancel_quietly(
+        self,
+        id: str,
+        output: Any,
+        extras: Extras,
+        on_stopped: OnStopped | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """On exit: cancel ``id`` within ``timeout`` (`CANCEL_TIMEOUT` by default); a
+        failure is logged, not raised. Once the cancel has answered, ``on_stopped`` is told
+        the final state it learnt. Run it with `_to_the_end`: cut short, it leaves the
+        invocation running."""
+        timeout = CANCEL_TIMEOUT if timeout is None else timeout
+        task = asyncio.ensure_future(self._stop(id, output, extras, timeout))
         try:
-            await asyncio.wait({task}, timeout=CANCEL_TIMEOUT)
+            await asyncio.wait({task}, timeout=timeout)
         finally:
             if not task.done():
                 task.cancel()
-                await asyncio.wait({task})
-        if task.cancelled():
+        if not task.done():
+            await asyncio.wait({task})
+            logger.warning(
+                "Could not cancel invocation %r within %.3g s: it may still be running",
+                id,
+                timeout,
+            )
+            return
+        if task.cancelled():  # by the loop shutting down
             return
         error = task.exception()
         if isinstance(error, KernelError):
@@ -205,14 +238,42 @@ class Lifecycle(Operations):
             on_stopped(task.result()[0])
 
 
+async def _to_the_end(cleanup: Coroutine[Any, Any, None]) -> None:
+    """Run ``cleanup`` (bounded in time) to its end, even when the task awaiting it is
+    cancelled again meanwhile, as its caller is re-raising a ``CancelledError`` anyway.
+    Those cancellations stay counted (``Task.cancelling()`` on 3.11+, never
+    ``uncancel()``ed here), so an ``asyncio.timeout`` or ``TaskGroup`` around the call
+    still sees its own. Only the cleanup itself being cancelled (the loop shutting down)
+    ends the wait early."""
+    task = asyncio.ensure_future(cleanup)
+    while True:
+        try:
+            await asyncio.wait({task})
+        except asyncio.CancelledError:
+            if not task.done():
+                continue  # cancelled again: the cleanup goes on, then the caller re-raises
+        task.result()
+        return
+
+
 async def _landed(task: asyncio.Future[Any], sent: bool) -> str | None:
     """The id a create ``task`` gets once it lands (within `CANCEL_TIMEOUT`), or ``None``:
-    a create never sent is dropped, and one that fails started nothing."""
-    if sent:
-        await asyncio.wait({task}, timeout=CANCEL_TIMEOUT)
+    a create never sent is withdrawn, and one that fails started nothing. One sent that
+    does not land in time is withdrawn too (reported: it may have started one)."""
+    try:
+        if sent:
+            await asyncio.wait({task}, timeout=CANCEL_TIMEOUT)
+    finally:
+        if not task.done():  # also when this wait is cut short: the create never outlives it
+            task.cancel()
     if not task.done():
-        task.cancel()
         await asyncio.wait({task})
+        if sent:
+            logger.warning(
+                "A create cancelled on exit did not answer within %.3g s: the invocation "
+                "it may have started was not cancelled",
+                CANCEL_TIMEOUT,
+            )
     if task.cancelled() or task.exception() is not None:
         return None
     return str(task.result().id)
