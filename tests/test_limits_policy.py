@@ -14,11 +14,19 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from benchmarks.limits_sim import simulate
 from benchmarks.multi import Case
 from kernel_async._limits import AdmissionPolicy, Limits, RatePolicy, classify_429
-from kernel_async._limits._admission import IDLE_PROBE_DELAY, IDLE_PROBE_MIN, SLOW_START_DOUBLING
+from kernel_async._limits._admission import (
+    GROWTH_PROBE,
+    GROWTH_PROBE_MAX,
+    IDLE_PROBE_DELAY,
+    IDLE_PROBE_MIN,
+    RESTART_DOUBLING,
+    SLOW_START_DOUBLING,
+)
 from kernel_async._limits._room import (
     CONFIRM_DELAY,
     CONFIRMATIONS,
     CROWD_LIST_INTERVAL,
+    EBB_MIN,
     IDLE_LIST_HOLD,
     IDLE_LIST_HOLD_MAX,
     LIST_AFTER_REJECT,
@@ -603,6 +611,11 @@ def test_idle_lists_watch_a_full_org_instead_of_429s_and_quicken_while_it_turns_
     assert policy.rejected("a", 0.0, None) <= IDLE_PROBE_DELAY
     now = 0.0
     policy.listed("a", now, [], tenant)
+    # One list does not show the org still (nothing to compare with): the next comes
+    # on the cadence among others; once two lists show the same ids, less often.
+    assert policy.next_list("a") == pytest.approx(now + CROWD_LIST_INTERVAL)
+    now += CROWD_LIST_INTERVAL
+    policy.listed("a", now, [], tenant)
     while now < IDLE_LIST_HOLD_MAX - 0.2:
         assert policy.next_list("a") == pytest.approx(now + STILL_LIST_INTERVAL)
         now += STILL_LIST_INTERVAL
@@ -624,6 +637,55 @@ def test_idle_lists_watch_a_full_org_instead_of_429s_and_quicken_while_it_turns_
     assert churn.may_admit("a", 0.12)
 
 
+def _newcomer(others: list[str]) -> tuple[AdmissionPolicy, list[str]]:
+    """A process in slow start (two of its own running) that listed ``others`` once."""
+    policy = AdmissionPolicy(Limits(), initial_delay=0.5)
+    ours = []
+    now = 0.0
+    while len(ours) < 2:
+        while policy.may_admit("a", now) and len(ours) < 2:
+            policy.admit("a", now)
+            ours.append(f"mine{len(ours)}")
+            policy.started("a", now, ours[-1], probe=False, lease=100)
+        now += 0.01
+    assert not policy.may_admit("a", 0.06)  # slow start's curve: 2 at 50 ms
+    policy.listed("a", 0.06, ours, ours + others)
+    return policy, ours
+
+
+def test_slow_start_takes_the_slots_of_others_winding_down_fast() -> None:
+    """A newcomer in slow start while another process's last invocations end: its lists
+    (every CROWD_LIST_INTERVAL among others, in slow start too) show the others' ids
+    going and none coming; their slots come free, so the limit doubles every
+    RESTART_DOUBLING from there instead of every SLOW_START_DOUBLING."""
+    others = [f"o{i}" for i in range(12)]
+    policy, ours = _newcomer(others)
+    state = policy.apps["a"]
+    assert policy.next_list("a") == pytest.approx(0.06 + CROWD_LIST_INTERVAL)
+    now = 0.06 + CROWD_LIST_INTERVAL
+    policy.listed("a", now, ours, ours + others[EBB_MIN:])  # gone, none new
+    assert state.slow
+    assert state.doubling == RESTART_DOUBLING
+    limit = state.limit
+    state.held.update({f"pad{i}": 1e9 for i in range(32)})  # no ceiling in the way
+    policy._grow(state, now + 3 * RESTART_DOUBLING)
+    assert state.limit == pytest.approx(limit * 8)
+
+
+def test_slow_start_keeps_its_pace_while_others_start_invocations() -> None:
+    """Others' ids going while new ones of theirs come (they are still sending, as when
+    several processes start together), or a single one gone (an end whose successor is
+    not created yet): slow start goes on at its pace."""
+    others = [f"o{i}" for i in range(12)]
+    for later in (
+        [*others[EBB_MIN + 1 :], "new"],  # three gone, one new: still sending
+        others[EBB_MIN - 1 :],  # one gone only
+    ):
+        policy, ours = _newcomer(others)
+        policy.listed("a", 0.06 + CROWD_LIST_INTERVAL, ours, ours + later)
+        assert policy.apps["a"].doubling == SLOW_START_DOUBLING
+
+
 def test_an_app_bound_by_its_own_cap_reads_room_against_that_cap() -> None:
     # Six of ours and six of another process of the app hold its own cap of 12, in an
     # organisation running 40. A create sent on the organisation's room is refused: the
@@ -642,3 +704,21 @@ def test_an_app_bound_by_its_own_cap_reads_room_against_that_cap() -> None:
     now += CROWD_LIST_INTERVAL
     policy.listed("a", now, running + rivals[:2], running + rivals[:2] + elsewhere)
     assert policy.may_admit("a", now)  # no confirming list needed
+
+
+def test_a_look_beyond_the_limit_is_rare_when_the_lists_show_every_app() -> None:
+    """With 2 of 20 running (a small share), a process looks beyond its limit after
+    GROWTH_PROBE x 0.1 = 2 s or less while its lists are the app's alone (another app's
+    room does not show there); when they are every app's, they show all the room there is
+    but a raised cap's, and a look while the cap is full only takes a slot another
+    process had free for a moment: GROWTH_PROBE_MAX (jittered) apart."""
+    others = [f"o{i}" for i in range(18)]
+    for org, slowest in ((None, GROWTH_PROBE * 0.1), (True, GROWTH_PROBE_MAX)):
+        policy = AdmissionPolicy(Limits(initial=2), initial_delay=0.5)
+        _, running = _at_cap(policy, 2)
+        live = running + others
+        policy.listed("a", 0.0, live, live if org else None)
+        policy.admit("a", 0.0)
+        policy.rejected("a", 0.0, None)
+        delay = policy.apps["a"].grow_at
+        assert slowest / 2 <= delay <= slowest

@@ -16,6 +16,7 @@ from ._room import CONFIRM_DELAY, LIST_AFTER_REJECT
 
 __all__ = [
     "GROWTH_PROBE",
+    "GROWTH_PROBE_MAX",
     "IDLE_PROBE_DELAY",
     "IDLE_PROBE_MIN",
     "RESTART_DOUBLING",
@@ -43,7 +44,13 @@ IDLE_PROBE_DELAY: Final = 0.4
 #: share of the app's running invocations (as the last list showed; all of them before
 #: any list), between `GROWTH_PROBE_MIN` and `GROWTH_PROBE_MAX`: room no list shows
 #: (another app's or another tenant's slots given back, a cap raised) is found, and a
-#: client with a small share looks more often than one with a large share.
+#: client with a small share looks more often than one with a large share. When the
+#: lists are every app's, they show all room but a raised cap's: a look beyond then
+#: comes after `GROWTH_PROBE_MAX` (jittered) only, since one sent while the cap is full
+#: can take a slot that was free for a moment only (between another process's end and
+#: its next create), whose owner is refused and keeps one fewer: slots move between
+#: processes at random (8 processes sharing 20, looking every 1-2 s: a finish spread
+#: over 0.25x in 10 seeds of 16 of the simulator; every 5-10 s: 2 of 16).
 GROWTH_PROBE: Final = 20.0
 GROWTH_PROBE_MIN: Final = 0.5
 GROWTH_PROBE_MAX: Final = 10.0
@@ -360,15 +367,24 @@ class AdmissionPolicy:
     ) -> None:
         """The service listed ``live``: the ids of app ``name``'s queued and running
         invocations (and ``org``: every app's, when the list was the organisation's); see
-        `_room.listed`."""
-        _room.listed(self.app(name), now, live, org, adaptive=self.limits.adaptive)
+        `_room.listed`. In slow start, a list showing the others winding down (`EBB_MIN`)
+        makes the limit double every `RESTART_DOUBLING` from what it is: their slots
+        come free, a newcomer takes them as fast as one back from a wait."""
+        state = self.app(name)
+        _room.listed(state, now, live, org, adaptive=self.limits.adaptive)
+        if state.slow and state.ebbing and state.epoch > -math.inf:
+            self._grow(state, now)
+            state.base, state.epoch, state.doubling = state.limit, now, RESTART_DOUBLING
 
     def _arm_growth(self, state: AppState, now: float) -> None:
         """One create may go beyond the limit after our share of the app's invocations
-        (as last listed) times `GROWTH_PROBE` seconds, jittered."""
+        (as last listed) times `GROWTH_PROBE` seconds, or `GROWTH_PROBE_MAX` when the
+        lists are every app's; jittered."""
         ours = len(state.held)
         share = ours / max(1, ours + state.rivals)  # of the app: other apps' do not count
         delay = min(GROWTH_PROBE_MAX, max(GROWTH_PROBE_MIN, GROWTH_PROBE * share))
+        if state.whole_org:
+            delay = GROWTH_PROBE_MAX
         state.grow_at = now + delay * self._rng.uniform(0.5, 1.0)
 
     def expire(self, now: float) -> list[str]:

@@ -19,6 +19,7 @@ class AppState:
         "cap_seen",
         "credits",
         "doubling",
+        "ebbing",
         "epoch",
         "few",
         "fit",
@@ -36,8 +37,8 @@ class AppState:
         "list_probe",
         "list_soon",
         "listed_at",
+        "listed_ids",
         "next_probe",
-        "org_ids",
         "org_seen",
         "org_total",
         "org_word",
@@ -49,6 +50,7 @@ class AppState:
         "suspect",
         "told",
         "turning",
+        "whole_org",
     )
 
     def __init__(self, initial: float, adaptive: bool, doubling: float) -> None:
@@ -79,8 +81,10 @@ class AppState:
         self.last_total = 0  # the app's invocations, at the last list
         self.cap_seen = 0  # the most invocations of the app a list showed
         self.org_total = 0  # the organisation's invocations, at the last list
-        self.org_ids: int | None = None  # a hash of their ids
-        self.turning = False  # whether they changed between the last two lists
+        self.listed_ids: frozenset[str] | None = None  # the last list's (every app's)
+        self.turning = False  # whether the organisation's changed between the last two
+        self.ebbing = False  # others' ended between the last two, and none started
+        self.whole_org = False  # the last list was every app's (not the app's alone)
         self.org_word = False  # the room believed was the organisation's only
         self.app_bound = False  # a create on such a word was refused: the app's cap binds
         self.org_seen = 0  # the most invocations of the organisation a list showed

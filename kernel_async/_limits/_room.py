@@ -14,6 +14,7 @@ __all__ = [
     "CONFIRMATIONS",
     "CONFIRM_DELAY",
     "CROWD_LIST_INTERVAL",
+    "EBB_MIN",
     "FEW_CONFIRMATIONS",
     "FREE_MIN",
     "IDLE_LIST_HOLD",
@@ -63,17 +64,24 @@ LEFT_SHARE: Final = 0.25
 IDLE_LIST_HOLD: Final = 0.4
 IDLE_LIST_HOLD_MAX: Final = 2.0
 STILL_LIST_INTERVAL: Final = 0.15
+#: In slow start among others, lists come every `CROWD_LIST_INTERVAL`: one that shows at
+#: least this many of the others' invocations gone since the list before, and none of
+#: theirs new, means they are winding down (a process with its work all sent, its last
+#: invocations ending): their slots come free, and slow start takes them fast. One gone
+#: may be an end whose successor is not created yet.
+EBB_MIN: Final = 2
 
 
 def next_list(state: AppState, adaptive: bool) -> float:
     """When the app's invocations should be listed next (loop time), while its creates
     wait: to confirm room a list saw, soon after a 429 among others, every
-    `CROWD_LIST_INTERVAL` among others once the limit is learnt (`STILL_LIST_INTERVAL`
-    with nothing of ours running while none of the others' end), else every
-    `LIST_INTERVAL`."""
+    `CROWD_LIST_INTERVAL` among others in slow start or once the limit is learnt
+    (`STILL_LIST_INTERVAL` with nothing of ours running while none of the others' end),
+    else every `LIST_INTERVAL`."""
     if state.suspect:
         return state.listed_at + CONFIRM_DELAY
-    if crowded(state, adaptive):  # a page of a list holds 100: large apps are listed less
+    starting = state.slow and state.others > 0 and adaptive
+    if starting or crowded(state, adaptive):  # a page of 100: large apps are listed less
         still = state.idle_hold and not state.turning and not state.held
         step = STILL_LIST_INTERVAL if still else CROWD_LIST_INTERVAL
         interval = step * max(1, math.ceil(state.org_total / 100))
@@ -118,15 +126,22 @@ def listed(
     ours = sum(1 for id in held if id in live)
     total = len(live)
     org_total, same = total, False
+    ids, before = frozenset(live if org is None else org), state.listed_ids
     if org is not None:
         # Ours listed under another spelling of the app's name are the app's all the same.
         elsewhere = sum(1 for id in held if id not in live and id in org)
         total, ours = total + elsewhere, ours + elsewhere
-        org_total, org_ids = max(len(org), total), hash(frozenset(org))
-        same = org_ids == state.org_ids
-        state.turning = state.org_ids is not None and not same
-        state.org_ids = org_ids
-    state.others, state.rivals = org_total - ours, total - ours
+        org_total = max(len(org), total)
+        same = ids == before
+        state.turning = not same  # (the first list: not known to be still)
+    state.listed_ids, state.whole_org = ids, org is not None
+    others = org_total - ours
+    state.ebbing = (
+        before is not None
+        and others <= state.others - EBB_MIN
+        and all(id in before or id in held for id in ids)
+    )
+    state.others, state.rivals = others, total - ours
     state.last_total, state.org_total = total, org_total
     state.listed_at = now
     state.list_soon = math.inf
