@@ -722,3 +722,21 @@ def test_a_look_beyond_the_limit_is_rare_when_the_lists_show_every_app() -> None
         policy.rejected("a", 0.0, None)
         delay = policy.apps["a"].grow_at
         assert slowest / 2 <= delay <= slowest
+
+
+def test_lists_longer_than_a_page_come_less_often() -> None:
+    """Among others, a list one page long (100 invocations) comes every
+    CROWD_LIST_INTERVAL: a process leaving is seen soon. Each page is a request out of
+    the rate limit the creates need: a list of three pages comes every
+    3 x STILL_LIST_INTERVAL, and never less often than LIST_INTERVAL."""
+    for size, interval in (
+        (20, CROWD_LIST_INTERVAL),
+        (250, 3 * STILL_LIST_INTERVAL),
+        (2000, LIST_INTERVAL),
+    ):
+        policy = AdmissionPolicy(Limits(initial=2), initial_delay=0.5)
+        _, running = _at_cap(policy, 2)
+        org = running + [f"o{i}" for i in range(size - 2)]
+        policy.listed("a", 1.0, running, org)
+        assert policy.crowded("a")
+        assert policy.next_list("a") == pytest.approx(1.0 + interval)

@@ -36,7 +36,9 @@ __all__ = [
 #: concurrency 429 there. A process leaving frees all its slots within a few tens of
 #: milliseconds; the others see it a list later: at 0.15 s, eight processes sharing a cap
 #: of 20 left a tenth of it unused in the second where half of them left, in half the
-#: runs; at 0.075 s, in one run in eight.
+#: runs; at 0.075 s, in one run in eight. That cadence is for lists one page long (100
+#: invocations); longer ones come every `STILL_LIST_INTERVAL` per page (up to
+#: `LIST_INTERVAL`): each page is a request, out of the rate limit the creates need.
 LIST_INTERVAL: Final = 1.0
 CROWD_LIST_INTERVAL: Final = 0.075
 LIST_AFTER_REJECT: Final = 0.1
@@ -75,16 +77,17 @@ EBB_MIN: Final = 2
 def next_list(state: AppState, adaptive: bool) -> float:
     """When the app's invocations should be listed next (loop time), while its creates
     wait: to confirm room a list saw, soon after a 429 among others, every
-    `CROWD_LIST_INTERVAL` among others in slow start or once the limit is learnt
-    (`STILL_LIST_INTERVAL` with nothing of ours running while none of the others' end),
-    else every `LIST_INTERVAL`."""
+    `CROWD_LIST_INTERVAL` among others in slow start or once the limit is learnt, for a
+    list one page long (`STILL_LIST_INTERVAL` per page for longer ones, and with nothing
+    of ours running while none of the others' end), else every `LIST_INTERVAL`."""
     if state.suspect:
         return state.listed_at + CONFIRM_DELAY
     starting = state.slow and state.others > 0 and adaptive
     if starting or crowded(state, adaptive):  # a page of 100: large apps are listed less
+        pages = max(1, math.ceil(state.org_total / 100))
         still = state.idle_hold and not state.turning and not state.held
-        step = STILL_LIST_INTERVAL if still else CROWD_LIST_INTERVAL
-        interval = step * max(1, math.ceil(state.org_total / 100))
+        quick = pages == 1 and not still
+        interval = (CROWD_LIST_INTERVAL if quick else STILL_LIST_INTERVAL) * pages
     else:
         interval = LIST_INTERVAL
     return min(state.listed_at + min(interval, LIST_INTERVAL), state.list_soon)
