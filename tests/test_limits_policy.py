@@ -26,6 +26,7 @@ from kernel_async._limits._room import (
     CONFIRM_DELAY,
     CONFIRMATIONS,
     CROWD_LIST_INTERVAL,
+    EBB_LISTS,
     EBB_MIN,
     IDLE_LIST_HOLD,
     IDLE_LIST_HOLD_MAX,
@@ -661,9 +662,12 @@ def test_slow_start_takes_the_slots_of_others_winding_down_fast() -> None:
     others = [f"o{i}" for i in range(12)]
     policy, ours = _newcomer(others)
     state = policy.apps["a"]
-    assert policy.next_list("a") == pytest.approx(0.06 + CROWD_LIST_INTERVAL)
-    now = 0.06 + CROWD_LIST_INTERVAL
-    policy.listed("a", now, ours, ours + others[EBB_MIN:])  # gone, none new
+    now = 0.06
+    for n in range(1, EBB_LISTS + 1):
+        assert state.doubling == SLOW_START_DOUBLING  # one such list is not enough
+        assert policy.next_list("a") == pytest.approx(now + CROWD_LIST_INTERVAL)
+        now += CROWD_LIST_INTERVAL
+        policy.listed("a", now, ours, ours + others[n * EBB_MIN :])  # gone, none new
     assert state.slow
     assert state.doubling == RESTART_DOUBLING
     limit = state.limit
@@ -673,16 +677,22 @@ def test_slow_start_takes_the_slots_of_others_winding_down_fast() -> None:
 
 
 def test_slow_start_keeps_its_pace_while_others_start_invocations() -> None:
-    """Others' ids going while new ones of theirs come (they are still sending, as when
-    several processes start together), or a single one gone (an end whose successor is
-    not created yet): slow start goes on at its pace."""
+    """Others' ids going while new ones of theirs come (they are still sending), a
+    single one gone (an end whose successor is not created yet), or many gone once and
+    their successors there at the next list (processes that started together, their
+    first invocations ending together): slow start goes on at its pace."""
     others = [f"o{i}" for i in range(12)]
-    for later in (
-        [*others[EBB_MIN + 1 :], "new"],  # three gone, one new: still sending
-        others[EBB_MIN - 1 :],  # one gone only
+    successors = [f"s{i}" for i in range(6)]
+    for lists in (
+        [[*others[EBB_MIN + 1 :], "new"]] * 2,  # three gone, one new: still sending
+        [others[1:], others[2:]],  # one gone at a time
+        [others[6:], others[6:] + successors],  # six gone, then their successors
     ):
         policy, ours = _newcomer(others)
-        policy.listed("a", 0.06 + CROWD_LIST_INTERVAL, ours, ours + later)
+        now = 0.06
+        for later in lists:
+            now += CROWD_LIST_INTERVAL
+            policy.listed("a", now, ours, ours + later)
         assert policy.apps["a"].doubling == SLOW_START_DOUBLING
 
 

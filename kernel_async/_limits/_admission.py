@@ -12,7 +12,7 @@ from typing import Final, Literal
 from . import _room
 from ._app import AppState
 from ._config import MAX_PROBE_DELAY, AppLimitStats, Limits
-from ._room import CONFIRM_DELAY, LIST_AFTER_REJECT
+from ._room import CONFIRM_DELAY, EBB_LISTS, LIST_AFTER_REJECT
 
 __all__ = [
     "GROWTH_PROBE",
@@ -367,12 +367,12 @@ class AdmissionPolicy:
     ) -> None:
         """The service listed ``live``: the ids of app ``name``'s queued and running
         invocations (and ``org``: every app's, when the list was the organisation's); see
-        `_room.listed`. In slow start, a list showing the others winding down (`EBB_MIN`)
-        makes the limit double every `RESTART_DOUBLING` from what it is: their slots
-        come free, a newcomer takes them as fast as one back from a wait."""
+        `_room.listed`. In slow start, lists showing the others winding down
+        (`EBB_LISTS`) make the limit double every `RESTART_DOUBLING` from what it is:
+        their slots come free, a newcomer takes them as fast as one back from a wait."""
         state = self.app(name)
         _room.listed(state, now, live, org, adaptive=self.limits.adaptive)
-        if state.slow and state.ebbing and state.epoch > -math.inf:
+        if state.slow and state.ebbs >= EBB_LISTS and state.epoch > -math.inf:
             self._grow(state, now)
             state.base, state.epoch, state.doubling = state.limit, now, RESTART_DOUBLING
 

@@ -19,7 +19,7 @@ class AppState:
         "cap_seen",
         "credits",
         "doubling",
-        "ebbing",
+        "ebbs",
         "epoch",
         "few",
         "fit",
@@ -83,7 +83,7 @@ class AppState:
         self.org_total = 0  # the organisation's invocations, at the last list
         self.listed_ids: frozenset[str] | None = None  # the last list's (every app's)
         self.turning = False  # whether the organisation's changed between the last two
-        self.ebbing = False  # others' ended between the last two, and none started
+        self.ebbs = 0  # lists in a row that showed others' ended and none started
         self.whole_org = False  # the last list was every app's (not the app's alone)
         self.org_word = False  # the room believed was the organisation's only
         self.app_bound = False  # a create on such a word was refused: the app's cap binds

@@ -14,6 +14,7 @@ __all__ = [
     "CONFIRMATIONS",
     "CONFIRM_DELAY",
     "CROWD_LIST_INTERVAL",
+    "EBB_LISTS",
     "EBB_MIN",
     "FEW_CONFIRMATIONS",
     "FREE_MIN",
@@ -51,8 +52,10 @@ LIST_AFTER_REJECT: Final = 0.1
 FREE_MIN: Final = 3
 CONFIRMATIONS: Final = 1
 #: Fewer free than `FREE_MIN` among others: believed when this many lists in a row on the
-#: cadence, after the first, show room too.
-FEW_CONFIRMATIONS: Final = 5
+#: cadence, after the first, show room too (0.9 s at `CROWD_LIST_INTERVAL`: ends and
+#: their successors' creates keep a slot or two free at any moment among 8 processes,
+#: and a slot taken on such a blink moves from its owner, refused, for good).
+FEW_CONFIRMATIONS: Final = 11
 CONFIRM_DELAY: Final = 0.05
 LEFT_SHARE: Final = 0.25
 #: With nothing of ours running, the lists of every app's invocations watch for room
@@ -66,12 +69,16 @@ LEFT_SHARE: Final = 0.25
 IDLE_LIST_HOLD: Final = 0.4
 IDLE_LIST_HOLD_MAX: Final = 2.0
 STILL_LIST_INTERVAL: Final = 0.15
-#: In slow start among others, lists come every `CROWD_LIST_INTERVAL`: one that shows at
-#: least this many of the others' invocations gone since the list before, and none of
-#: theirs new, means they are winding down (a process with its work all sent, its last
-#: invocations ending): their slots come free, and slow start takes them fast. One gone
-#: may be an end whose successor is not created yet.
+#: In slow start among others, lists come every `CROWD_LIST_INTERVAL`: `EBB_LISTS` in a
+#: row that each show at least `EBB_MIN` of the others' invocations gone since the list
+#: before, and none of theirs new, mean they are winding down (a process with its work
+#: all sent, its last invocations ending): their slots come free, and slow start takes
+#: them fast. One list is not enough: processes that started together see their first
+#: invocations end together, and a list between those ends and their successors'
+#: creates shows many gone and none new (8 processes: one taking 6 slots of 20 while
+#: three kept 1). One gone may be an end whose successor is not created yet.
 EBB_MIN: Final = 2
+EBB_LISTS: Final = 2
 
 
 def next_list(state: AppState, adaptive: bool) -> float:
@@ -139,11 +146,12 @@ def listed(
         state.turning = not same  # (the first list: not known to be still)
     state.listed_ids, state.whole_org = ids, org is not None
     others = org_total - ours
-    state.ebbing = (
+    ebbing = (
         before is not None
         and others <= state.others - EBB_MIN
         and all(id in before or id in held for id in ids)
     )
+    state.ebbs = state.ebbs + 1 if ebbing else 0
     state.others, state.rivals = others, total - ours
     state.last_total, state.org_total = total, org_total
     state.listed_at = now
