@@ -641,7 +641,7 @@ def test_idle_lists_watch_a_full_org_instead_of_429s_and_quicken_while_it_turns_
 def _newcomer(others: list[str]) -> tuple[AdmissionPolicy, list[str]]:
     """A process in slow start (two of its own running) that listed ``others`` once."""
     policy = AdmissionPolicy(Limits(), initial_delay=0.5)
-    ours = []
+    ours: list[str] = []
     now = 0.0
     while len(ours) < 2:
         while policy.may_admit("a", now) and len(ours) < 2:

@@ -90,7 +90,11 @@ class Backpressure:
             if url is None:
                 url = os.environ.get(ENV_VAR)
             shared = self._shared = shared_from(
-                url, self.identity, self.limits.initial, max_pause=self._max_retry_after
+                url,
+                self.identity,
+                self.limits.initial,
+                max_pause=self._max_retry_after,
+                account=self.account or None,
             )
             gate = self._made_gate()
             if gate is not None:

@@ -78,9 +78,13 @@ class RedisLimits:
         lease: float = LEASE_SECONDS,
         poll: float = POLL_SECONDS,
         max_pause: float = 60.0,
+        account: str | None = None,
     ) -> None:
         self.url = url
         self._prefix = f"kernel:limits:{scope}"
+        # The rate limit is the account's (server and key), whatever the project: its
+        # pause lives under the account's prefix, which is ``scope``'s without a project.
+        self._account = f"kernel:limits:{account or scope}"
         self._worker = uuid.uuid4().hex
         self._initial = initial
         self._lease = lease
@@ -188,7 +192,8 @@ class RedisLimits:
         """A rate-limit 429 with ``Retry-After``: every worker's creates wait that long."""
         seconds = min(seconds, self._max_pause)
         if self.failed is None and not self._closed and seconds > 0:
-            self._spawn(self._call(scripts.PAUSE, str(int(seconds * 1000))))
+            ms = str(int(seconds * 1000))
+            self._spawn(self._call(scripts.PAUSE, ms, prefix=self._account))
 
     def seed_all(self, cap: int) -> None:
         """The service told the cap every app of this server and key shares (a project's
@@ -230,7 +235,7 @@ class RedisLimits:
         waiting = self._waiting[app]
         while waiting and self.failed is None:
             new = self._new.pop(app, [])
-            args: list[str] = [str(self._initial)]
+            args: list[str] = [str(self._initial), self._account]
             for ticket, token in new:
                 args += [ticket, token]
             result = await self._call(scripts.ACQUIRE, app, *args, timed=True)
@@ -296,11 +301,14 @@ class RedisLimits:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _call(self, script: str, app: str, *args: str, timed: bool = False) -> Any:
-        """Run ``script`` with the prefix and ``app`` first (``timed``: then the lease, in
-        ms, and this worker). On any failure: `_fail`, and ``None`` (at once, once Redis
-        failed: checked when the call's turn comes)."""
-        argv = [self._prefix, app]
+    async def _call(
+        self, script: str, app: str, *args: str, timed: bool = False, prefix: str | None = None
+    ) -> Any:
+        """Run ``script`` with the prefix (``prefix``, else this scope's) and ``app``
+        first (``timed``: then the lease, in ms, and this worker). On any failure:
+        `_fail`, and ``None`` (at once, once Redis failed: checked when the call's turn
+        comes)."""
+        argv = [prefix or self._prefix, app]
         if timed:
             argv += [str(int(self._lease * 1000)), self._worker]
         argv += args
@@ -350,12 +358,19 @@ class RedisLimits:
 
 
 def shared_from(
-    url: str | None, scope: str, initial: int, *, max_pause: float = 60.0
+    url: str | None,
+    scope: str,
+    initial: int,
+    *,
+    max_pause: float = 60.0,
+    account: str | None = None,
 ) -> RedisLimits | None:
     """The shared limits at ``url`` (``None``: none); a URL that is not ``redis://`` or
     ``rediss://``, or the ``redis`` package missing, warns and gives ``None``. A
     ``lease=`` query parameter sets the slots' lease, in seconds (default
-    `LEASE_SECONDS`). ``max_pause``: the longest a ``Retry-After`` pauses the fleet."""
+    `LEASE_SECONDS`). ``max_pause``: the longest a ``Retry-After`` pauses the fleet;
+    ``account``: the server and key's scope, where the rate-limit pause lives (``scope``
+    when it is the same: no project)."""
     if not url:
         return None
     if not url.startswith(("redis://", "rediss://", "unix://")):
@@ -394,4 +409,5 @@ def shared_from(
         initial=initial,
         lease=lease,
         max_pause=max_pause,
+        account=account,
     )

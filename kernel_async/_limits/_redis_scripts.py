@@ -39,9 +39,11 @@ local function app_window(lim, initial)
 end
 """
 
-#: ARGV: prefix, app, lease_ms, worker, initial window, then pairs (where, token) to
-#: enqueue (``head``: before every waiter; else the worker's next turn). Returns
-#: ``{pause_ms}`` with ``pause_ms > 0`` while paused, else ``{0, granted tokens...}``.
+#: ARGV: prefix, app, lease_ms, worker, initial window, the account's prefix (its rate
+#: pause: the rate limit is the account's, whatever the project), then pairs (where,
+#: token) to enqueue (``head``: before every waiter; else the worker's next turn).
+#: Returns ``{pause_ms}`` with ``pause_ms > 0`` while paused, else ``{0, granted
+#: tokens...}``.
 ACQUIRE: Final = (
     _APP_WINDOW
     + """
@@ -53,7 +55,7 @@ local run_app, run_org, fly = p .. ':run:' .. app, p .. ':run', p .. ':fly:' .. 
 local queue, owner = p .. ':q:' .. app, p .. ':owner:' .. app
 redis.call('SET', p .. ':alive:' .. worker, '1', 'PX', lease)
 local ranks = p .. ':rank:' .. app
-for i = 6, #ARGV, 2 do
+for i = 7, #ARGV, 2 do
   local first = redis.call('ZRANGE', queue, 0, 0, 'WITHSCORES')
   local head = tonumber(first[2] or '0')
   local ticket
@@ -72,7 +74,7 @@ redis.call('PEXPIRE', ranks, 3600000)
 local apps = p .. ':apps'
 redis.call('SADD', apps, app)
 redis.call('PEXPIRE', apps, 3600000)
-local pause = redis.call('PTTL', p .. ':pause')
+local pause = math.max(redis.call('PTTL', p .. ':pause'), redis.call('PTTL', ARGV[6] .. ':pause'))
 if pause > 0 then return {pause} end
 redis.call('ZREMRANGEBYSCORE', run_app, '-inf', now)
 redis.call('ZREMRANGEBYSCORE', run_org, '-inf', now)
@@ -269,8 +271,8 @@ end
 return 0
 """
 
-#: ARGV: prefix, pause_ms. A rate-limit 429's ``Retry-After``: every worker's creates
-#: wait that long (a longer pause already set stays).
+#: ARGV: the account's prefix, pause_ms. A rate-limit 429's ``Retry-After``: every
+#: worker's creates wait that long, in every project (a longer pause already set stays).
 PAUSE: Final = """
 local key = ARGV[1] .. ':pause'
 if redis.call('PTTL', key) < tonumber(ARGV[2]) then
