@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
-from kernel_async import Limits, RateLimitError, RetryPolicy
+from kernel_async import AsyncKernel, Limits, RateLimitError, RetryPolicy
 from kernel_async.testing import KernelEmulator
 
 from ._redis import redis_process, redis_url
@@ -16,35 +17,47 @@ from ._redis import redis_process, redis_url
 __all__ = ["redis_process", "redis_url"]  # fixtures
 
 NO_RETRY = RetryPolicy(max_retries=0, initial_delay=0.01, max_delay=0.05, jitter=0.0)
+PAUSE = 1.5  # the 429's Retry-After
 
 
-async def _second_create_wait(url: str, first: str | None, second: str | None) -> float:
+@contextlib.asynccontextmanager
+async def _emulator() -> AsyncIterator[KernelEmulator]:
     async with KernelEmulator() as emulator:
 
         async def work(ctx: Any, payload: Any) -> Any:
             return payload
 
         emulator.add_action("app", "work", work)
-        limits = Limits(shared=url)
-        async with (
-            emulator.client(retry=NO_RETRY, limits=limits, project=first) as one,
-            emulator.client(retry=NO_RETRY, limits=limits, project=second) as two,
-        ):
-            # both have met Redis once (shared limits made), then a rate 429 in `one`
-            await one.invocations.create("app", "work", async_=True)
-            await two.invocations.create("app", "work", async_=True)
-            emulator.faults.rate_limit(times=1, retry_after=1.5, method="POST")
-            first_create = asyncio.ensure_future(
-                one.invocations.create("app", "work", async_=True)
-            )
-            await asyncio.sleep(0.2)  # its 429 met (a retry, if any, waits out Retry-After)
-            loop = asyncio.get_running_loop()
-            start = loop.time()
-            await two.invocations.create("app", "work", async_=True)
-            waited = loop.time() - start
-            with contextlib.suppress(RateLimitError):
-                await first_create
-            return waited
+        yield emulator
+
+
+async def _waited_after_a_429(
+    emulator: KernelEmulator, meets: AsyncKernel, other: AsyncKernel, *more: AsyncKernel
+) -> float:
+    """How long a create of ``other`` waits once ``meets`` met a rate-limit 429 (every
+    client, ``more`` first, having made its shared limits with a create)."""
+    for client in (*more, meets, other):
+        await client.invocations.create("app", "work", async_=True)
+    emulator.faults.rate_limit(times=1, retry_after=PAUSE, method="POST")
+    first = asyncio.ensure_future(meets.invocations.create("app", "work", async_=True))
+    await asyncio.sleep(0.2)  # its 429 met (a retry, if any, waits out Retry-After)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    await other.invocations.create("app", "work", async_=True)
+    waited = loop.time() - start
+    with contextlib.suppress(RateLimitError):
+        await first
+    return waited
+
+
+async def _second_create_wait(url: str, first: str | None, second: str | None) -> float:
+    limits = Limits(shared=url)
+    async with (
+        _emulator() as emulator,
+        emulator.client(retry=NO_RETRY, limits=limits, project=first) as one,
+        emulator.client(retry=NO_RETRY, limits=limits, project=second) as two,
+    ):
+        return await _waited_after_a_429(emulator, one, two)
 
 
 async def test_control_same_project_a_rate_429_pauses_the_other_process(redis_url: str) -> None:
@@ -62,29 +75,13 @@ async def test_a_rate_429_without_project_pauses_a_process_in_a_project(redis_ur
 
 
 async def test_a_rate_429_met_by_a_copy_in_b_pauses_another_process_in_b(redis_url: str) -> None:
-    # In one process the gate tells Redis through its first queue's shared limits (A's):
-    # a 429 the copy in B met must reach processes working in B too.
-    async with KernelEmulator() as emulator:
-
-        async def work(ctx: Any, payload: Any) -> Any:
-            return payload
-
-        emulator.add_action("app", "work", work)
-        limits = Limits(shared=redis_url)
-        async with (
-            emulator.client(retry=NO_RETRY, limits=limits, project="A") as parent,
-            emulator.client(retry=NO_RETRY, limits=limits, project="B") as other,
-        ):
-            in_b = parent.with_options(project="B")
-            for client in (parent, in_b, other):
-                await client.invocations.create("app", "work", async_=True)
-            emulator.faults.rate_limit(times=1, retry_after=1.5, method="POST")
-            first = asyncio.ensure_future(in_b.invocations.create("app", "work", async_=True))
-            await asyncio.sleep(0.2)
-            loop = asyncio.get_running_loop()
-            start = loop.time()
-            await other.invocations.create("app", "work", async_=True)
-            waited = loop.time() - start
-            with contextlib.suppress(RateLimitError):
-                await first
-    assert waited > 1.0
+    # In one process the gate tells Redis through its first queue's shared limits (A's,
+    # the parent creating first): a 429 the copy in B met must reach processes in B too.
+    limits = Limits(shared=redis_url)
+    async with (
+        _emulator() as emulator,
+        emulator.client(retry=NO_RETRY, limits=limits, project="A") as parent,
+        emulator.client(retry=NO_RETRY, limits=limits, project="B") as other,
+    ):
+        in_b = parent.with_options(project="B")
+        assert await _waited_after_a_429(emulator, in_b, other, parent) > 1.0
