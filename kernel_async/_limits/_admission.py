@@ -88,8 +88,8 @@ class AdmissionPolicy:
       list (confirmed by another) showing `FREE_MIN` or more slots free under the most it
       ever showed running means someone left or finished: creates go until one is
       refused, the limit rising with each that succeeds. On a slow clock (`GROWTH_PROBE`
-      times our share of the app), one create goes beyond the limit anyway: a cap that
-      was raised is found.
+      times our share of the app; `GROWTH_PROBE_MAX` when the lists are every app's),
+      one create goes beyond the limit anyway: a cap that was raised is found.
 
     With nothing of ours running, no finish will come: a 429 holds the app on a grid of
     the wall clock (from `IDLE_PROBE_MIN` up to `IDLE_PROBE_DELAY`), then one create goes
