@@ -214,13 +214,7 @@ class Lifecycle(Operations):
         invocation running."""
         timeout = CANCEL_TIMEOUT if timeout is None else timeout
         task = asyncio.ensure_future(self._stop(id, output, extras, timeout))
-        try:
-            await asyncio.wait({task}, timeout=timeout)
-        finally:
-            if not task.done():
-                task.cancel()
-        if not task.done():
-            await asyncio.wait({task})
+        if not await _within(task, timeout):
             logger.warning(
                 "Could not cancel invocation %r within %.3g s: it may still be running",
                 id,
@@ -256,24 +250,32 @@ async def _to_the_end(cleanup: Coroutine[Any, Any, None]) -> None:
         return
 
 
+async def _within(task: asyncio.Future[Any], timeout: float | None) -> bool:
+    """Wait up to ``timeout`` seconds for ``task`` (``None``: not at all), then cancel it
+    if it still runs (also when this wait is cut short: the task never outlives it) and
+    wait for it to end. Returns whether it ended on its own."""
+    try:
+        if timeout is not None:
+            await asyncio.wait({task}, timeout=timeout)
+    finally:
+        if not task.done():
+            task.cancel()
+    if task.done():
+        return True
+    await asyncio.wait({task})
+    return False
+
+
 async def _landed(task: asyncio.Future[Any], sent: bool) -> str | None:
     """The id a create ``task`` gets once it lands (within `CANCEL_TIMEOUT`), or ``None``:
     a create never sent is withdrawn, and one that fails started nothing. One sent that
     does not land in time is withdrawn too (reported: it may have started one)."""
-    try:
-        if sent:
-            await asyncio.wait({task}, timeout=CANCEL_TIMEOUT)
-    finally:
-        if not task.done():  # also when this wait is cut short: the create never outlives it
-            task.cancel()
-    if not task.done():
-        await asyncio.wait({task})
-        if sent:
-            logger.warning(
-                "A create cancelled on exit did not answer within %.3g s: the invocation "
-                "it may have started was not cancelled",
-                CANCEL_TIMEOUT,
-            )
+    if not await _within(task, CANCEL_TIMEOUT if sent else None) and sent:
+        logger.warning(
+            "A create cancelled on exit did not answer within %.3g s: the invocation "
+            "it may have started was not cancelled",
+            CANCEL_TIMEOUT,
+        )
     if task.cancelled() or task.exception() is not None:
         return None
     return str(task.result().id)
