@@ -380,11 +380,12 @@ class AdmissionPolicy:
         """One create may go beyond the limit after our share of the app's invocations
         (as last listed) times `GROWTH_PROBE` seconds, or `GROWTH_PROBE_MAX` when the
         lists are every app's; jittered."""
-        ours = len(state.held)
-        share = ours / max(1, ours + state.rivals)  # of the app: other apps' do not count
-        delay = min(GROWTH_PROBE_MAX, max(GROWTH_PROBE_MIN, GROWTH_PROBE * share))
         if state.whole_org:
             delay = GROWTH_PROBE_MAX
+        else:
+            ours = len(state.held)
+            share = ours / max(1, ours + state.rivals)  # of the app: other apps' do not count
+            delay = min(GROWTH_PROBE_MAX, max(GROWTH_PROBE_MIN, GROWTH_PROBE * share))
         state.grow_at = now + delay * self._rng.uniform(0.5, 1.0)
 
     def expire(self, now: float) -> list[str]:
