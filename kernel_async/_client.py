@@ -325,12 +325,17 @@ class AsyncKernel(HTTPClient):
         same project too, its admission queue).
 
         ``kernel.with_options(timeout=5, max_retries=0).invocations.retrieve(id)``. Headers
-        and query parameters given here are added to this client's. The copy never closes
-        the shared session: close the original when done.
+        and query parameters given here are added to this client's. A project given here
+        (``project_id=``, ``project=`` or both) replaces this client's project, both
+        spellings: ``with_options(project="staging")`` on a client made with
+        ``project_id=`` works in staging alone, not in two projects at once. The copy never
+        closes the shared session: close the original when done.
         """
         policy = retry if retry is not None else self._retry
         if max_retries is not None:
             policy = policy.with_max_retries(max_retries)
+        if project_id is None and project is None:  # a project named here is the project
+            project_id, project = self._project_id, self._project
         clone = object.__new__(type(self))
         clone._transport = self._transport
         clone._owns_transport = False
@@ -345,8 +350,8 @@ class AsyncKernel(HTTPClient):
             middlewares=self._user_middlewares if middlewares is None else middlewares,
             default_headers={**self._default_headers, **(default_headers or {})},
             default_query={**self._default_query, **(default_query or {})},
-            project_id=project_id if project_id is not None else self._project_id,
-            project=project if project is not None else self._project,
+            project_id=project_id,
+            project=project,
         )
         return clone
 

@@ -32,14 +32,29 @@ async def test_projects_go_on_every_request_streams_included_and_copies_can_chan
         assert (kernel.project_id, kernel.project) == ("proj_1", "staging")
         await kernel.invocations.retrieve("inv_1")
         [_ async for _ in kernel.invocations.follow("inv_1")]
+        # A project named in a copy replaces the client's, both spellings: sending the
+        # old id with the new name would name two projects in one request.
         prod = kernel.with_options(project="production")
         await prod.invocations.retrieve("inv_1")
-        assert prod.project_id == "proj_1"
+        assert (prod.project_id, prod.project) == (None, "production")
+        by_id = prod.with_options(project_id="proj_2", timeout=5)
+        await by_id.invocations.retrieve("inv_1")
+        assert (by_id.project_id, by_id.project) == ("proj_2", None)
+        both = kernel.with_options(project_id="proj_3", project="dev")
+        await both.invocations.retrieve("inv_1")
+        await by_id.with_options(timeout=3).invocations.retrieve("inv_1")  # kept
     sent = [
         (r.headers.get("X-Kernel-Project-Id"), r.headers.get("X-Kernel-Project"))
         for r in server.requests
     ]
-    assert sent == [("proj_1", "staging"), ("proj_1", "staging"), ("proj_1", "production")]
+    assert sent == [
+        ("proj_1", "staging"),
+        ("proj_1", "staging"),
+        (None, "production"),
+        ("proj_2", None),
+        ("proj_3", "dev"),
+        ("proj_2", None),
+    ]
 
 
 async def test_default_query_and_custom_headers_from_the_environment(
