@@ -676,6 +676,36 @@ def test_slow_start_takes_the_slots_of_others_winding_down_fast() -> None:
     assert state.limit == pytest.approx(limit * 8)
 
 
+def test_slow_start_steps_up_to_room_the_app_was_seen_to_hold() -> None:
+    """A newcomer whose list shows the app running fewer than a list before did (another
+    process's last invocations ending): those slots are room for certain, and slow start
+    goes to them at once, up to its ceiling (twice what runs plus the first window),
+    instead of waiting for its curve."""
+    others = [f"o{i}" for i in range(12)]  # the app's, another process's
+    for left, limit in ((3, 2 + 3), (10, 2 * 2 + Limits().initial)):  # (the ceiling)
+        policy, ours = _newcomer([])
+        state = policy.apps["a"]
+        policy.listed("a", 0.06, ours + others, ours + others)  # 14 of the app at once
+        assert state.limit < 3
+        rest = ours + others[left:]
+        policy.listed("a", 0.07, rest, rest)  # `left` of those 14 free now
+        assert state.limit == limit
+        assert state.doubling == SLOW_START_DOUBLING  # one list: the pace stays
+        assert policy.may_admit("a", 0.07)
+
+
+def test_slow_start_speeds_up_at_once_when_every_other_invocation_is_gone() -> None:
+    """One list showing none of the others' invocations (all gone since the last list,
+    none new): they left, none is about to create; slow start doubles every
+    RESTART_DOUBLING at once (two lists of ebbing otherwise)."""
+    policy, ours = _newcomer([f"o{i}" for i in range(6)])
+    policy.listed("a", 0.06 + CROWD_LIST_INTERVAL, ours, ours)
+    assert policy.apps["a"].doubling == RESTART_DOUBLING
+    policy, ours = _newcomer([f"o{i}" for i in range(6)])
+    policy.listed("a", 0.06 + CROWD_LIST_INTERVAL, ours, [*ours, "o5"])  # one left
+    assert policy.apps["a"].doubling == SLOW_START_DOUBLING
+
+
 def test_slow_start_keeps_its_pace_while_others_start_invocations() -> None:
     """Others' ids going while new ones of theirs come (they are still sending), a
     single one gone (an end whose successor is not created yet), or many gone once and
