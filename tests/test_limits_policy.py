@@ -33,6 +33,7 @@ from kernel_async._limits._room import (
     LIST_AFTER_REJECT,
     LIST_INTERVAL,
     STILL_LIST_INTERVAL,
+    STILL_LISTS,
 )
 
 
@@ -612,11 +613,14 @@ def test_idle_lists_watch_a_full_org_instead_of_429s_and_quicken_while_it_turns_
     assert policy.rejected("a", 0.0, None) <= IDLE_PROBE_DELAY
     now = 0.0
     policy.listed("a", now, [], tenant)
-    # One list does not show the org still (nothing to compare with): the next comes
-    # on the cadence among others; once two lists show the same ids, less often.
-    assert policy.next_list("a") == pytest.approx(now + CROWD_LIST_INTERVAL)
-    now += CROWD_LIST_INTERVAL
-    policy.listed("a", now, [], tenant)
+    # One list does not show the org still (nothing to compare with), nor do a few
+    # alike (invocations started together end together): the next come on the cadence
+    # among others; once STILL_LISTS more show the same ids, less often.
+    for _ in range(STILL_LISTS):
+        assert policy.next_list("a") == pytest.approx(now + CROWD_LIST_INTERVAL)
+        now += CROWD_LIST_INTERVAL
+        policy.listed("a", now, [], tenant)
+        assert not policy.may_admit("a", now)  # full, the same ids: no probe either
     while now < IDLE_LIST_HOLD_MAX - 0.2:
         assert policy.next_list("a") == pytest.approx(now + STILL_LIST_INTERVAL)
         now += STILL_LIST_INTERVAL

@@ -45,11 +45,11 @@ class AppState:
         "others",
         "rivals",
         "slow",
+        "stills",
         "streak",
         "strikes",
         "suspect",
         "told",
-        "turning",
         "whole_org",
     )
 
@@ -82,7 +82,7 @@ class AppState:
         self.cap_seen = 0  # the most invocations of the app a list showed
         self.org_total = 0  # the organisation's invocations, at the last list
         self.listed_ids: frozenset[str] | None = None  # the last list's (every app's)
-        self.turning = False  # whether the organisation's changed between the last two
+        self.stills = 0  # lists in a row that showed the organisation's the same as before
         self.ebbs = 0  # lists in a row that showed others' ended and none started
         self.whole_org = False  # the last list was every app's (not the app's alone)
         self.org_word = False  # the room believed was the organisation's only

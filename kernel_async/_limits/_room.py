@@ -23,6 +23,7 @@ __all__ = [
     "LEFT_SHARE",
     "LIST_AFTER_REJECT",
     "LIST_INTERVAL",
+    "STILL_LISTS",
     "STILL_LIST_INTERVAL",
     "crowded",
     "listed",
@@ -62,13 +63,17 @@ LEFT_SHARE: Final = 0.25
 #: instead of 429s. One that shows the organisation full with the same invocations as
 #: the list before (none ended: no slot can have come free) holds the idle probe off this
 #: long again (seconds), up to `IDLE_LIST_HOLD_MAX` after the last probe (invocations
-#: listed that no longer count against the cap must not stop creates for ever). Such lists
-#: come every `STILL_LIST_INTERVAL` (times the pages); once the ids turn over (the
-#: others' end and are replaced: one of them may leave any moment, all its slots at
-#: once), every `CROWD_LIST_INTERVAL` again.
+#: listed that no longer count against the cap must not stop creates for ever). Once
+#: `STILL_LISTS` lists in a row show the same ids, lists come every `STILL_LIST_INTERVAL`
+#: (times the pages); once the ids turn over (the others' end and are replaced: one of
+#: them may leave any moment, all its slots at once), every `CROWD_LIST_INTERVAL` again.
+#: Not after one such list: invocations started together end together, all at once,
+#: and a process's batch looks still for most of its run (a newcomer that met a leaving
+#: process's last 20 listed 0.16 s apart, the organisation empty for 0.1 s of it).
 IDLE_LIST_HOLD: Final = 0.4
 IDLE_LIST_HOLD_MAX: Final = 2.0
 STILL_LIST_INTERVAL: Final = 0.15
+STILL_LISTS: Final = 3
 #: In slow start among others, lists come every `CROWD_LIST_INTERVAL`: `EBB_LISTS` in a
 #: row that each show at least `EBB_MIN` of the others' invocations gone since the list
 #: before, and none of theirs new, mean they are winding down (a process with its work
@@ -95,7 +100,7 @@ def next_list(state: AppState, adaptive: bool) -> float:
     starting = state.slow and state.others > 0 and adaptive
     if starting or crowded(state, adaptive):  # a page of 100: large apps are listed less
         pages = max(1, math.ceil(state.org_total / 100))
-        still = state.idle_hold and not state.turning and not state.held
+        still = state.idle_hold and state.stills >= STILL_LISTS and not state.held
         quick = pages == 1 and not still
         interval = (CROWD_LIST_INTERVAL if quick else STILL_LIST_INTERVAL) * pages
     else:
@@ -145,8 +150,8 @@ def listed(
         elsewhere = sum(1 for id in held if id not in live and id in org)
         total, ours = total + elsewhere, ours + elsewhere
         org_total = max(len(org), total)
-        same = ids == before
-        state.turning = not same  # (the first list: not known to be still)
+        same = ids == before  # (the first list: not known to be still)
+        state.stills = state.stills + 1 if same else 0
     state.listed_ids, state.whole_org = ids, org is not None
     others = org_total - ours
     ebbing = (
