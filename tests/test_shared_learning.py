@@ -283,3 +283,37 @@ async def test_creates_sent_before_a_cut_are_the_same_crowding(
     assert state["fast"] == "1"  # it moved the cap: the window regrows as in slow start
     for lease in (first, second):
         shared.release(lease)
+
+
+async def test_an_apps_429_at_the_cap_it_was_cut_to_is_its_own_again(
+    shared: RedisLimits, redis_url: str
+) -> None:
+    """App a's own cap (4) was learnt. Its window grew past it at the edge, and a create
+    got in while one of a's invocations had ended on the service but not been seen
+    ended: Redis knew a to run 5 at once. Holding its 4 again, a's next create is
+    refused: that is still a's own cap, not the organisation's (on Redis, with 3 apps
+    capped 5/10/20, every such 429 of the app capped at 5 cut the fleet's window by one,
+    down to 14 of 20: 5 seconds with a quarter of the cap unused)."""
+    await run(shared, "a", 4)
+    refused = await shared.acquire("a", None)
+    assert refused is not None
+    await shared.rejected(refused, None)  # a's own cap: 4
+    shared.release(refused)
+    assert await window(redis_url, "lim:a") == 4
+    client = redis_asyncio.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        await client.hset(f"{PREFIX}:lim:a", "window", 5)  # as grown at its edge
+    finally:
+        await client.aclose()
+    fifth = await shared.acquire("a", None)
+    assert fifth is not None
+    await shared.started(fifth, "a-4", 60.0)  # in: a-0 had ended, unseen
+    shared.finished("a-0")  # now seen: a holds 4
+    await settle(shared)
+    await run(shared, "b", 1)
+    lease = await shared.acquire("a", None)
+    assert lease is not None
+    await shared.rejected(lease, None)
+    assert await window(redis_url, "org") is None  # the fleet's window: not learnt
+    assert await window(redis_url, "lim:a") == 4
+    shared.release(lease)
