@@ -328,14 +328,20 @@ class AsyncKernel(HTTPClient):
         and query parameters given here are added to this client's. A project given here
         (``project_id=``, ``project=`` or both) replaces this client's project, both
         spellings: ``with_options(project="staging")`` on a client made with
-        ``project_id=`` works in staging alone, not in two projects at once. The copy never
-        closes the shared session: close the original when done.
+        ``project_id=`` works in staging alone, not in two projects at once (restating
+        the client's own project by one spelling keeps the other, and the client's
+        admission queue). The copy never closes the shared session: close the original
+        when done.
         """
         policy = retry if retry is not None else self._retry
         if max_retries is not None:
             policy = policy.with_max_retries(max_retries)
         if project_id is None and project is None:  # a project named here is the project
             project_id, project = self._project_id, self._project
+        elif project_id is None and project == self._project:  # the same, restated
+            project_id = self._project_id
+        elif project is None and project_id == self._project_id:
+            project = self._project
         clone = object.__new__(type(self))
         clone._transport = self._transport
         clone._owns_transport = False

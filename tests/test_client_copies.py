@@ -8,7 +8,7 @@ import asyncio
 import pytest
 from aiohttp import web
 
-from kernel_async import RateLimitError, RetryPolicy
+from kernel_async import Limits, RateLimitError, RetryPolicy
 from kernel_async.testing import KernelEmulator, Quotas
 
 from .conftest import API_KEY, INVOCATION_JSON, ServerFactory, json_response
@@ -112,3 +112,35 @@ async def test_each_project_starts_from_its_own_cap() -> None:
         a, b = kernel.limit_stats().apps["app"], in_b.limit_stats().apps["app"]
     assert (a.source, a.limit) == ("told", 2)
     assert (b.source, b.limit) == ("told", 5)
+
+
+@pytest.mark.parametrize("restated", [(None, "N"), ("I", None)])
+async def test_a_copy_restating_its_own_project_keeps_its_queue_and_max_running(
+    restated: tuple[str | None, str | None],
+) -> None:
+    """A client made with project_id="I", project="N": a copy given project="N" (or
+    project_id="I") names the same project: it keeps the other spelling, the client's
+    admission queue, and so Limits(max_running=1) across both (found by a probe: a copy
+    naming a project dropped the other spelling, got a queue of its own and ran two)."""
+    emulator = KernelEmulator()
+    running, peak = 0, 0
+
+    async def hold(ctx: object, payload: object) -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        try:
+            await asyncio.sleep(0.2)
+        finally:
+            running -= 1
+
+    emulator.add_action("a", "x", hold)
+    async with emulator:
+        async with emulator.client(
+            project_id="I", project="N", limits=Limits(max_running=1)
+        ) as kernel:
+            copy = kernel.with_options(project_id=restated[0], project=restated[1])
+            assert (copy.project_id, copy.project) == ("I", "N")
+            await asyncio.gather(kernel.invocations.run("a", "x"), copy.invocations.run("a", "x"))
+            assert peak == 1
+            assert copy._backpressure is kernel._backpressure
