@@ -710,6 +710,24 @@ def test_slow_start_speeds_up_at_once_when_every_other_invocation_is_gone() -> N
     assert policy.apps["a"].doubling == SLOW_START_DOUBLING
 
 
+def test_slow_start_reads_no_room_from_lists_that_do_not_show_it() -> None:
+    """Two lists that look like room and are not (found by a probe): a switch from every
+    app's lists to the app's alone (past ORG_LIST_MOST, or the org list refused) drops
+    the other apps' invocations from the list, not from the organisation; and the app's
+    slots another of its processes left, taken by another app's new invocations (the
+    organisation as full as ever). Slow start keeps its curve and its pace."""
+    policy, ours = _newcomer([f"b{i}" for i in range(6)])  # app b's, in the org list
+    policy.listed("a", 0.135, ours, None)  # the app's alone
+    assert policy.apps["a"].doubling == SLOW_START_DOUBLING
+    others = [f"o{i}" for i in range(12)]  # app a's, another process's
+    policy, ours = _newcomer([])
+    state = policy.apps["a"]
+    policy.listed("a", 0.06, ours + others, ours + others)
+    app = ours + others[10:]
+    policy.listed("a", 0.07, app, app + [f"b{i}" for i in range(10)])
+    assert state.limit < 3  # its curve: no step up (the ceiling is 5)
+
+
 def test_slow_start_keeps_its_pace_while_others_start_invocations() -> None:
     """Others' ids going while new ones of theirs come (they are still sending), a
     single one gone (an end whose successor is not created yet), or many gone once and

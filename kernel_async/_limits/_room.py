@@ -145,6 +145,8 @@ def listed(
     total = len(live)
     org_total, same = total, False
     ids, before = frozenset(live if org is None else org), state.listed_ids
+    if state.whole_org != (org is not None):
+        before = None  # the app's alone after every app's, or back: nothing to compare
     if org is not None:
         # Ours listed under another spelling of the app's name are the app's all the same.
         elsewhere = sum(1 for id in held if id not in live and id in org)
