@@ -317,3 +317,43 @@ async def test_an_apps_429_at_the_cap_it_was_cut_to_is_its_own_again(
     assert await window(redis_url, "org") is None  # the fleet's window: not learnt
     assert await window(redis_url, "lim:a") == 4
     shared.release(lease)
+
+
+async def test_an_org_429_after_the_app_ran_far_above_its_old_cap_is_the_orgs(
+    shared: RedisLimits, redis_url: str
+) -> None:
+    """Organisation cap 20, no app cap (found by a probe). b holds 16 while a holds 4:
+    a's create is refused and blamed on a (nothing proved otherwise): a's cap 4. b
+    finishes; a runs 20 at once. b comes back with 5 while a holds 15 and a's next
+    create is refused: a ran 20, far over its old cap, so this is the organisation's
+    cap, learnt for the fleet (a rule that took "holds its old cap or more" for the
+    app's own cap never learnt the fleet's window)."""
+    await run(shared, "b", 16)
+    await run(shared, "a", 4)
+    refused = await shared.acquire("a", None)
+    assert refused is not None
+    await shared.rejected(refused, None)
+    shared.release(refused)
+    assert await window(redis_url, "lim:a") == 4
+    for i in range(16):
+        shared.finished(f"b-{i}")
+    shared.finished("a-0")
+    await settle(shared)
+    for i in range(4, 21):  # the window regrows (fast): a runs 20
+        lease = await shared.acquire("a", None)
+        assert lease is not None
+        await shared.started(lease, f"a-{i}", 60.0)
+    await settle(shared)
+    for i in range(1, 6):
+        shared.finished(f"a-{i}")
+    await settle(shared)
+    for i in range(100, 105):  # the organisation is full again: 15 + 5
+        lease = await shared.acquire("b", None)
+        assert lease is not None
+        await shared.started(lease, f"b-{i}", 60.0)
+    await settle(shared)
+    lease = await shared.acquire("a", None)
+    assert lease is not None
+    await shared.rejected(lease, None)
+    shared.release(lease)
+    assert await window(redis_url, "org") == 20

@@ -202,14 +202,14 @@ return 0
 #: ARGV: prefix, app, lease_ms, worker, token, pause_ms, most_ms. A concurrency 429: every
 #: worker's slots are in ``run``, so what runs is a cap. The app's, unless the app was
 #: known to run more than it holds now since its last 429 (or holds nothing), and holds
-#: less than its own last 429 found: then the organisation's (other apps of the fleet hold
-#: the rest), and the app's window stays. The window cut grows slowly if the cap is where
-#: the last 429 put it (give or take one), else as in slow start (``fast``: capacity was
-#: lost, or is coming back). A create sent before the window's last cut is the same
-#: crowding: the window follows what is held, no more. With nothing of the fleet's running
-#: (another tenant holds the cap), nothing is learnt: every worker pauses ``pause_ms``
-#: (doubling with each such 429 in a row, up to ``most_ms``), then one create at a time
-#: probes until one starts.
+#: less than its own last 429 found (or was known to run more than one over that): then the
+#: organisation's (other apps of the fleet hold the rest), and the app's window stays. The
+#: window cut grows slowly if the cap is where the last 429 put it (give or take one), else
+#: as in slow start (``fast``: capacity was lost, or is coming back). A create sent before
+#: the window's last cut is the same crowding: the window follows what is held, no more.
+#: With nothing of the fleet's running (another tenant holds the cap), nothing is learnt:
+#: every worker pauses ``pause_ms`` (doubling with each such 429 in a row, up to
+#: ``most_ms``), then one create at a time probes until one starts.
 REJECTED: Final = """
 local p, app, lease, token = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[5]
 local clock = redis.call('TIME')
@@ -234,10 +234,12 @@ if org_held == 0 then
 end
 local lim = p .. ':lim:' .. app
 local key, at = lim, held
--- Holding the cap an app's own 429 cut it to (or more) is the app's cap again, whatever
--- ran once: a create can get in while an ended invocation's slot is not released yet.
-local below = held < tonumber(redis.call('HGET', lim, 'ceil') or math.huge)
-if held == 0 or (below and tonumber(redis.call('HGET', lim, 'proven') or '0') > held) then
+-- Holding the cap an app's own 429 cut it to (or more) is the app's cap again though it
+-- was known to run one more: a create can get in while an ended invocation's slot is not
+-- released yet. Known to run more than that: the cap it was cut to is old news.
+local ran = tonumber(redis.call('HGET', lim, 'proven') or '0')
+local own = tonumber(redis.call('HGET', lim, 'ceil') or math.huge)
+if held == 0 or (ran > held and (held < own or ran > own + 1)) then
   key, at = p .. ':org', org_held
 end
 if sent > 0 and sent < tonumber(redis.call('HGET', key, 'cut') or '0') then
