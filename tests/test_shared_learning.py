@@ -357,3 +357,36 @@ async def test_an_org_429_after_the_app_ran_far_above_its_old_cap_is_the_orgs(
     await shared.rejected(lease, None)
     shared.release(lease)
     assert await window(redis_url, "org") == 20
+
+
+async def test_a_slot_that_ended_goes_back_before_its_successor_is_granted(
+    shared: RedisLimits, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An invocation of ours ends while its successor waits, and the window has just
+    grown one above what runs: the release reaches Redis before the successor's grant
+    (here the release is slow: 50 ms), so Redis never knows the app to run more than it
+    does (a successor granted first made the app capped at 5 "known" to run 6, and its
+    own 429s then read as the organisation's)."""
+    await run(shared, "a", 3)
+    slow_release = shared._release
+
+    async def later(app: str, tokens: list[str]) -> None:
+        await asyncio.sleep(0.05)
+        await slow_release(app, tokens)
+
+    monkeypatch.setattr(shared, "_release", later)
+    client = redis_asyncio.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        await client.hset(f"{PREFIX}:lim:a", mapping={"window": 3, "limited": 1})
+        waiting = asyncio.ensure_future(shared.acquire("a", None))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()  # the window is full
+        shared.finished("a-0")  # its release is on the way (slowly) ...
+        await client.hset(f"{PREFIX}:lim:a", "window", 4)  # ... as the window grows
+        lease = await asyncio.wait_for(waiting, 5)
+        assert lease is not None
+        await shared.started(lease, "a-3", 60.0)
+        await settle(shared)
+        assert int(await client.hget(f"{PREFIX}:lim:a", "proven")) == 3
+    finally:
+        await client.aclose()

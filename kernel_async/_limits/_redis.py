@@ -101,6 +101,7 @@ class RedisLimits:
         self._held: dict[str, dict[str, float]] = {}  # app -> token -> local expiry
         self._by_invocation: dict[str, SharedLease] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._releasing: dict[str, set[asyncio.Task[Any]]] = {}  # app -> releases on the way
         self._renewer: asyncio.Task[None] | None = None
         self._closed = False
         self._calls = asyncio.Semaphore(MAX_CALLS)
@@ -234,6 +235,13 @@ class RedisLimits:
         """While creates of ``app`` wait here, ask Redis which of them may go."""
         waiting = self._waiting[app]
         while waiting and self.failed is None:
+            releasing = self._releasing.get(app)
+            if releasing:
+                # Slots of ours that ended go back first: granted before their release,
+                # a create can get in on an ended invocation's slot, and Redis would know
+                # the app to run more than its cap (then take its own 429 for the
+                # organisation's).
+                await asyncio.wait(set(releasing))
             new = self._new.pop(app, [])
             args: list[str] = [str(self._initial), self._account]
             for ticket, token in new:
@@ -278,7 +286,10 @@ class RedisLimits:
 
     def _release_soon(self, app: str, tokens: list[str]) -> None:
         if self.failed is None and self._redis is not None:
-            self._spawn(self._release(app, tokens))
+            task = self._spawn(self._release(app, tokens))
+            releasing = self._releasing.setdefault(app, set())
+            releasing.add(task)
+            task.add_done_callback(releasing.discard)
 
     async def _release(self, app: str, tokens: list[str]) -> None:
         """Free ``tokens``' slots, then let this worker's waiters ask at once."""
@@ -296,10 +307,11 @@ class RedisLimits:
         else:
             self._release_soon(app, [token])
 
-    def _spawn(self, work: Awaitable[Any]) -> None:
+    def _spawn(self, work: Awaitable[Any]) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _call(
         self, script: str, app: str, *args: str, timed: bool = False, prefix: str | None = None

@@ -202,7 +202,7 @@ return 0
 #: ARGV: prefix, app, lease_ms, worker, token, pause_ms, most_ms. A concurrency 429: every
 #: worker's slots are in ``run``, so what runs is a cap. The app's, unless the app was
 #: known to run more than it holds now since its last 429 (or holds nothing), and holds
-#: less than its own last 429 found (or was known to run more than one over that): then the
+#: less than its own last 429 found (or was known to run half as many again): then the
 #: organisation's (other apps of the fleet hold the rest), and the app's window stays. The
 #: window cut grows slowly if the cap is where the last 429 put it (give or take one), else
 #: as in slow start (``fast``: capacity was lost, or is coming back). A create sent before
@@ -235,11 +235,12 @@ end
 local lim = p .. ':lim:' .. app
 local key, at = lim, held
 -- Holding the cap an app's own 429 cut it to (or more) is the app's cap again though it
--- was known to run one more: a create can get in while an ended invocation's slot is not
--- released yet. Known to run more than that: the cap it was cut to is old news.
+-- was known to run a few more: a create can get in while an ended invocation's slot is
+-- not released yet (another worker's). Known to run half as many again: the cap it was
+-- cut to is old news (cut while other apps crowded the organisation).
 local ran = tonumber(redis.call('HGET', lim, 'proven') or '0')
 local own = tonumber(redis.call('HGET', lim, 'ceil') or math.huge)
-if held == 0 or (ran > held and (held < own or ran > own + 1)) then
+if held == 0 or (ran > held and (held < own or ran > own + math.max(1, own / 2))) then
   key, at = p .. ':org', org_held
 end
 if sent > 0 and sent < tonumber(redis.call('HGET', key, 'cut') or '0') then
