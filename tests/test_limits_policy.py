@@ -696,14 +696,6 @@ def test_slow_start_steps_up_to_room_the_app_was_seen_to_hold() -> None:
         assert state.limit == limit
         assert state.doubling == SLOW_START_DOUBLING  # one list: the pace stays
         assert policy.may_admit("a", 0.07)
-    # One of ours ended unseen (not in the list, still held): its slot is in the room
-    # the list shows, and counted once.
-    policy, ours = _newcomer([])
-    state = policy.apps["a"]
-    policy.listed("a", 0.06, ours + others, ours + others)
-    rest = ours[1:] + others[1:]
-    policy.listed("a", 0.07, rest, rest)  # 2 of the 14 free: 1 of theirs, 1 of ours
-    assert state.limit == len(ours) - 1 + 2  # not 4: the ended one's slot counted twice
 
 
 def test_slow_start_speeds_up_at_once_when_every_other_invocation_is_gone() -> None:

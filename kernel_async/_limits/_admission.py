@@ -384,8 +384,7 @@ class AdmissionPolicy:
             room = state.cap_seen - state.last_total
             if state.whole_org:
                 room = min(room, state.org_seen - state.org_total)
-            listed = state.last_total - state.rivals  # ours the list showed (not ended)
-            floor = min(listed + room, self._ceiling(state))
+            floor = min(len(state.held) + room, self._ceiling(state))
             if floor > state.limit:
                 state.limit = state.base = floor
                 state.epoch = now
