@@ -384,6 +384,8 @@ class AdmissionPolicy:
             room = state.cap_seen - state.last_total
             if state.whole_org:
                 room = min(room, state.org_seen - state.org_total)
+            # Held, not listed: the active count holds ours that ended unseen too, so
+            # held + room admits exactly the room the list shows.
             floor = min(len(state.held) + room, self._ceiling(state))
             if floor > state.limit:
                 state.limit = state.base = floor
