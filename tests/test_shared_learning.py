@@ -390,3 +390,40 @@ async def test_a_slot_that_ended_goes_back_before_its_successor_is_granted(
         assert int(await client.hget(f"{PREFIX}:lim:a", "proven")) == 3
     finally:
         await client.aclose()
+
+
+async def test_a_cut_one_above_the_apps_cap_keeps_the_cap(
+    shared: RedisLimits, redis_url: str
+) -> None:
+    """App a's own cap (4) was learnt. At a turnover its invocations end unseen and one
+    more gets in: it holds 5 when its next create is refused. That is the same cap give
+    or take one: a's cap stays 4, so a's next 429 at 4 is its own again, not the
+    organisation's (a cut recording 5 made each of them cut the fleet's window by one:
+    Redis's 3 apps case, the fleet at 15 of 20 for 6 s)."""
+    await run(shared, "a", 4)
+    refused = await shared.acquire("a", None)
+    assert refused is not None
+    await shared.rejected(refused, None)  # a's own cap: 4
+    shared.release(refused)
+    client = redis_asyncio.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        await client.hset(f"{PREFIX}:lim:a", "window", 6)  # as grown at its edge
+        fifth = await shared.acquire("a", None)  # in: a-0 had ended, unseen
+        assert fifth is not None
+        await shared.started(fifth, "a-4", 60.0)
+        await settle(shared)
+        sixth = await shared.acquire("a", None)
+        assert sixth is not None
+        await shared.rejected(sixth, None)  # at 5: the same cap, give or take one
+        shared.release(sixth)
+        assert await client.hget(f"{PREFIX}:lim:a", "ceil") == "4"
+        shared.finished("a-0")  # seen now: a holds 4
+        await settle(shared)
+        await run(shared, "b", 1)
+        lease = await shared.acquire("a", None)
+        assert lease is not None
+        await shared.rejected(lease, None)  # at 4 again: a's own
+        shared.release(lease)
+        assert await window(redis_url, "org") is None
+    finally:
+        await client.aclose()

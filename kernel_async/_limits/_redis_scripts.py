@@ -252,9 +252,13 @@ if sent > 0 and sent < tonumber(redis.call('HGET', key, 'cut') or '0') then
   return at
 end
 local ceil = tonumber(redis.call('HGET', key, 'ceil') or math.huge)
+local same = math.abs(at - ceil) <= 1 and at > 1
+-- The same cap give or take one keeps the lower: while invocations end unseen (a
+-- turnover) what is held counts them, and a cut one too high made every later 429 of
+-- the app at its true cap read as the organisation's.
 redis.call('HSET', key, 'window', math.max(1, at), 'limited', '1', 'grow', 0.25, 'count', 0,
-  'ceil', at, 'cut', now)
-if math.abs(at - ceil) <= 1 and at > 1 then
+  'ceil', same and math.min(at, ceil) or at, 'cut', now)
+if same then
   redis.call('HDEL', key, 'fast')
 else
   redis.call('HSET', key, 'fast', '1')
