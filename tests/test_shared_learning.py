@@ -37,6 +37,16 @@ async def shared(redis_url: str) -> AsyncIterator[RedisLimits]:
         await limits.aclose()
 
 
+@pytest_asyncio.fixture
+async def store(redis_url: str) -> AsyncIterator[redis_asyncio.Redis]:
+    """A client of the test's Redis, to read and set the shared limits' state."""
+    client = redis_asyncio.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
 async def window(url: str, key: str) -> float | None:
     """The window learnt in ``key`` (``lim:{app}`` or ``org``), ``None``: none."""
     client = redis_asyncio.Redis.from_url(url, decode_responses=True)
@@ -169,7 +179,7 @@ async def test_a_process_joining_the_fleet_takes_its_window_at_once(
 
 
 async def test_a_slot_found_ended_unseen_is_freed_in_redis_at_once(
-    redis_url: str, redis_process: RedisServer, fast_policy: RetryPolicy
+    redis_url: str, redis_process: RedisServer, fast_policy: RetryPolicy, store: redis_asyncio.Redis
 ) -> None:
     """An invocation created and never followed ends on the service: a create waiting
     for a shared slot has the app's running list read, and the slot freed in Redis at
@@ -184,13 +194,9 @@ async def test_a_slot_found_ended_unseen_is_freed_in_redis_at_once(
         emulator.add_action("app", "hold", hold)
         async with emulator.client(retry=fast_policy, limits=Limits(shared=redis_url)) as kernel:
             first = await kernel.invocations.create("app", "hold", async_=True)
-            client = redis_asyncio.Redis.from_url(redis_url, decode_responses=True)
-            try:
-                [lim] = [key async for key in client.scan_iter("kernel:limits:*:lim:app")]
-                # The fleet learnt a window of one for the app (a 429 would teach it).
-                await client.hset(lim, mapping={"window": 1, "limited": 1, "grow": 0})
-            finally:
-                await client.aclose()
+            [lim] = [key async for key in store.scan_iter("kernel:limits:*:lim:app")]
+            # The fleet learnt a window of one for the app (a 429 would teach it).
+            await store.hset(lim, mapping={"window": 1, "limited": 1, "grow": 0})
             gate.set()
             while emulator.snapshot()[0].status == "running":  # ended, unseen by the client
                 await asyncio.sleep(0.01)
@@ -204,7 +210,7 @@ async def test_a_slot_found_ended_unseen_is_freed_in_redis_at_once(
 
 
 async def test_a_cap_the_service_tells_seeds_the_fleets_window(
-    redis_url: str, fast_policy: RetryPolicy
+    redis_url: str, fast_policy: RetryPolicy, store: redis_asyncio.Redis
 ) -> None:
     """With a project capped at 12, the first create reads the cap once and the fleet's
     window starts there: twelve creates at once all go, none refused."""
@@ -222,12 +228,8 @@ async def test_a_cap_the_service_tells_seeds_the_fleets_window(
             created = await asyncio.gather(
                 *(kernel.invocations.create("app", "hold", async_=True) for _ in range(12))
             )
-            client = redis_asyncio.Redis.from_url(redis_url, decode_responses=True)
-            try:
-                [org] = [key async for key in client.scan_iter("kernel:limits:*:org")]
-                told = await client.hget(org, "window")
-            finally:
-                await client.aclose()
+            [org] = [key async for key in store.scan_iter("kernel:limits:*:org")]
+            told = await store.hget(org, "window")
             gate.set()
         assert len({c.id for c in created}) == 12
         assert emulator.quotas.stats.concurrency_rejected == 0
@@ -260,7 +262,7 @@ async def test_another_tenants_429_teaches_nothing_and_one_create_probes(
 
 
 async def test_creates_sent_before_a_cut_are_the_same_crowding(
-    shared: RedisLimits, redis_url: str
+    shared: RedisLimits, redis_url: str, store: redis_asyncio.Redis
 ) -> None:
     """Two creates in flight at once are both refused: the first cut (to the 3 held then)
     is news, the second only brings the window down to what is held (2): it does not
@@ -274,11 +276,7 @@ async def test_creates_sent_before_a_cut_are_the_same_crowding(
     await shared.rejected(first, None)
     await shared.rejected(second, None)
     assert await window(redis_url, "lim:a") == 2
-    client = redis_asyncio.Redis.from_url(redis_url, decode_responses=True)
-    try:
-        state = await client.hgetall(f"{PREFIX}:lim:a")
-    finally:
-        await client.aclose()
+    state = await store.hgetall(f"{PREFIX}:lim:a")
     assert state["ceil"] == "3"  # what the first 429 found
     assert state["fast"] == "1"  # it moved the cap: the window regrows as in slow start
     for lease in (first, second):
@@ -286,7 +284,7 @@ async def test_creates_sent_before_a_cut_are_the_same_crowding(
 
 
 async def test_an_apps_429_at_the_cap_it_was_cut_to_is_its_own_again(
-    shared: RedisLimits, redis_url: str
+    shared: RedisLimits, redis_url: str, store: redis_asyncio.Redis
 ) -> None:
     """App a's own cap (4) was learnt. Its window grew past it at the edge, and a create
     got in while one of a's invocations had ended on the service but not been seen
@@ -300,11 +298,7 @@ async def test_an_apps_429_at_the_cap_it_was_cut_to_is_its_own_again(
     await shared.rejected(refused, None)  # a's own cap: 4
     shared.release(refused)
     assert await window(redis_url, "lim:a") == 4
-    client = redis_asyncio.Redis.from_url(redis_url, decode_responses=True)
-    try:
-        await client.hset(f"{PREFIX}:lim:a", "window", 5)  # as grown at its edge
-    finally:
-        await client.aclose()
+    await store.hset(f"{PREFIX}:lim:a", "window", 5)  # as grown at its edge
     fifth = await shared.acquire("a", None)
     assert fifth is not None
     await shared.started(fifth, "a-4", 60.0)  # in: a-0 had ended, unseen
@@ -360,7 +354,7 @@ async def test_an_org_429_after_the_app_ran_far_above_its_old_cap_is_the_orgs(
 
 
 async def test_a_slot_that_ended_goes_back_before_its_successor_is_granted(
-    shared: RedisLimits, redis_url: str, monkeypatch: pytest.MonkeyPatch
+    shared: RedisLimits, redis_url: str, monkeypatch: pytest.MonkeyPatch, store: redis_asyncio.Redis
 ) -> None:
     """An invocation of ours ends while its successor waits, and the window has just
     grown one above what runs: the release reaches Redis before the successor's grant
@@ -375,25 +369,21 @@ async def test_a_slot_that_ended_goes_back_before_its_successor_is_granted(
         await slow_release(app, tokens)
 
     monkeypatch.setattr(shared, "_release", later)
-    client = redis_asyncio.Redis.from_url(redis_url, decode_responses=True)
-    try:
-        await client.hset(f"{PREFIX}:lim:a", mapping={"window": 3, "limited": 1})
-        waiting = asyncio.ensure_future(shared.acquire("a", None))
-        await asyncio.sleep(0.05)
-        assert not waiting.done()  # the window is full
-        shared.finished("a-0")  # its release is on the way (slowly) ...
-        await client.hset(f"{PREFIX}:lim:a", "window", 4)  # ... as the window grows
-        lease = await asyncio.wait_for(waiting, 5)
-        assert lease is not None
-        await shared.started(lease, "a-3", 60.0)
-        await settle(shared)
-        assert int(await client.hget(f"{PREFIX}:lim:a", "proven")) == 3
-    finally:
-        await client.aclose()
+    await store.hset(f"{PREFIX}:lim:a", mapping={"window": 3, "limited": 1})
+    waiting = asyncio.ensure_future(shared.acquire("a", None))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()  # the window is full
+    shared.finished("a-0")  # its release is on the way (slowly) ...
+    await store.hset(f"{PREFIX}:lim:a", "window", 4)  # ... as the window grows
+    lease = await asyncio.wait_for(waiting, 5)
+    assert lease is not None
+    await shared.started(lease, "a-3", 60.0)
+    await settle(shared)
+    assert int(await store.hget(f"{PREFIX}:lim:a", "proven")) == 3
 
 
 async def test_a_cut_one_above_the_apps_cap_keeps_the_cap(
-    shared: RedisLimits, redis_url: str
+    shared: RedisLimits, redis_url: str, store: redis_asyncio.Redis
 ) -> None:
     """App a's own cap (4) was learnt. At a turnover its invocations end unseen and one
     more gets in: it holds 5 when its next create is refused. That is the same cap give
@@ -405,25 +395,21 @@ async def test_a_cut_one_above_the_apps_cap_keeps_the_cap(
     assert refused is not None
     await shared.rejected(refused, None)  # a's own cap: 4
     shared.release(refused)
-    client = redis_asyncio.Redis.from_url(redis_url, decode_responses=True)
-    try:
-        await client.hset(f"{PREFIX}:lim:a", "window", 6)  # as grown at its edge
-        fifth = await shared.acquire("a", None)  # in: a-0 had ended, unseen
-        assert fifth is not None
-        await shared.started(fifth, "a-4", 60.0)
-        await settle(shared)
-        sixth = await shared.acquire("a", None)
-        assert sixth is not None
-        await shared.rejected(sixth, None)  # at 5: the same cap, give or take one
-        shared.release(sixth)
-        assert await client.hget(f"{PREFIX}:lim:a", "ceil") == "4"
-        shared.finished("a-0")  # seen now: a holds 4
-        await settle(shared)
-        await run(shared, "b", 1)
-        lease = await shared.acquire("a", None)
-        assert lease is not None
-        await shared.rejected(lease, None)  # at 4 again: a's own
-        shared.release(lease)
-        assert await window(redis_url, "org") is None
-    finally:
-        await client.aclose()
+    await store.hset(f"{PREFIX}:lim:a", "window", 6)  # as grown at its edge
+    fifth = await shared.acquire("a", None)  # in: a-0 had ended, unseen
+    assert fifth is not None
+    await shared.started(fifth, "a-4", 60.0)
+    await settle(shared)
+    sixth = await shared.acquire("a", None)
+    assert sixth is not None
+    await shared.rejected(sixth, None)  # at 5: the same cap, give or take one
+    shared.release(sixth)
+    assert await store.hget(f"{PREFIX}:lim:a", "ceil") == "4"
+    shared.finished("a-0")  # seen now: a holds 4
+    await settle(shared)
+    await run(shared, "b", 1)
+    lease = await shared.acquire("a", None)
+    assert lease is not None
+    await shared.rejected(lease, None)  # at 4 again: a's own
+    shared.release(lease)
+    assert await window(redis_url, "org") is None
