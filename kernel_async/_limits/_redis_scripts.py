@@ -251,7 +251,8 @@ if sent > 0 and sent < tonumber(redis.call('HGET', key, 'cut') or '0') then
   end
   return at
 end
-local ceil = tonumber(redis.call('HGET', key, 'ceil') or math.huge)
+local ceil = own  -- the app's, read above
+if key ~= lim then ceil = tonumber(redis.call('HGET', key, 'ceil') or math.huge) end
 local same = math.abs(at - ceil) <= 1 and at > 1
 -- The same cap give or take one keeps the lower: while invocations end unseen (a
 -- turnover) what is held counts them, and a cut one too high made every later 429 of
@@ -264,8 +265,7 @@ else
   redis.call('HSET', key, 'fast', '1')
 end
 if key == lim then  -- known to run since: no more than the cap it was cut to
-  local proven = tonumber(redis.call('HGET', lim, 'proven') or '0')
-  redis.call('HSET', lim, 'proven', math.min(proven, held))
+  redis.call('HSET', lim, 'proven', math.min(ran, held))
 end
 return at
 """
