@@ -377,15 +377,11 @@ class AdmissionPolicy:
         _room.listed(state, now, live, org, adaptive=self.limits.adaptive)
         if state.slow and state.epoch > -math.inf:
             self._grow(state, now)
-            # Slots the app was seen to hold at once, free now, and as many free under
-            # the most the organisation ran (another app did not take them): room for
-            # certain (a newcomer joining a leaving process's last invocations: 0.13-0.17
-            # of the cap unused in that second at 50 ms doublings, 2 runs in 10).
-            room = state.cap_seen - state.last_total
-            if state.whole_org:
-                room = min(room, state.org_seen - state.org_total)
-            # Held, not listed: the active count holds ours that ended unseen too, so
-            # held + room admits exactly the room the list shows.
+            # Room for certain, at once (a newcomer joining a leaving process's last
+            # invocations: 0.13-0.17 of the cap unused in that second at 50 ms
+            # doublings, 2 runs in 10). Held, not listed: the active count holds ours
+            # that ended unseen too, so held + room admits exactly the room listed.
+            room = _room.certain_room(state)
             floor = min(len(state.held) + room, self._ceiling(state))
             if floor > state.limit:
                 state.limit = state.base = floor

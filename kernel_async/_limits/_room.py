@@ -25,6 +25,7 @@ __all__ = [
     "LIST_INTERVAL",
     "STILL_LISTS",
     "STILL_LIST_INTERVAL",
+    "certain_room",
     "crowded",
     "listed",
     "next_list",
@@ -115,6 +116,16 @@ def crowded(state: AppState, adaptive: bool) -> bool:
         state.others > 0 or state.last_total < state.cap_seen or state.org_total < state.org_seen
     )
     return shared and state.limited and not state.slow and adaptive
+
+
+def certain_room(state: AppState) -> int:
+    """Slots free for certain, as the last list showed: the app ran this many more at
+    once than it runs now, and (when the list was every app's) as many are free under
+    the most the organisation ran (another app did not take them)."""
+    room = state.cap_seen - state.last_total
+    if state.whole_org:
+        room = min(room, state.org_seen - state.org_total)
+    return room
 
 
 def wants_list(state: AppState, adaptive: bool) -> bool:
