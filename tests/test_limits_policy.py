@@ -28,8 +28,10 @@ from kernel_async._limits._room import (
     CROWD_LIST_INTERVAL,
     EBB_LISTS,
     EBB_MIN,
+    FEW_CONFIRMATIONS,
     IDLE_LIST_HOLD,
     IDLE_LIST_HOLD_MAX,
+    LEFT_TAIL,
     LIST_AFTER_REJECT,
     LIST_INTERVAL,
     STILL_LIST_INTERVAL,
@@ -375,6 +377,53 @@ def test_lists_find_room_someone_left_but_not_a_blink() -> None:
     # LIST_AFTER_REJECT, or the cadence among others when that is sooner.
     assert policy.apps["a"].list_soon == pytest.approx(now + LIST_AFTER_REJECT)
     assert policy.next_list("a") <= now + LIST_AFTER_REJECT
+
+
+def test_a_slot_or_two_free_is_a_blink_unless_someone_is_leaving() -> None:
+    policy = AdmissionPolicy(Limits(initial=4), initial_delay=0.5, rng=random.Random(3))
+    start_one, running = _at_cap(policy, 4)
+    others = [f"x{i}" for i in range(16)]  # the others run 16 of the cap of 20
+    now = 0.0
+    policy.listed("a", now, running + others)
+    # Two free among the others, list after list on the cadence: their ends and their
+    # successors' creates (blinks); taken only after FEW_CONFIRMATIONS lists in a row.
+    for _ in range(FEW_CONFIRMATIONS):
+        now += CROWD_LIST_INTERVAL
+        policy.listed("a", now, running + others[:14])
+        assert not policy.may_admit("a", now)
+    now += CROWD_LIST_INTERVAL
+    policy.listed("a", now, running + others[:14])
+    assert policy.may_admit("a", now)
+    start_one(now)
+    start_one(now)
+    policy.admit("a", now)
+    policy.rejected("a", now, None)
+    # One of them leaves: a quarter of the cap free at once, taken until refused.
+    now += CROWD_LIST_INTERVAL
+    policy.listed("a", now, running + others[:9])
+    for _ in range(5):
+        start_one(now)
+    policy.admit("a", now)
+    policy.rejected("a", now, None)
+    # Its last invocation ends a moment later: a slot free is its, not a blink, and
+    # goes on one confirming list.
+    now += CROWD_LIST_INTERVAL
+    policy.listed("a", now, running + others[:8])
+    assert not policy.may_admit("a", now)
+    assert policy.next_list("a") == now + CONFIRM_DELAY
+    now += CONFIRM_DELAY
+    policy.listed("a", now, running + others[:8])
+    assert now <= policy.apps["a"].left_at + LEFT_TAIL
+    assert policy.may_admit("a", now)
+    start_one(now)
+    policy.admit("a", now)
+    policy.rejected("a", now, None)
+    # Later, one free is a blink again.
+    now += LEFT_TAIL
+    for _ in range(CONFIRMATIONS + 1):
+        policy.listed("a", now, running + others[:7])
+        assert not policy.may_admit("a", now)
+        now += CONFIRM_DELAY
 
 
 def test_a_list_that_saw_room_that_was_not_there_is_not_believed_again() -> None:

@@ -32,6 +32,7 @@ class AppState:
         "idle_strikes",
         "landing",
         "last_total",
+        "left_at",
         "limit",
         "limited",
         "list_probe",
@@ -92,6 +93,7 @@ class AppState:
         self.list_soon = math.inf  # a list wanted before the cadence's next
         self.suspect = 0  # lists in a row that showed room, to be confirmed
         self.few = 0  # lists in a row (on the cadence) that showed a slot or two free
+        self.left_at = -math.inf  # when a list last showed someone leaving (`FREE_MIN`)
         self.beyond = 0  # after a look beyond the limit got in: the most lists had shown
 
     def room(self) -> bool:
