@@ -413,3 +413,45 @@ async def test_a_cut_one_above_the_apps_cap_keeps_the_cap(
     await shared.rejected(lease, None)  # at 4 again: a's own
     shared.release(lease)
     assert await window(redis_url, "org") is None
+
+
+async def test_an_app_cut_at_the_orgs_cap_takes_the_room_another_app_leaves(
+    shared: RedisLimits, redis_url: str, store: redis_asyncio.Redis
+) -> None:
+    """The organisation's cap (6) is known. Apps a and b hold 3 each and a's creates are
+    refused twice: blamed on a (it never ran more), its window cut to 3, the same cap
+    twice (slow to regrow). But the fleet held the organisation's cap each time: the
+    429s may have been the organisation's. When b leaves (a quarter of the cap free), a's
+    next create goes at once and a's window grows as in slow start (it regrew a step
+    per round of starts: on
+    Redis, with 3 apps capped 5/10/20, 8 of 20 unused for half a second when the app
+    capped at 10 left). A 429 with the organisation's room free is a's own cap."""
+    await store.hset(f"{PREFIX}:org", mapping={"window": 7, "limited": 1, "ceil": 6})
+    await run(shared, "b", 3)
+    await run(shared, "a", 3)
+    for _ in range(2):  # a's window grown one past what it holds, twice; refused
+        await store.hset(f"{PREFIX}:lim:a", "window", 4)
+        refused = await shared.acquire("a", None)
+        assert refused is not None
+        await shared.rejected(refused, None)
+        shared.release(refused)
+        await settle(shared)
+    assert await window(redis_url, "lim:a") == 3
+    assert await store.hget(f"{PREFIX}:lim:a", "fast") is None  # the same cap: slow
+    for i in range(3):
+        shared.finished(f"b-{i}")  # b leaves: half the organisation is free
+    await settle(shared)
+    more = await asyncio.wait_for(shared.acquire("a", None), 2)  # 3 of 3 held: at once
+    assert more is not None
+    assert await window(redis_url, "lim:a") == 4
+    await shared.started(more, "a-3", 60.0)  # at the edge again
+    await settle(shared)
+    assert await window(redis_url, "lim:a") == 5  # + 1, not + 0.25 / 4
+    beyond = await shared.acquire("a", None)
+    assert beyond is not None
+    await shared.rejected(beyond, None)  # 4 held of the organisation's 6: a's own cap
+    shared.release(beyond)
+    await settle(shared)
+    assert await window(redis_url, "lim:a") == 4
+    assert await store.hget(f"{PREFIX}:lim:a", "fast") is None  # the same cap: slow
+    assert await store.hget(f"{PREFIX}:lim:a", "shared") is None  # and a's own

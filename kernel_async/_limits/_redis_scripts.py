@@ -16,7 +16,9 @@ Keys, under a prefix per server and API key (``P``):
   of starts at the window's edge: doubles every round since the last 429), ``count``
   (starts at the edge in this round), ``ceil`` (what ran at the last 429), ``fast``
   (that 429 moved the cap: grow as in slow start), ``cut`` (when, ms); an app's
-  ``proven`` (the most it was known to run at once since its last 429);
+  ``proven`` (the most it was known to run at once since its last 429) and ``shared``
+  (its last 429 came with the fleet holding the organisation's cap: maybe not its own;
+  when a quarter of that cap comes free, the app's window grows as in slow start);
 * ``P:apps``: SET of the apps whose creates waited lately;
 * ``P:pause``: set while a rate-limit 429's ``Retry-After`` runs, for every worker;
 * ``P:idle``: set while nothing of the fleet runs and another tenant holds the cap: one
@@ -79,10 +81,23 @@ if pause > 0 then return {pause} end
 redis.call('ZREMRANGEBYSCORE', run_app, '-inf', now)
 redis.call('ZREMRANGEBYSCORE', run_org, '-inf', now)
 redis.call('ZREMRANGEBYSCORE', fly, '-inf', now)
-local window = app_window(p .. ':lim:' .. app, initial)
+local lim = p .. ':lim:' .. app
+local window = app_window(lim, initial)
 local held = redis.call('ZCARD', run_app)
 local free = math.floor(window) - held
 local org_held = redis.call('ZCARD', run_org)
+if free <= 0 and redis.call('HGET', lim, 'shared') then
+  -- Cut at the organisation's cap (maybe not the app's own), and a quarter of that cap
+  -- is free now (another app left): one more at once, and the window grows as in slow
+  -- start until a 429 tells whose cap it meets.
+  local org_ceil = tonumber(redis.call('HGET', p .. ':org', 'ceil') or '0')
+  if org_held <= org_ceil - math.max(2, org_ceil / 4) then
+    window = held + 1
+    redis.call('HSET', lim, 'window', window, 'fast', '1')
+    redis.call('HDEL', lim, 'shared')
+    free = 1
+  end
+end
 local org_window = redis.call('HGET', p .. ':org', 'window')
 if org_window then
   local org_free = math.floor(tonumber(org_window)) - org_held
@@ -266,6 +281,17 @@ else
 end
 if key == lim then  -- known to run since: no more than the cap it was cut to
   redis.call('HSET', lim, 'proven', math.min(ran, held))
+  -- The fleet held the organisation's cap (or none is known): the 429 may have been
+  -- the organisation's (on Redis, with 3 apps capped 5/10/20, every 429 of the app
+  -- capped at 20 came at the organisation's cap, held 7 by it, and cut it to 7: when
+  -- the app capped at 10 left, its window regrew a step a round, 8 of 20 unused for
+  -- half a second).
+  local org_ceil = tonumber(redis.call('HGET', p .. ':org', 'ceil') or '-1')
+  if org_held >= org_ceil then
+    redis.call('HSET', lim, 'shared', '1')
+  else
+    redis.call('HDEL', lim, 'shared')
+  end
 end
 return at
 """
