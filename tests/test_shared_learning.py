@@ -422,10 +422,10 @@ async def test_an_app_cut_at_the_orgs_cap_takes_the_room_another_app_leaves(
     refused twice: blamed on a (it never ran more), its window cut to 3, the same cap
     twice (slow to regrow). But the fleet held the organisation's cap each time: the
     429s may have been the organisation's. When b leaves (a quarter of the cap free), a's
-    next create goes at once and a's window grows as in slow start (it regrew a step
-    per round of starts: on
-    Redis, with 3 apps capped 5/10/20, 8 of 20 unused for half a second when the app
-    capped at 10 left). A 429 with the organisation's room free is a's own cap."""
+    next create goes at once and a's window grows as in slow start (it regrew a step per
+    round of starts: on Redis, with 3 apps capped 5/10/20, 8 of 20 unused for half a
+    second when the app capped at 10 left). A 429 with the organisation's room free is
+    a's own cap."""
     await store.hset(f"{PREFIX}:org", mapping={"window": 7, "limited": 1, "ceil": 6})
     await run(shared, "b", 3)
     await run(shared, "a", 3)
@@ -438,6 +438,7 @@ async def test_an_app_cut_at_the_orgs_cap_takes_the_room_another_app_leaves(
         await settle(shared)
     assert await window(redis_url, "lim:a") == 3
     assert await store.hget(f"{PREFIX}:lim:a", "fast") is None  # the same cap: slow
+    assert await store.hget(f"{PREFIX}:lim:a", "shared") == "1"  # at the org's cap
     for i in range(3):
         shared.finished(f"b-{i}")  # b leaves: half the organisation is free
     await settle(shared)
