@@ -456,3 +456,41 @@ async def test_an_app_cut_at_the_orgs_cap_takes_the_room_another_app_leaves(
     assert await window(redis_url, "lim:a") == 4
     assert await store.hget(f"{PREFIX}:lim:a", "fast") is None  # the same cap: slow
     assert await store.hget(f"{PREFIX}:lim:a", "shared") is None  # and a's own
+
+
+async def test_an_apps_own_cap_found_with_room_in_the_org_is_not_taken_for_the_orgs(
+    shared: RedisLimits, redis_url: str, store: redis_asyncio.Redis
+) -> None:
+    """The organisation's cap (6) is known. App a, capped at 3, is refused at 3 with the
+    organisation half free: its own cap. Later, b holds the other 3 when a's window
+    (grown at its edge) is refused at 3 again: the fleet held the organisation's cap, but
+    3 is the cap a's 429 found with room: a's own still. When b leaves, a's next create
+    waits (it used to go at once, to be refused again: with an app capped at 3 beside
+    one coming and going under an organisation of 20, its 429s after the first second
+    went 8 -> 14 in 6.5 s, one more each time the other app's work paused)."""
+    await store.hset(f"{PREFIX}:org", mapping={"window": 7, "limited": 1, "ceil": 6})
+    await run(shared, "a", 3)
+    await store.hset(f"{PREFIX}:lim:a", "window", 4)
+    refused = await shared.acquire("a", None)
+    assert refused is not None
+    await shared.rejected(refused, None)  # 3 of the organisation's 6: a's own cap
+    shared.release(refused)
+    await settle(shared)
+    assert await store.hget(f"{PREFIX}:lim:a", "shared") is None
+    await run(shared, "b", 3)
+    await store.hset(f"{PREFIX}:lim:a", "window", 4)  # grown at its edge
+    refused = await shared.acquire("a", None)
+    assert refused is not None
+    await shared.rejected(refused, None)  # at 3 again, the organisation full
+    shared.release(refused)
+    await settle(shared)
+    assert await window(redis_url, "lim:a") == 3
+    for i in range(3):
+        shared.finished(f"b-{i}")  # b leaves: half the organisation is free
+    await settle(shared)
+    waiting = asyncio.ensure_future(shared.acquire("a", None))
+    await asyncio.sleep(0.2)  # many polls: a's window is full, and 3 is a's own cap
+    assert not waiting.done()
+    assert await window(redis_url, "lim:a") == 3
+    waiting.cancel()
+    await asyncio.gather(waiting, return_exceptions=True)

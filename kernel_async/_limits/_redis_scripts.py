@@ -18,7 +18,8 @@ Keys, under a prefix per server and API key (``P``):
   (that 429 moved the cap: grow as in slow start), ``cut`` (when, ms); an app's
   ``proven`` (the most it was known to run at once since its last 429) and ``shared``
   (its last 429 came with the fleet holding the organisation's cap: maybe not its own;
-  when a quarter of that cap comes free, the app's window grows as in slow start);
+  when a quarter of that cap comes free, the app's window grows as in slow start, unless
+  it is at ``own``: what held at a 429 of the app's with room in the organisation);
 * ``P:apps``: SET of the apps whose creates waited lately;
 * ``P:pause``: set while a rate-limit 429's ``Retry-After`` runs, for every worker;
 * ``P:idle``: set while nothing of the fleet runs and another tenant holds the cap: one
@@ -286,11 +287,18 @@ if key == lim then  -- known to run since: no more than the cap it was cut to
   -- capped at 20 came at the organisation's cap, held 7 by it, and cut it to 7: when
   -- the app capped at 10 left, its window regrew a step a round, 8 of 20 unused for
   -- half a second).
+  -- One with room in the organisation is the app's own cap (``own``): a later 429 at it
+  -- (give or take one) is the app's again, whatever the fleet holds (an app capped at 3
+  -- beside one coming and going was refused once more each time the other paused).
   local org_ceil = tonumber(redis.call('HGET', p .. ':org', 'ceil') or '-1')
-  if org_held >= org_ceil then
-    redis.call('HSET', lim, 'shared', '1')
-  else
+  local own_cap = tonumber(redis.call('HGET', lim, 'own') or '-1')
+  if org_held < org_ceil then
+    redis.call('HSET', lim, 'own', at)
     redis.call('HDEL', lim, 'shared')
+  elseif own_cap >= 0 and math.abs(at - own_cap) <= 1 then
+    redis.call('HDEL', lim, 'shared')
+  else
+    redis.call('HSET', lim, 'shared', '1')
   end
 end
 return at
