@@ -494,3 +494,23 @@ async def test_an_apps_own_cap_found_with_room_in_the_org_is_not_taken_for_the_o
     assert await window(redis_url, "lim:a") == 3
     waiting.cancel()
     await asyncio.gather(waiting, return_exceptions=True)
+
+
+async def test_one_slot_free_at_a_refusal_is_not_room_in_the_org(
+    shared: RedisLimits, store: redis_asyncio.Redis
+) -> None:
+    """The refusal's script runs a moment after the service refused: a slot another
+    worker released in between leaves one of the organisation's free. That is not room:
+    the cap a's 429 met may still be the organisation's, so a is marked, and 3 is not
+    recorded as a's own (it would clear the mark at every later 429 at 3)."""
+    await store.hset(f"{PREFIX}:org", mapping={"window": 7, "limited": 1, "ceil": 6})
+    await run(shared, "b", 2)  # b's third ended and was released just now
+    await run(shared, "a", 3)
+    await store.hset(f"{PREFIX}:lim:a", "window", 4)
+    refused = await shared.acquire("a", None)
+    assert refused is not None
+    await shared.rejected(refused, None)  # 5 of 6 held when the script runs
+    shared.release(refused)
+    await settle(shared)
+    assert await store.hget(f"{PREFIX}:lim:a", "own") is None
+    assert await store.hget(f"{PREFIX}:lim:a", "shared") == "1"

@@ -290,9 +290,11 @@ if key == lim then  -- known to run since: no more than the cap it was cut to
   -- One with room in the organisation is the app's own cap (``own``): a later 429 at it
   -- (give or take one) is the app's again, whatever the fleet holds (an app capped at 3
   -- beside one coming and going was refused once more each time the other paused).
+  -- Room means two free: this runs a moment after the refusal, and a slot another
+  -- worker released in between must not make the organisation's cap look like room.
   local org_ceil = tonumber(redis.call('HGET', p .. ':org', 'ceil') or '-1')
   local own_cap = tonumber(redis.call('HGET', lim, 'own') or '-1')
-  if org_held < org_ceil then
+  if org_held <= org_ceil - 2 then
     redis.call('HSET', lim, 'own', at)
     redis.call('HDEL', lim, 'shared')
   elseif own_cap >= 0 and math.abs(at - own_cap) <= 1 then
