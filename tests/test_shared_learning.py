@@ -69,6 +69,16 @@ async def run(shared: RedisLimits, app: str, count: int) -> list[SharedLease]:
     return leases
 
 
+async def refuse(shared: RedisLimits, app: str) -> None:
+    """One create of ``app`` granted and refused (a concurrency 429), its slot given
+    back."""
+    lease = await shared.acquire(app, None)
+    assert lease is not None
+    await shared.rejected(lease, None)
+    shared.release(lease)
+    await settle(shared)
+
+
 async def settle(shared: RedisLimits) -> None:
     """Let the tasks the shared limits spawned (started, released) reach Redis."""
     for _ in range(100):
@@ -242,11 +252,7 @@ async def test_another_tenants_429_teaches_nothing_and_one_create_probes(
 ) -> None:
     """Refused with nothing of the fleet running (another tenant holds the cap): no window
     is learnt; after the pause one create at a time goes, until one starts."""
-    refused = await shared.acquire("a", None)
-    assert refused is not None
-    await shared.rejected(refused, None)
-    shared.release(refused)
-    await settle(shared)
+    await refuse(shared, "a")
     assert await window(redis_url, "lim:a") is None
     assert await window(redis_url, "org") is None
     waiting = [asyncio.ensure_future(shared.acquire("a", None)) for _ in range(3)]
@@ -293,10 +299,7 @@ async def test_an_apps_429_at_the_cap_it_was_cut_to_is_its_own_again(
     capped 5/10/20, every such 429 of the app capped at 5 cut the fleet's window by one,
     down to 14 of 20: 5 seconds with a quarter of the cap unused)."""
     await run(shared, "a", 4)
-    refused = await shared.acquire("a", None)
-    assert refused is not None
-    await shared.rejected(refused, None)  # a's own cap: 4
-    shared.release(refused)
+    await refuse(shared, "a")  # a's own cap: 4
     assert await window(redis_url, "lim:a") == 4
     await store.hset(f"{PREFIX}:lim:a", "window", 5)  # as grown at its edge
     fifth = await shared.acquire("a", None)
@@ -324,10 +327,7 @@ async def test_an_org_429_after_the_app_ran_far_above_its_old_cap_is_the_orgs(
     app's own cap never learnt the fleet's window)."""
     await run(shared, "b", 16)
     await run(shared, "a", 4)
-    refused = await shared.acquire("a", None)
-    assert refused is not None
-    await shared.rejected(refused, None)
-    shared.release(refused)
+    await refuse(shared, "a")
     assert await window(redis_url, "lim:a") == 4
     for i in range(16):
         shared.finished(f"b-{i}")
@@ -346,10 +346,7 @@ async def test_an_org_429_after_the_app_ran_far_above_its_old_cap_is_the_orgs(
         assert lease is not None
         await shared.started(lease, f"b-{i}", 60.0)
     await settle(shared)
-    lease = await shared.acquire("a", None)
-    assert lease is not None
-    await shared.rejected(lease, None)
-    shared.release(lease)
+    await refuse(shared, "a")
     assert await window(redis_url, "org") == 20
 
 
@@ -391,27 +388,18 @@ async def test_a_cut_one_above_the_apps_cap_keeps_the_cap(
     organisation's (a cut recording 5 made each of them cut the fleet's window by one:
     Redis's 3 apps case, the fleet at 15 of 20 for 6 s)."""
     await run(shared, "a", 4)
-    refused = await shared.acquire("a", None)
-    assert refused is not None
-    await shared.rejected(refused, None)  # a's own cap: 4
-    shared.release(refused)
+    await refuse(shared, "a")  # a's own cap: 4
     await store.hset(f"{PREFIX}:lim:a", "window", 6)  # as grown at its edge
     fifth = await shared.acquire("a", None)  # in: a-0 had ended, unseen
     assert fifth is not None
     await shared.started(fifth, "a-4", 60.0)
     await settle(shared)
-    sixth = await shared.acquire("a", None)
-    assert sixth is not None
-    await shared.rejected(sixth, None)  # at 5: the same cap, give or take one
-    shared.release(sixth)
+    await refuse(shared, "a")  # at 5: the same cap, give or take one
     assert await store.hget(f"{PREFIX}:lim:a", "ceil") == "4"
     shared.finished("a-0")  # seen now: a holds 4
     await settle(shared)
     await run(shared, "b", 1)
-    lease = await shared.acquire("a", None)
-    assert lease is not None
-    await shared.rejected(lease, None)  # at 4 again: a's own
-    shared.release(lease)
+    await refuse(shared, "a")  # at 4 again: a's own
     assert await window(redis_url, "org") is None
 
 
@@ -431,11 +419,7 @@ async def test_an_app_cut_at_the_orgs_cap_takes_the_room_another_app_leaves(
     await run(shared, "a", 3)
     for _ in range(2):  # a's window grown one past what it holds, twice; refused
         await store.hset(f"{PREFIX}:lim:a", "window", 4)
-        refused = await shared.acquire("a", None)
-        assert refused is not None
-        await shared.rejected(refused, None)
-        shared.release(refused)
-        await settle(shared)
+        await refuse(shared, "a")
     assert await window(redis_url, "lim:a") == 3
     assert await store.hget(f"{PREFIX}:lim:a", "fast") is None  # the same cap: slow
     assert await store.hget(f"{PREFIX}:lim:a", "shared") == "1"  # at the org's cap
@@ -448,11 +432,7 @@ async def test_an_app_cut_at_the_orgs_cap_takes_the_room_another_app_leaves(
     await shared.started(more, "a-3", 60.0)  # at the edge again
     await settle(shared)
     assert await window(redis_url, "lim:a") == 5  # + 1, not + 0.25 / 4
-    beyond = await shared.acquire("a", None)
-    assert beyond is not None
-    await shared.rejected(beyond, None)  # 4 held of the organisation's 6: a's own cap
-    shared.release(beyond)
-    await settle(shared)
+    await refuse(shared, "a")  # 4 held of the organisation's 6: a's own cap
     assert await window(redis_url, "lim:a") == 4
     assert await store.hget(f"{PREFIX}:lim:a", "fast") is None  # the same cap: slow
     assert await store.hget(f"{PREFIX}:lim:a", "shared") is None  # and a's own
@@ -471,19 +451,11 @@ async def test_an_apps_own_cap_found_with_room_in_the_org_is_not_taken_for_the_o
     await store.hset(f"{PREFIX}:org", mapping={"window": 7, "limited": 1, "ceil": 6})
     await run(shared, "a", 3)
     await store.hset(f"{PREFIX}:lim:a", "window", 4)
-    refused = await shared.acquire("a", None)
-    assert refused is not None
-    await shared.rejected(refused, None)  # 3 of the organisation's 6: a's own cap
-    shared.release(refused)
-    await settle(shared)
+    await refuse(shared, "a")  # 3 of the organisation's 6: a's own cap
     assert await store.hget(f"{PREFIX}:lim:a", "shared") is None
     await run(shared, "b", 3)
     await store.hset(f"{PREFIX}:lim:a", "window", 4)  # grown at its edge
-    refused = await shared.acquire("a", None)
-    assert refused is not None
-    await shared.rejected(refused, None)  # at 3 again, the organisation full
-    shared.release(refused)
-    await settle(shared)
+    await refuse(shared, "a")  # at 3 again, the organisation full
     assert await window(redis_url, "lim:a") == 3
     for i in range(3):
         shared.finished(f"b-{i}")  # b leaves: half the organisation is free
@@ -507,10 +479,6 @@ async def test_one_slot_free_at_a_refusal_is_not_room_in_the_org(
     await run(shared, "b", 2)  # b's third ended and was released just now
     await run(shared, "a", 3)
     await store.hset(f"{PREFIX}:lim:a", "window", 4)
-    refused = await shared.acquire("a", None)
-    assert refused is not None
-    await shared.rejected(refused, None)  # 5 of 6 held when the script runs
-    shared.release(refused)
-    await settle(shared)
+    await refuse(shared, "a")  # 5 of 6 held when the script runs
     assert await store.hget(f"{PREFIX}:lim:a", "own") is None
     assert await store.hget(f"{PREFIX}:lim:a", "shared") == "1"
